@@ -1,0 +1,1 @@
+"""The shared core: configuration, Kafka clients, metrics, logging, records."""

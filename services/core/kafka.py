@@ -1,0 +1,66 @@
+"""Kafka client factories: the only place producers and consumers are built.
+
+Every producer is durable by construction (``acks="all"`` and the idempotent
+producer; aiokafka's defaults are neither), every consumer commits by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from .config import KafkaSettings
+
+
+def make_producer(settings: KafkaSettings, role: str, **overrides: Any) -> AIOKafkaProducer:
+    """A producer whose acknowledgement means the record is on every in-sync replica."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": f"{settings.client_id}-{role}",
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "max_request_size": 2 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(
+    settings: KafkaSettings, group_id: str | None, *topics: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits: offsets follow downstream acknowledgement."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": f"{settings.client_id}-{group_id or 'reader'}",
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "request_timeout_ms": max(settings.request_timeout_ms, 40000),
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, for consumers that assign rather than subscribe.
+
+    ``partitions_for_topic`` only knows topics the client already tracks, so ask
+    the cluster directly (aiokafka exposes no public call for this).
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = cluster.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def end_offsets(settings: KafkaSettings, topic: str) -> dict[TopicPartition, int]:
+    """The next offset of every partition of ``topic`` (where new records will land)."""
+    consumer = make_consumer(settings, None)
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(await topic_partitions(consumer, topic)))
+    finally:
+        await consumer.stop()

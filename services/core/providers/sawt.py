@@ -1,0 +1,115 @@
+"""Sawt: per-subscription "authentication preferences", and a routing key.
+
+Sawt's document says only that a subscription has authentication preferences,
+so each source chooses (``auth``):
+
+* ``header`` (default): a shared secret in a header (``auth_header``, default
+  ``X-Webhook-Secret``); the value may be the secret itself or ``Bearer <secret>``.
+* ``basic``: HTTP Basic auth, user from ``basic_user_env``, password(s) from
+  ``basic_password_env`` / ``basic_passwords_env``.
+* ``none``: only allowed together with a path secret or an IP allow-list.
+
+Sawt's body carries no event name; the routing key may arrive in a header
+(``routing_key_header``, default ``X-Routing-Key``) and is passed on as
+record metadata, or not at all (the normalizer then infers it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import ConfigError
+from .base import (
+    HeaderMap,
+    ProviderSpec,
+    SecretLookup,
+    any_digest_matches,
+    secrets_from,
+    top_level_string,
+)
+
+MODES = ("header", "basic", "none")
+DEFAULT_AUTH_HEADER = "X-Webhook-Secret"
+DEFAULT_ROUTING_KEY_HEADER = "X-Routing-Key"
+
+
+@dataclasses.dataclass(frozen=True)
+class SawtVerifier:
+    mode: str
+    header: str = DEFAULT_AUTH_HEADER
+    secrets: tuple[bytes, ...] = ()
+    user: bytes = b""
+
+    @property
+    def authenticates(self) -> bool:
+        return self.mode != "none"
+
+    def verify(self, headers: HeaderMap, body: bytes, now: float) -> bool:
+        if self.mode == "none":
+            return True
+        if self.mode == "header":
+            value = headers.get(self.header)
+            if not value:
+                return False
+            given = value.removeprefix("Bearer ").strip().encode()
+            return any_digest_matches([given], list(self.secrets))
+        return self._verify_basic(headers.get("authorization"))
+
+    def _verify_basic(self, value: str | None) -> bool:
+        if not value or not value.lower().startswith("basic "):
+            return False
+        try:
+            decoded = base64.b64decode(value[6:].strip(), validate=True)
+        except binascii.Error:
+            return False
+        user, sep, password = decoded.partition(b":")
+        if not sep:
+            return False
+        user_ok = any_digest_matches([user], [self.user])
+        password_ok = any_digest_matches([password], list(self.secrets))
+        return user_ok & password_ok
+
+    def sign(self, body: bytes, now: float, delivery_id: str) -> dict[str, str]:
+        if self.mode == "header":
+            return {self.header: self.secrets[0].decode()}
+        if self.mode == "basic":
+            token = base64.b64encode(self.user + b":" + self.secrets[0]).decode()
+            return {"Authorization": f"Basic {token}"}
+        return {}
+
+
+def build_verifier(source: str, table: Mapping[str, Any], lookup: SecretLookup) -> SawtVerifier:
+    mode = str(table.get("auth", "header"))
+    if mode not in MODES:
+        raise ConfigError(f"source {source!r}: auth must be one of {MODES}")
+    if mode == "header":
+        secrets = secrets_from(source, table, lookup, "secret")
+        if not secrets:
+            raise ConfigError(f"source {source!r}: auth=header needs secret_env or secrets_env")
+        return SawtVerifier("header", str(table.get("auth_header", DEFAULT_AUTH_HEADER)), secrets)
+    if mode == "basic":
+        user_env = table.get("basic_user_env")
+        passwords = secrets_from(source, table, lookup, "basic_password")
+        if not isinstance(user_env, str) or not passwords:
+            raise ConfigError(
+                f"source {source!r}: auth=basic needs basic_user_env and basic_password_env"
+            )
+        return SawtVerifier("basic", secrets=passwords, user=lookup(user_env).encode())
+    return SawtVerifier("none")
+
+
+def natural_key(body: bytes) -> bytes | None:
+    # Keyed by call id so one call's deliveries stay ordered in one raw partition.
+    return top_level_string(body, "call_id")
+
+
+PROVIDER = ProviderSpec(
+    name="sawt",
+    build_verifier=build_verifier,
+    natural_key=natural_key,
+    default_routing_key_header=DEFAULT_ROUTING_KEY_HEADER,
+)

@@ -1,0 +1,66 @@
+"""The raw-delivery record: what ingest writes to the raw topic, and how to read it back.
+
+The value is exactly the bytes the provider sent; everything hookstream knows
+about the delivery travels in Kafka headers, so nothing has to parse the body
+to route, replay or audit it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+# Header names on the raw topic. Lower-case ASCII; values are UTF-8.
+H_SOURCE = "hs-source"
+H_PROVIDER = "hs-provider"
+H_RECEIVED_AT = "hs-received-at"  # integer milliseconds since the epoch
+H_REQUEST_ID = "hs-request-id"
+H_CONTENT_TYPE = "content-type"
+H_ROUTING_KEY = "hs-routing-key"  # the provider's event name, when a header carried it
+H_EVENT_ID = "hs-event-id"  # the provider's delivery/event id, when a header carried it
+
+KafkaHeaders = Sequence[tuple[str, bytes]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawDelivery:
+    """One accepted delivery, as stored on the raw topic."""
+
+    source: str
+    provider: str
+    received_at_ms: int
+    request_id: str
+    body: bytes
+    content_type: str | None = None
+    routing_key: str | None = None
+    event_id: str | None = None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        out = [
+            (H_SOURCE, self.source.encode()),
+            (H_PROVIDER, self.provider.encode()),
+            (H_RECEIVED_AT, str(self.received_at_ms).encode()),
+            (H_REQUEST_ID, self.request_id.encode()),
+        ]
+        if self.content_type is not None:
+            out.append((H_CONTENT_TYPE, self.content_type.encode()))
+        if self.routing_key is not None:
+            out.append((H_ROUTING_KEY, self.routing_key.encode()))
+        if self.event_id is not None:
+            out.append((H_EVENT_ID, self.event_id.encode()))
+        return out
+
+    @classmethod
+    def from_kafka(cls, headers: KafkaHeaders, value: bytes | None) -> RawDelivery:
+        """Rebuild from a consumed record; missing required headers raise ``KeyError``."""
+        found = {k: v.decode("utf-8", "replace") for k, v in headers}
+        return cls(
+            source=found[H_SOURCE],
+            provider=found[H_PROVIDER],
+            received_at_ms=int(found[H_RECEIVED_AT]),
+            request_id=found[H_REQUEST_ID],
+            body=value or b"",
+            content_type=found.get(H_CONTENT_TYPE),
+            routing_key=found.get(H_ROUTING_KEY),
+            event_id=found.get(H_EVENT_ID),
+        )

@@ -1,0 +1,46 @@
+"""The providers' sample deliveries: the example payloads beside the schemas.
+
+``schemas/providers/<provider>/[<version>/]examples/<event>[.<n>|.<variant>].json``
+holds realistic bodies of every documented event. The CLI's ``send``, the demo,
+the tests and the benchmarks all draw from here, so there is one set of samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+SCHEMAS_DIR = Path(
+    os.environ.get("HOOKSTREAM_SCHEMAS_DIR", Path(__file__).resolve().parents[2] / "schemas")
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    provider: str
+    event: str  # the provider's event name / routing key / payload type
+    name: str  # the example's file stem, unique per provider
+    body: bytes
+
+
+def _event_name(stem: str, known: set[str]) -> str:
+    """``call.updated.2`` and ``complete.test_webhook`` name the event before the suffix."""
+    candidate = stem
+    while candidate not in known and "." in candidate:
+        candidate = candidate.rsplit(".", 1)[0]
+    return candidate if candidate in known else stem
+
+
+def samples(provider: str | None = None, schemas_dir: Path = SCHEMAS_DIR) -> Iterator[Sample]:
+    root = schemas_dir / "providers"
+    for provider_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if provider is not None and provider_dir.name != provider:
+            continue
+        for examples in sorted(provider_dir.rglob("examples")):
+            known = {p.name.removesuffix(".schema.json")
+                     for p in examples.parent.glob("*.schema.json")}
+            for path in sorted(examples.glob("*.json")):
+                stem = path.name.removesuffix(".json")
+                yield Sample(provider_dir.name, _event_name(stem, known), stem, path.read_bytes())

@@ -1,0 +1,220 @@
+"""Sources: the configured subscriptions that may deliver to ingest.
+
+A *source* is one subscription of one provider (a deployment may have several
+per provider). Sources are declared in a TOML file; secrets never appear in it,
+only the names of the environment variables that hold them::
+
+    [defaults]                      # optional; applies to every source
+    max_body_bytes = 1048576
+
+    [sources.saaya-main]
+    provider = "saaya"
+    secrets_env = ["SAAYA_SECRET", "SAAYA_SECRET_PREVIOUS"]   # rotation
+
+    [sources.sarj-prod]
+    provider = "sarj"
+    path_secret_env = "SARJ_PATH_SECRET"     # URL: /v1/webhooks/sarj-prod/<secret>
+    allow_cidrs = ["203.0.113.0/24"]
+    trusted_proxies = ["10.0.0.0/8"]         # only these may set X-Forwarded-For
+
+The settings every source accepts are in ``COMMON_KEYS``; provider-specific
+ones are documented in each provider module (``providers/<name>.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .providers import PROVIDERS
+from .providers.base import HeaderMap, ProviderSpec, Verifier, any_digest_matches
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_CONTENT_TYPES = ("application/json",)
+MIN_PATH_SECRET_CHARS = 24
+
+# Settings any source may set, with their defaults (documented in docs/sources.md).
+COMMON_KEYS: dict[str, Any] = {
+    "provider": None,  # required: saaya | sawt | sarj
+    "max_body_bytes": DEFAULT_MAX_BODY_BYTES,
+    "content_types": list(DEFAULT_CONTENT_TYPES),
+    "allow_missing_content_type": True,
+    "path_secret_env": None,
+    "path_secrets_env": None,
+    "allow_cidrs": [],
+    "trusted_proxies": [],
+    "routing_key_header": "<provider default>",
+    "event_id_header": "<provider default>",
+    "allow_unauthenticated": False,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str
+    provider: ProviderSpec
+    verifier: Verifier
+    path_secrets: tuple[bytes, ...] = ()
+    allow_networks: tuple[IPNetwork, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
+    allow_missing_content_type: bool = True
+    routing_key_header: str | None = None
+    event_id_header: str | None = None
+
+    def path_secret_ok(self, given: str | None) -> bool:
+        if not self.path_secrets:
+            return given is None
+        if given is None:
+            return False
+        return any_digest_matches([given.encode()], list(self.path_secrets))
+
+    def client_ip(self, peer: str | None, forwarded_for: str | None) -> IPAddress | None:
+        """The delivering client's address; X-Forwarded-For only from trusted proxies."""
+        try:
+            address: IPAddress = ipaddress.ip_address(peer or "")
+        except ValueError:
+            return None
+        if not forwarded_for or not _within(address, self.trusted_proxies):
+            return address
+        # Walk from the nearest hop outwards; the first untrusted hop is the client.
+        for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+            try:
+                address = ipaddress.ip_address(hop)
+            except ValueError:
+                return None
+            if not _within(address, self.trusted_proxies):
+                return address
+        return address
+
+    def network_ok(self, peer: str | None, forwarded_for: str | None) -> bool:
+        if not self.allow_networks:
+            return True
+        address = self.client_ip(peer, forwarded_for)
+        return address is not None and _within(address, self.allow_networks)
+
+    def content_type_ok(self, value: str | None) -> bool:
+        if value is None:
+            return self.allow_missing_content_type
+        media_type = value.split(";", 1)[0].strip().lower()
+        return media_type in self.content_types
+
+    def url_path(self) -> str:
+        """The path a provider is given for this source (with its first path secret)."""
+        base = f"/v1/webhooks/{self.name}"
+        return f"{base}/{self.path_secrets[0].decode()}" if self.path_secrets else base
+
+
+def _within(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(address in network for network in networks)
+
+
+def _networks(source: str, key: str, values: Any) -> tuple[IPNetwork, ...]:
+    if not isinstance(values, list):
+        raise ConfigError(f"source {source!r}: {key} must be a list of CIDRs")
+    try:
+        return tuple(ipaddress.ip_network(str(v), strict=False) for v in values)
+    except ValueError as exc:
+        raise ConfigError(f"source {source!r}: {key}: {exc}") from None
+
+
+def _env_lookup(environ: Mapping[str, str], source: str) -> Any:
+    def lookup(var: str) -> str:
+        try:
+            return environ[var]
+        except KeyError:
+            raise ConfigError(
+                f"source {source!r}: environment variable {var} is not set"
+            ) from None
+
+    return lookup
+
+
+def build_source(
+    name: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Source:
+    environ = os.environ if environ is None else environ
+    provider_name = table.get("provider")
+    if provider_name not in PROVIDERS:
+        raise ConfigError(
+            f"source {name!r}: provider must be one of {sorted(PROVIDERS)}, got {provider_name!r}"
+        )
+    provider = PROVIDERS[provider_name]
+    lookup = _env_lookup(environ, name)
+    verifier = provider.build_verifier(name, table, lookup)
+
+    path_vars: list[str] = []
+    if isinstance(table.get("path_secret_env"), str):
+        path_vars.append(table["path_secret_env"])
+    if isinstance(table.get("path_secrets_env"), list):
+        path_vars.extend(str(v) for v in table["path_secrets_env"])
+    path_secrets = tuple(lookup(v).encode() for v in path_vars)
+    for secret in path_secrets:
+        if len(secret) < MIN_PATH_SECRET_CHARS or "/" in secret.decode():
+            raise ConfigError(
+                f"source {name!r}: a path secret must be at least {MIN_PATH_SECRET_CHARS} "
+                "characters without '/' (use e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`)"
+            )
+
+    allow = _networks(name, "allow_cidrs", table.get("allow_cidrs", []))
+    trusted = _networks(name, "trusted_proxies", table.get("trusted_proxies", []))
+    if not (verifier.authenticates or path_secrets or allow) and not table.get(
+        "allow_unauthenticated", False
+    ):
+        raise ConfigError(
+            f"source {name!r}: {provider.name} deliveries carry no signature here; set "
+            "path_secret_env and/or allow_cidrs (or allow_unauthenticated = true)"
+        )
+
+    content_types = table.get("content_types", list(DEFAULT_CONTENT_TYPES))
+    return Source(
+        name=name,
+        provider=provider,
+        verifier=verifier,
+        path_secrets=path_secrets,
+        allow_networks=allow,
+        trusted_proxies=trusted,
+        max_body_bytes=int(table.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
+        content_types=tuple(str(c).lower() for c in content_types),
+        allow_missing_content_type=bool(table.get("allow_missing_content_type", True)),
+        routing_key_header=table.get("routing_key_header", provider.default_routing_key_header),
+        event_id_header=table.get("event_id_header", provider.default_event_id_header),
+    )
+
+
+def parse_sources(
+    document: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, Source]:
+    defaults = document.get("defaults", {})
+    tables = document.get("sources", {})
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError("the sources file declares no [sources.<name>] table")
+    sources: dict[str, Source] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"sources.{name} must be a table")
+        sources[name] = build_source(name, {**defaults, **table}, environ)
+    return sources
+
+
+def load_sources(path: str | Path, environ: Mapping[str, str] | None = None) -> dict[str, Source]:
+    """Read and validate the sources file; any problem raises ``ConfigError``."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"sources file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sources file {path}: {exc}") from None
+    return parse_sources(document, environ)

@@ -1,0 +1,1 @@
+"""The ingest service: authenticate, publish the raw bytes, answer 202."""

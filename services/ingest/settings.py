@@ -1,0 +1,51 @@
+"""Ingest settings, read once at start from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..core.config import env
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestSettings:
+    host: str = env("HOOKSTREAM_INGEST_HOST", "127.0.0.1", "address to listen on")
+    port: int = env("HOOKSTREAM_INGEST_PORT", 8080, "port to listen on")
+    sources_file: str = env(
+        "HOOKSTREAM_SOURCES_FILE", "deploy/local/sources.toml", "the sources file (TOML)"
+    )
+    ack_timeout_s: float = env(
+        "HOOKSTREAM_INGEST_ACK_TIMEOUT_S", 5.0,
+        "longest wait for the broker's ack before answering 503 (inside the 10 s window)",
+    )
+    retry_after_s: int = env(
+        "HOOKSTREAM_INGEST_RETRY_AFTER_S", 2, "Retry-After sent with every 503"
+    )
+    body_timeout_s: float = env(
+        "HOOKSTREAM_INGEST_BODY_TIMEOUT_S", 5.0, "deadline for reading a request body (408)"
+    )
+    max_in_flight: int = env(
+        "HOOKSTREAM_INGEST_MAX_IN_FLIGHT", 5000,
+        "unacknowledged produces allowed before shedding load with 503",
+    )
+    max_in_flight_bytes: int = env(
+        "HOOKSTREAM_INGEST_MAX_IN_FLIGHT_BYTES", 64 * 1024 * 1024,
+        "bytes of unacknowledged produces allowed before shedding load with 503",
+    )
+    limit_concurrency: int = env(
+        "HOOKSTREAM_INGEST_LIMIT_CONCURRENCY", 4000,
+        "open connections+tasks before uvicorn answers 503 itself",
+    )
+    keepalive_timeout_s: int = env(
+        "HOOKSTREAM_INGEST_KEEPALIVE_TIMEOUT_S", 15, "idle keep-alive connection timeout"
+    )
+    shutdown_timeout_s: float = env(
+        "HOOKSTREAM_INGEST_SHUTDOWN_TIMEOUT_S", 15.0,
+        "on SIGTERM: longest wait for in-flight requests and produces to drain",
+    )
+    linger_ms: int = env(
+        "HOOKSTREAM_INGEST_LINGER_MS", 2, "producer linger: batches concurrent deliveries"
+    )
+    probe_interval_s: float = env(
+        "HOOKSTREAM_INGEST_PROBE_INTERVAL_S", 5.0, "how often readiness re-checks the broker"
+    )

@@ -1,0 +1,66 @@
+"""Helpers shared by the tests: the local secrets, running an app on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+REPO = Path(__file__).resolve().parents[1]
+STACK = REPO / "deploy" / "local" / "stack"
+SOURCES_FILE = REPO / "deploy" / "local" / "sources.toml"
+SOURCES_ENV = REPO / "deploy" / "local" / "sources.env"
+
+
+def local_secrets() -> dict[str, str]:
+    """The throwaway secrets of deploy/local/sources.env (``export K="V"`` lines)."""
+    pattern = re.compile(r'^export\s+(\w+)="(.*)"\s*$')
+    found: dict[str, str] = {}
+    for line in SOURCES_ENV.read_text().splitlines():
+        match = pattern.match(line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
+    """Run an ASGI app under uvicorn on 127.0.0.1:port in this event loop."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                            access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+def stack(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> None:
+    """Run deploy/local/stack; raise with its output if it fails."""
+    assert shutil.which("bash")
+    result = subprocess.run([str(STACK), *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"stack {' '.join(args)} failed ({result.returncode}):\n"
+                           f"{result.stdout}\n{result.stderr}")
