@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check_config:
         for name, source in sorted(sources.items()):
-            print(f"{name}: provider={source.provider.name} path={source.url_path().split('/')[3]}"
-                  f"{'/<path secret>' if source.path_secrets else ''}")
+            path = f"/v1/webhooks/{name}" + ("/<path secret>" if source.path_secrets else "")
+            print(f"{name}: provider={source.provider.name} POST {path}")
         return 0
 
     app = build_app(sources, settings, kafka)

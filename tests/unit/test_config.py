@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from hookstream.core.config import (
     ConfigError,
     KafkaSettings,
@@ -117,7 +116,7 @@ def test_describe_lists_every_field_with_a_doc(cls: type) -> None:
     for field in fields:
         var = field.metadata["env"]
         assert var in by_var, field.name
-        default, doc = by_var[var]
+        _default, doc = by_var[var]
         assert doc.strip(), f"{var} has no doc"
         assert var.startswith("HOOKSTREAM_")
 

@@ -6,7 +6,6 @@ import base64
 import time
 
 import pytest
-
 from hookstream.core.config import ConfigError
 from hookstream.core.providers import saaya
 from hookstream.core.providers.saaya import SaayaVerifier

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hookstream.core.config import ConfigError
 from hookstream.core.providers import sarj
 from hookstream.core.sources import MIN_PATH_SECRET_CHARS

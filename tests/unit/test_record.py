@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hookstream.core import record
 from hookstream.core.record import RawDelivery
 

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from hookstream.core.config import ConfigError
 from hookstream.core.providers.saaya import SaayaVerifier
 from hookstream.core.providers.sawt import SawtVerifier
@@ -228,7 +227,7 @@ def test_load_sources_missing_file(tmp_path: Path) -> None:
 def test_load_sources_bad_toml(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[sources.a\nprovider = ", encoding="utf-8")
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
         load_sources(path, ENV)
 
 

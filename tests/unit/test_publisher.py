@@ -1,0 +1,195 @@
+"""Publisher bounds without a broker: a fake producer is injected into ``_producer``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from hookstream.core.config import KafkaSettings
+from hookstream.ingest.publisher import NotStored, Publisher
+from prometheus_client import REGISTRY
+
+HEADERS = [("hs-source", b"s")]
+
+
+class FakeProducer:
+    """``send`` queues and returns a future; the test decides whether it ever resolves."""
+
+    def __init__(self, *, resolve: bool = False, error: Exception | None = None,
+                 send_delay_s: float = 0.0, send_error: Exception | None = None) -> None:
+        self.resolve = resolve
+        self.error = error
+        self.send_delay_s = send_delay_s
+        self.send_error = send_error
+        self.sent: list[dict[str, Any]] = []
+        self.futures: list[asyncio.Future[Any]] = []
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   headers: Any = None) -> asyncio.Future[Any]:
+        if self.send_delay_s:
+            await asyncio.sleep(self.send_delay_s)
+        if self.send_error is not None:
+            raise self.send_error
+        self.sent.append({"topic": topic, "value": value, "key": key, "headers": headers})
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.error is not None:
+            future.set_exception(self.error)
+        elif self.resolve:
+            future.set_result(object())
+        self.futures.append(future)
+        return future
+
+
+def make(ack_timeout_s: float = 0.2, max_in_flight: int = 10,
+         max_in_flight_bytes: int = 1 << 20, producer: Any = None) -> Publisher:
+    publisher = Publisher(KafkaSettings(), ack_timeout_s=ack_timeout_s,
+                          max_in_flight=max_in_flight, max_in_flight_bytes=max_in_flight_bytes)
+    publisher._producer = producer
+    return publisher
+
+
+def in_flight_gauge() -> float:
+    return REGISTRY.get_sample_value("hookstream_ingest_in_flight_produces") or 0.0
+
+
+async def test_publish_before_connected_not_connected() -> None:
+    publisher = make(producer=None)
+    assert publisher.ready is False
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("t", b"v", b"k", HEADERS)
+    assert info.value.reason == "not_connected"
+    assert str(info.value) == "not_connected"
+    assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
+
+
+async def test_acknowledged_publish_returns_and_passes_arguments() -> None:
+    producer = FakeProducer(resolve=True)
+    publisher = make(producer=producer)
+    await publisher.publish("raw", b"value", b"key", HEADERS)
+    assert producer.sent == [{"topic": "raw", "value": b"value", "key": b"key",
+                              "headers": HEADERS}]
+    assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
+
+
+async def test_never_acknowledged_publish_times_out_within_ack_timeout() -> None:
+    producer = FakeProducer()
+    publisher = make(ack_timeout_s=0.3, producer=producer)
+    gauge = in_flight_gauge()
+    started = time.monotonic()
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"value", None, HEADERS)
+    elapsed = time.monotonic() - started
+    assert info.value.reason == "ack_timeout"
+    assert 0.25 <= elapsed < 0.3 + 0.15
+    assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
+    assert in_flight_gauge() == gauge
+    # The future was shielded, not cancelled: aiokafka's bookkeeping stays intact.
+    assert len(producer.futures) == 1 and not producer.futures[0].cancelled()
+
+
+async def test_slow_send_counts_against_the_same_deadline() -> None:
+    # send() itself takes 0.2 s (waiting for metadata); the ack never comes. The
+    # total wait must still be bounded by ack_timeout_s, not 0.2 + ack_timeout_s.
+    producer = FakeProducer(send_delay_s=0.2)
+    publisher = make(ack_timeout_s=0.3, producer=producer)
+    started = time.monotonic()
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"v", None, HEADERS)
+    elapsed = time.monotonic() - started
+    assert info.value.reason == "ack_timeout"
+    assert elapsed < 0.3 + 0.15
+
+
+async def test_send_that_never_returns_times_out() -> None:
+    producer = FakeProducer(send_delay_s=60)
+    publisher = make(ack_timeout_s=0.2, producer=producer)
+    started = time.monotonic()
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"v", None, HEADERS)
+    assert info.value.reason == "ack_timeout"
+    assert time.monotonic() - started < 0.2 + 0.15
+    assert publisher._in_flight == 0
+
+
+async def test_kafka_error_on_ack_is_kafka_error() -> None:
+    publisher = make(producer=FakeProducer(error=KafkaConnectionError("down")))
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"v", None, HEADERS)
+    assert info.value.reason == "kafka_error"
+    assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
+
+
+async def test_kafka_error_on_send_is_kafka_error() -> None:
+    publisher = make(producer=FakeProducer(send_error=KafkaConnectionError("down")))
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"v", None, HEADERS)
+    assert info.value.reason == "kafka_error"
+    assert publisher._in_flight == 0
+
+
+async def test_second_concurrent_publish_overloaded_immediately() -> None:
+    producer = FakeProducer()
+    publisher = make(ack_timeout_s=0.5, max_in_flight=1, producer=producer)
+    first = asyncio.create_task(publisher.publish("raw", b"first", None, HEADERS))
+    await asyncio.sleep(0.01)
+    assert publisher._in_flight == 1 and publisher._in_flight_bytes == len(b"first")
+
+    started = time.monotonic()
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"second", None, HEADERS)
+    assert info.value.reason == "overloaded"
+    assert time.monotonic() - started < 0.05
+    assert len(producer.sent) == 1  # the shed publish never reached the producer
+    assert publisher._in_flight == 1
+
+    with pytest.raises(NotStored) as first_info:
+        await first
+    assert first_info.value.reason == "ack_timeout"
+    assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
+
+    # Capacity is back: the next publish reaches the producer again.
+    producer.resolve = True
+    await publisher.publish("raw", b"third", None, HEADERS)
+    assert len(producer.sent) == 2
+    assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
+
+
+async def test_byte_budget_overloaded() -> None:
+    producer = FakeProducer()
+    publisher = make(ack_timeout_s=0.3, max_in_flight=100, max_in_flight_bytes=10,
+                     producer=producer)
+    first = asyncio.create_task(publisher.publish("raw", b"123456", None, HEADERS))
+    await asyncio.sleep(0.01)
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"12345", None, HEADERS)  # 6 + 5 > 10
+    assert info.value.reason == "overloaded"
+    with pytest.raises(NotStored):
+        await first
+    assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
+    producer.resolve = True
+    await publisher.publish("raw", b"1234567890", None, HEADERS)  # exactly the budget
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"12345678901", None, HEADERS)  # one over, alone
+    assert info.value.reason == "overloaded"
+
+
+async def test_many_concurrent_publishes_counters_return_to_zero() -> None:
+    producer = FakeProducer()
+    publisher = make(ack_timeout_s=0.2, max_in_flight=5, producer=producer)
+    results = await asyncio.gather(
+        *(publisher.publish("raw", b"x" * 3, None, HEADERS) for _ in range(12)),
+        return_exceptions=True)
+    reasons = sorted(r.reason for r in results if isinstance(r, NotStored))
+    assert len(reasons) == 12
+    assert reasons.count("ack_timeout") == 5
+    assert reasons.count("overloaded") == 7
+    assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
+
+
+async def test_stop_without_producer_is_a_no_op() -> None:
+    publisher = make(producer=None)
+    await publisher.stop(0.1)
+    assert publisher._producer is None
