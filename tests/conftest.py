@@ -16,7 +16,8 @@ import pytest
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings, load
 
-from .support import local_secrets, stack as run_stack
+from .support import local_secrets
+from .support import stack as run_stack
 
 STRICT = os.environ.get("CI", "").lower() in {"1", "true"} or os.environ.get(
     "HOOKSTREAM_NO_SKIP") == "1"

@@ -33,7 +33,7 @@ from typing import Any
 
 from .config import ConfigError
 from .providers import PROVIDERS
-from .providers.base import HeaderMap, ProviderSpec, Verifier, any_digest_matches
+from .providers.base import ProviderSpec, Verifier, any_digest_matches
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -82,7 +82,7 @@ class Source:
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> IPAddress | None:
         """The delivering client's address; X-Forwarded-For only from trusted proxies."""
         try:
-            address: IPAddress = ipaddress.ip_address(peer or "")
+            address: IPAddress = _unmapped(ipaddress.ip_address(peer or ""))
         except ValueError:
             return None
         if not forwarded_for or not _within(address, self.trusted_proxies):
@@ -90,7 +90,7 @@ class Source:
         # Walk from the nearest hop outwards; the first untrusted hop is the client.
         for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
             try:
-                address = ipaddress.ip_address(hop)
+                address = _unmapped(ipaddress.ip_address(hop))
             except ValueError:
                 return None
             if not _within(address, self.trusted_proxies):
@@ -113,6 +113,13 @@ class Source:
         """The path a provider is given for this source (with its first path secret)."""
         base = f"/v1/webhooks/{self.name}"
         return f"{base}/{self.path_secrets[0].decode()}" if self.path_secrets else base
+
+
+def _unmapped(address: IPAddress) -> IPAddress:
+    """A dual-stack listener sees IPv4 clients as ``::ffff:a.b.c.d``; compare them as IPv4."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _within(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:

@@ -113,8 +113,9 @@ def build_app(
         # Cheap checks first: a wrong path secret or address never gets its body read.
         client = request.client.host if request.client else None
         path_secret = request.path_params.get("path_secret")
-        if not (source.path_secret_ok(path_secret)
-                & source.network_ok(client, request.headers.get("x-forwarded-for"))):
+        # Proxies may add their own X-Forwarded-For line: every line counts, in order.
+        forwarded = ", ".join(request.headers.getlist("x-forwarded-for")) or None
+        if not (source.path_secret_ok(path_secret) & source.network_ok(client, forwarded)):
             return answer(name, 401, "unauthorized")
 
         try:

@@ -23,14 +23,17 @@ from hookstream.core.sources import Source, load_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 
-from ..support import SOURCES_FILE, free_port, serve, stack as run_stack
+from ..support import SOURCES_FILE, free_port, serve
+from ..support import stack as run_stack
+
+Stored = tuple[bytes | None, RawDelivery, dict[str, bytes]]
 
 
 async def _read_raw(kafka: KafkaSettings, start: dict[TopicPartition, int], want: int,
-                    timeout_s: float = 30) -> list[tuple[bytes | None, RawDelivery, dict[str, bytes]]]:
+                    timeout_s: float = 30) -> list[Stored]:
     consumer = make_consumer(kafka, None)
     await consumer.start()
-    out: list[tuple[bytes | None, RawDelivery, dict[str, bytes]]] = []
+    out: list[Stored] = []
     try:
         consumer.assign(list(start))
         for tp, offset in start.items():

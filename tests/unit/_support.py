@@ -14,9 +14,10 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.datastructures import Headers
+
 from hookstream.core.sources import Source, build_source
 from hookstream.ingest.publisher import NotStored
-from starlette.datastructures import Headers
 
 # 32 random bytes, base64: the decoded bytes are the HMAC key (Standard Webhooks).
 RAW_KEY_A = bytes(range(32))

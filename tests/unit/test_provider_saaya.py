@@ -6,6 +6,7 @@ import base64
 import time
 
 import pytest
+
 from hookstream.core.config import ConfigError
 from hookstream.core.providers import saaya
 from hookstream.core.providers.saaya import SaayaVerifier
@@ -265,12 +266,6 @@ def test_env_fixture_is_consistent() -> None:
     assert key_of(ENV["SAAYA_A"]) == RAW_KEY_A
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="providers/base.py documents HeaderMap as 'Starlette Headers or a lower-cased "
-    "dict', but saaya/sawt look up configured header names verbatim (e.g. 'X-Signature'), "
-    "so a lower-cased dict never matches",
-)
 def test_hex_verify_with_lowercased_dict_as_documented(hexv: SaayaVerifier) -> None:
     sig = hex_signature(KEY_HEX, BODY)
     assert hexv.verify({"x-signature": sig}, BODY, NOW) is True

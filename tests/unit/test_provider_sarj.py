@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hookstream.core.config import ConfigError
 from hookstream.core.providers import sarj
 from hookstream.core.sources import MIN_PATH_SECRET_CHARS

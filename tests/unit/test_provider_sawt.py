@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from hookstream.core.config import ConfigError
 from hookstream.core.providers import sawt
 from hookstream.core.providers.sawt import SawtVerifier

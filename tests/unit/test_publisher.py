@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
+from prometheus_client import REGISTRY
+
 from hookstream.core.config import KafkaSettings
 from hookstream.ingest.publisher import NotStored, Publisher
-from prometheus_client import REGISTRY
 
 HEADERS = [("hs-source", b"s")]
 

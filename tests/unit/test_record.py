@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hookstream.core import record
 from hookstream.core.record import RawDelivery
 

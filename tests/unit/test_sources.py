@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from hookstream.core.config import ConfigError
 from hookstream.core.providers.saaya import SaayaVerifier
 from hookstream.core.providers.sawt import SawtVerifier
@@ -137,11 +138,6 @@ def test_malformed_xff_from_untrusted_peer_is_ignored(proxied) -> None:
     assert proxied.network_ok("203.0.113.9", "garbage") is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an IPv4-mapped IPv6 peer (dual-stack listener, e.g. host '::') is compared "
-    "as IPv6 and never matches IPv4 allow_cidrs/trusted_proxies",
-)
 def test_ipv4_mapped_ipv6_peer_matches_ipv4_allow_list(direct) -> None:
     assert direct.network_ok("::ffff:203.0.113.9", None) is True
 

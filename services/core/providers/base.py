@@ -16,7 +16,8 @@ import orjson
 
 from ..config import ConfigError
 
-# Case-insensitive header lookup (Starlette's ``Headers`` or a lower-cased dict).
+# Header lookup: Starlette's case-insensitive ``Headers``, or a dict with lower-cased
+# names (verifiers look up lower-cased names).
 HeaderMap = Mapping[str, str]
 SecretLookup = Callable[[str], str]
 

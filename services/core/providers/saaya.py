@@ -116,7 +116,7 @@ def build_verifier(source: str, table: Mapping[str, Any], lookup: SecretLookup) 
     return SaayaVerifier(
         keys=tuple(_key(s) for s in secrets),
         scheme=scheme,
-        signature_header=str(table.get("signature_header", DEFAULT_HEX_HEADER)),
+        signature_header=str(table.get("signature_header", DEFAULT_HEX_HEADER)).lower(),
         tolerance_s=int(table.get("timestamp_tolerance_s", DEFAULT_TOLERANCE_S)),
     )
 

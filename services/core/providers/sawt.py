@@ -90,7 +90,8 @@ def build_verifier(source: str, table: Mapping[str, Any], lookup: SecretLookup) 
         secrets = secrets_from(source, table, lookup, "secret")
         if not secrets:
             raise ConfigError(f"source {source!r}: auth=header needs secret_env or secrets_env")
-        return SawtVerifier("header", str(table.get("auth_header", DEFAULT_AUTH_HEADER)), secrets)
+        header = str(table.get("auth_header", DEFAULT_AUTH_HEADER)).lower()
+        return SawtVerifier("header", header, secrets)
     if mode == "basic":
         user_env = table.get("basic_user_env")
         passwords = secrets_from(source, table, lookup, "basic_password")
