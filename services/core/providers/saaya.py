@@ -61,7 +61,7 @@ class SaayaVerifier:
         return self._verify_standard(headers, body, now)
 
     def _verify_hex(self, headers: HeaderMap, body: bytes) -> bool:
-        value = headers.get(self.signature_header)
+        value = headers.get(self.signature_header.lower())
         if not value:
             return False
         given = value.strip().removeprefix("sha256=").lower().encode()
@@ -116,7 +116,7 @@ def build_verifier(source: str, table: Mapping[str, Any], lookup: SecretLookup) 
     return SaayaVerifier(
         keys=tuple(_key(s) for s in secrets),
         scheme=scheme,
-        signature_header=str(table.get("signature_header", DEFAULT_HEX_HEADER)).lower(),
+        signature_header=str(table.get("signature_header", DEFAULT_HEX_HEADER)),
         tolerance_s=int(table.get("timestamp_tolerance_s", DEFAULT_TOLERANCE_S)),
     )
 

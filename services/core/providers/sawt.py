@@ -52,7 +52,7 @@ class SawtVerifier:
         if self.mode == "none":
             return True
         if self.mode == "header":
-            value = headers.get(self.header)
+            value = headers.get(self.header.lower())
             if not value:
                 return False
             given = value.removeprefix("Bearer ").strip().encode()
@@ -90,8 +90,7 @@ def build_verifier(source: str, table: Mapping[str, Any], lookup: SecretLookup) 
         secrets = secrets_from(source, table, lookup, "secret")
         if not secrets:
             raise ConfigError(f"source {source!r}: auth=header needs secret_env or secrets_env")
-        header = str(table.get("auth_header", DEFAULT_AUTH_HEADER)).lower()
-        return SawtVerifier("header", header, secrets)
+        return SawtVerifier("header", str(table.get("auth_header", DEFAULT_AUTH_HEADER)), secrets)
     if mode == "basic":
         user_env = table.get("basic_user_env")
         passwords = secrets_from(source, table, lookup, "basic_password")
