@@ -134,3 +134,18 @@ class LogSettings:
 
     level: str = env("HOOKSTREAM_LOG_LEVEL", "INFO", "log level (DEBUG, INFO, WARNING, ERROR)")
     json: bool = env("HOOKSTREAM_LOG_JSON", True, "JSON log lines (false: human-readable)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresSettings:
+    """The PostgreSQL database (dedupe marks, the warehouse)."""
+
+    dsn: str = env(
+        "HOOKSTREAM_PG_DSN",
+        "postgresql://hookstream:hookstream@127.0.0.1:5432/hookstream",
+        "PostgreSQL connection string",
+    )
+    pool_max: int = env("HOOKSTREAM_PG_POOL_MAX", 4, "connections per process")
+    command_timeout_s: float = env(
+        "HOOKSTREAM_PG_COMMAND_TIMEOUT_S", 30.0, "per-statement timeout (a dead connection never hangs)"
+    )

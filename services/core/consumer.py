@@ -1,0 +1,132 @@
+"""The consume loop every consumer service runs: batch, handle, commit, retry.
+
+``handle(records)`` must return only when its outputs are durable (acked by
+the broker, committed in the database); then the loop commits offset + 1 of
+each partition's last record. If it raises ``Retryable``, nothing is
+committed: the loop seeks back to the batch's first offsets and retries after
+an exponential backoff with jitter, which pauses this consumer only.
+Rebalances wait for the batch in progress (``on_partitions_revoked`` takes the
+same lock), so a partition is never handed over with processed-but-uncommitted
+records. SIGTERM finishes the current batch, commits, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Gauge
+
+from .errors import Retryable
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Sequence[Any]], Awaitable[Any]]
+
+CONSUMER_LAG = Gauge("hookstream_consumer_lag", "Records between the committed position and "
+                     "the partition's end", ["group", "topic", "partition"])
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, lock: asyncio.Lock, group: str) -> None:
+        self._lock = lock
+        self._group = group
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._lock:  # the batch in progress finishes and commits first
+            for tp in revoked:
+                try:
+                    CONSUMER_LAG.remove(self._group, tp.topic, str(tp.partition))
+                except KeyError:
+                    pass  # never measured
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"group": self._group,
+                                               "partitions": sorted(p.partition for p in assigned)})
+
+
+class ConsumeLoop:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        topic: str,
+        group: str,
+        handler: Handler,
+        *,
+        max_batch: int,
+        poll_timeout_ms: int = 200,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._group = group
+        self._handler = handler
+        self._max_batch = max_batch
+        self._poll_timeout_ms = poll_timeout_ms
+        self._backoff_max_s = backoff_max_s
+        self._lock = asyncio.Lock()
+        self.started = False
+        self.healthy = True  # False while a batch keeps failing
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe([self._topic], listener=_DrainOnRevoke(self._lock, self._group))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.started = True
+        backoff = 0.5
+        while not stop.is_set():
+            batch = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms,
+                                                 max_records=self._max_batch)
+            if not batch:
+                await self._update_lag()
+                continue
+            async with self._lock:
+                records = [r for partition in batch.values() for r in partition]
+                try:
+                    await self._handler(records)
+                except Retryable as exc:
+                    self.healthy = False
+                    delay = backoff * (0.5 + random.random() / 2)  # jitter
+                    log.warning("batch failed; retrying", extra={
+                        "group": self._group, "error": str(exc), "retry_in_s": round(delay, 2)})
+                    for tp, partition in batch.items():
+                        self._consumer.seek(tp, partition[0].offset)
+                    backoff = min(backoff * 2, self._backoff_max_s)
+                    await _sleep_unless(stop, delay)
+                    continue
+                self.healthy = True
+                backoff = 0.5
+                await self._commit({tp: p[-1].offset + 1 for tp, p in batch.items()})
+            await self._update_lag()
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # Lost the partitions mid-batch: their new owner reprocesses from the last
+            # commit, and dedupe / idempotent writes absorb the repeat.
+            log.warning("commit failed", extra={"group": self._group, "error": repr(exc)})
+
+    async def _update_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = await self._consumer.position(tp)
+            except KafkaError:
+                continue
+            CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
+                max(0, end - position))
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,39 @@
+"""The three outcomes of processing one message, decided in one place.
+
+Every message ends as exactly one of: done; retry later (``Retryable``: a
+transient failure such as a broker or database outage, the batch is retried
+with backoff and nothing is committed); or dead letter (``Invalid``: permanent,
+with a reason from a closed set, the partition moves on).
+"""
+
+from __future__ import annotations
+
+# Dead-letter reasons: a closed set, used as a metric label and a DLQ header.
+INVALID_UTF8 = "invalid_utf8"
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_METADATA = "missing_metadata"
+UNKNOWN_PROVIDER = "unknown_provider"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+UNKNOWN_VERSION = "unknown_version"
+SCHEMA_VIOLATION = "schema_violation"
+MAPPING_FAILED = "mapping_failed"
+
+REASONS = (
+    INVALID_UTF8, MALFORMED_JSON, NOT_AN_OBJECT, MISSING_METADATA, UNKNOWN_PROVIDER,
+    UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, SCHEMA_VIOLATION, MAPPING_FAILED,
+)
+
+
+class Invalid(Exception):
+    """A permanent failure: the message goes to the dead-letter topic with ``reason``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Retryable(Exception):
+    """A transient failure: retry the whole batch later; commit nothing."""

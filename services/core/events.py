@@ -1,0 +1,97 @@
+"""The canonical event: one envelope for every provider's events (schema v1).
+
+Contract: ``schemas/canonical/v1/event.schema.json``; field-by-field meaning and
+the provider-to-canonical mapping table: ``docs/canonical.md``. Adding a field
+is backwards compatible; renaming or retyping one is a new envelope version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+import orjson
+
+ENVELOPE = "hookstream.event.v1"
+
+# A fixed namespace: event ids are uuid5(namespace, "<provider>:<dedupe key>"),
+# so every redelivery, replay or redrive of one event gets the same id.
+EVENT_ID_NAMESPACE = uuid.UUID("7b1f0c52-7d7e-4c55-9a8e-2f4a6c1d9e30")
+
+
+def event_id(provider: str, dedupe_key: str) -> str:
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{provider}:{dedupe_key}"))
+
+
+def iso_ms(epoch_ms: int) -> str:
+    return (
+        dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TranscriptTurn:
+    role: str  # "agent" | "customer" | "system" | the provider's own role, lower-cased
+    text: str
+
+
+@dataclasses.dataclass(slots=True)
+class CanonicalEvent:
+    event_id: str
+    provider: str
+    source: str
+    type: str  # canonical name, e.g. "call.ended"
+    provider_type: str  # the provider's own event name
+    received_at: str  # ISO 8601, from the ingest receive time
+    occurred_at: str | None  # ISO 8601, as the provider stated it, when it did
+    data: dict[str, Any]  # the provider's payload, whole
+    provider_version: str | None = None
+    type_inferred: bool = False  # Sawt: routing key inferred from the payload's shape
+    request_id: str | None = None  # ingest receipt of the delivery this came from
+    # Subject ids, whichever exist.
+    call_id: str | None = None
+    session_id: str | None = None
+    agent_id: str | None = None
+    campaign_id: str | None = None
+    # Typed common fields where the providers overlap.
+    status: str | None = None
+    previous_status: str | None = None
+    direction: str | None = None  # "inbound" | "outbound"
+    customer_number: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_s: float | None = None
+    cost: float | None = None
+    cost_currency: str | None = None
+    sentiment: float | None = None  # -1..1 where the provider gives a number
+    sentiment_label: str | None = None  # "positive" | "neutral" | "negative" | provider's
+    summary: str | None = None
+    outcome: str | None = None  # e.g. Sarj.ai not-connected reason, campaign row outcome
+    transcript: list[TranscriptTurn] | None = None
+    transcript_url: str | None = None
+    recording_url: str | None = None
+    tool_name: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    reason: str | None = None  # escalation / pause reason
+
+    @property
+    def subject_id(self) -> str | None:
+        """The partition key on the canonical topic: one call's events stay in order."""
+        return self.call_id or self.session_id or self.campaign_id or self.agent_id
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"envelope": ENVELOPE}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "transcript" and value is not None:
+                value = [{"role": t.role, "text": t.text} for t in value]
+            out[field.name] = value
+        return out
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())

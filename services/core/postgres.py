@@ -1,0 +1,42 @@
+"""asyncpg pool factory: bounded statements, patient start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from .config import PostgresSettings
+
+log = logging.getLogger(__name__)
+
+# What a database outage or restart looks like from asyncpg: retry these.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+async def create_pool(settings: PostgresSettings, attempts: int = 0) -> asyncpg.Pool:
+    """Connect, retrying with backoff (``attempts`` = 0: forever) while the database starts."""
+    delay, tried = 0.5, 0
+    while True:
+        tried += 1
+        try:
+            return await asyncpg.create_pool(
+                settings.dsn, min_size=1, max_size=settings.pool_max,
+                command_timeout=settings.command_timeout_s,
+            )
+        except TRANSIENT_ERRORS as exc:
+            if attempts and tried >= attempts:
+                raise
+            log.warning("database not reachable; retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)

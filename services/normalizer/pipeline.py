@@ -1,0 +1,216 @@
+"""Raw deliveries in, canonical events (or dead letters) out.
+
+One batch at a time: decode every record (a failure becomes a dead letter,
+never an exception that stops the partition), drop duplicates, publish the
+canonical events and dead letters and wait for every ack, then mark the
+published ids in the dedupe store. The caller commits offsets only after
+``handle`` returned, so the guarantee is at-least-once end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ..core import dlq, errors
+from ..core.config import KafkaSettings
+from ..core.errors import Invalid, Retryable
+from ..core.events import CanonicalEvent, event_id
+from ..core.postgres import TRANSIENT_ERRORS
+from ..core.record import H_RECEIVED_AT, RawDelivery
+from ..core.schemas import SchemaRegistry
+from . import metrics
+from .adapters import ADAPTERS, Adapter
+from .dedupe import DedupeStore
+
+log = logging.getLogger(__name__)
+
+STAGE = "normalizer"
+H_EVENT_TYPE = "hs-event-type"
+
+
+class ConsumedRecord(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclasses.dataclass
+class DeadLetter:
+    record: ConsumedRecord
+    reason: str
+    detail: str
+    provider: str
+
+
+@dataclasses.dataclass
+class BatchResult:
+    published: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+
+class Decoder:
+    """Bytes and headers to a CanonicalEvent; every failure is ``Invalid``."""
+
+    def __init__(self, registry: SchemaRegistry, saaya_versions: Sequence[str] = ()) -> None:
+        self._registry = registry
+        self._saaya_versions = set(saaya_versions)
+        self._adapters: dict[str, Adapter] = ADAPTERS
+
+    def decode(self, record: ConsumedRecord) -> CanonicalEvent:
+        try:
+            raw = RawDelivery.from_kafka(record.headers, record.value)
+        except (KeyError, ValueError) as exc:
+            raise Invalid(errors.MISSING_METADATA, f"raw record header missing: {exc}") from None
+        adapter = self._adapters.get(raw.provider)
+        if adapter is None:
+            raise Invalid(errors.UNKNOWN_PROVIDER, f"no adapter for provider {raw.provider!r}")
+        try:
+            text = raw.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Invalid(errors.INVALID_UTF8, str(exc)) from None
+        try:
+            payload: Any = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise Invalid(errors.MALFORMED_JSON, str(exc)) from None
+        if not isinstance(payload, dict):
+            raise Invalid(errors.NOT_AN_OBJECT, f"body is a JSON {type(payload).__name__}")
+        event_type, version, inferred = adapter.identify(raw, payload)
+        if (version is not None and raw.provider == "saaya" and self._saaya_versions
+                and version not in self._saaya_versions):
+            raise Invalid(errors.UNKNOWN_VERSION, f"saaya version {version!r} not configured")
+        self._registry.validate(raw.provider, version, event_type, payload)
+        key = adapter.dedupe_key(event_type, payload)
+        try:
+            return adapter.to_canonical(raw, payload, event_type, version, inferred,
+                                        event_id(raw.provider, key))
+        except Invalid:
+            raise
+        except Exception as exc:  # a mapping bug must dead-letter, not stop the partition
+            raise Invalid(errors.MAPPING_FAILED, repr(exc)) from None
+
+
+def _provider_of(record: ConsumedRecord) -> str:
+    return dlq.header(record.headers, "hs-provider") or "unknown"
+
+
+class Normalizer:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        producer: AIOKafkaProducer,
+        dedupe: DedupeStore,
+        decoder: Decoder,
+        produce_timeout_s: float = 30.0,
+    ) -> None:
+        self._kafka = kafka
+        self._producer = producer
+        self._dedupe = dedupe
+        self._decoder = decoder
+        self._produce_timeout_s = produce_timeout_s
+
+    async def handle(self, records: Sequence[ConsumedRecord]) -> BatchResult:
+        """Process one batch; returns only when every output is acknowledged.
+
+        Raises ``Retryable`` on a broker or database failure: nothing of the
+        batch may be committed then, and retrying it is safe (dedupe, ids).
+        """
+        started = time.perf_counter()
+        events: list[CanonicalEvent] = []
+        received_ms: dict[str, int] = {}
+        dead: list[DeadLetter] = []
+        for record in records:
+            metrics.EVENTS_IN.labels(_provider_of(record)).inc()
+            try:
+                event = self._decoder.decode(record)
+                events.append(event)
+                received_ms[event.event_id] = int(dlq.header(record.headers, H_RECEIVED_AT) or 0)
+            except Invalid as exc:
+                dead.append(DeadLetter(record, exc.reason, exc.detail, _provider_of(record)))
+
+        # Drop duplicates: within the batch, then against the dedupe record.
+        unique: dict[str, CanonicalEvent] = {}
+        duplicates: list[CanonicalEvent] = []
+        for event in events:
+            if event.event_id in unique:
+                duplicates.append(event)
+            else:
+                unique[event.event_id] = event
+        try:
+            already = await self._dedupe.seen(list(unique))
+        except TRANSIENT_ERRORS + (asyncpg.PostgresError,) as exc:
+            metrics.RETRIES.labels("database").inc()
+            raise Retryable(f"dedupe lookup failed: {exc!r}") from exc
+        duplicates.extend(unique.pop(i) for i in already)
+
+        await self._publish(list(unique.values()), dead)
+        try:
+            await self._dedupe.mark(list(unique))
+        except TRANSIENT_ERRORS + (asyncpg.PostgresError,) as exc:
+            # Published but not marked: a retry republishes (a duplicate), never loses.
+            metrics.RETRIES.labels("database").inc()
+            raise Retryable(f"dedupe mark failed: {exc!r}") from exc
+
+        now_ms = time.time_ns() // 1_000_000
+        for event in unique.values():
+            metrics.EVENTS_OUT.labels(event.provider, event.type).inc()
+            metrics.RECEIVE_TO_PUBLISH.observe(max(0, now_ms - received_ms[event.event_id]) / 1000)
+        for event in duplicates:
+            metrics.DUPLICATES.labels(event.provider).inc()
+        for letter in dead:
+            metrics.DEAD_LETTERS.labels(letter.reason).inc()
+            log.warning("dead-lettered", extra={
+                "reason": letter.reason, "detail": letter.detail[:300],
+                "origin": f"{letter.record.topic}/{letter.record.partition}/"
+                          f"{letter.record.offset}", "provider": letter.provider})
+        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return BatchResult(len(unique), len(duplicates), len(dead))
+
+    async def _publish(self, events: list[CanonicalEvent], dead: list[DeadLetter]) -> None:
+        """Queue every output, then await all acks together (aiokafka #528)."""
+        try:
+            async with asyncio.timeout(self._produce_timeout_s):
+                futures = []
+                for event in events:
+                    subject = event.subject_id
+                    futures.append(await self._producer.send(
+                        self._kafka.events_topic,
+                        value=event.to_json(),
+                        key=subject.encode() if subject else None,
+                        headers=[
+                            (H_EVENT_TYPE, event.type.encode()),
+                            ("hs-provider", event.provider.encode()),
+                            ("hs-source", event.source.encode()),
+                            ("hs-event-id", event.event_id.encode()),
+                            ("content-type", b"application/json"),
+                        ],
+                    ))
+                for letter in dead:
+                    r = letter.record
+                    futures.append(await self._producer.send(
+                        self._kafka.dlq_topic,
+                        value=r.value,
+                        key=r.key,
+                        headers=dlq.dead_letter_headers(
+                            r.headers, reason=letter.reason, stage=STAGE, detail=letter.detail,
+                            topic=r.topic, partition=r.partition, offset=r.offset),
+                    ))
+                await asyncio.gather(*(asyncio.shield(f) for f in futures))
+        except (KafkaError, TimeoutError) as exc:
+            metrics.RETRIES.labels("broker").inc()
+            raise Retryable(f"publish failed: {exc!r}") from exc
+

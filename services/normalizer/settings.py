@@ -1,0 +1,34 @@
+"""Normalizer settings, read once at start from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..core.config import env
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizerSettings:
+    group_id: str = env("HOOKSTREAM_NORMALIZER_GROUP", "hookstream-normalizer",
+                        "consumer group on the raw topic")
+    max_batch: int = env("HOOKSTREAM_NORMALIZER_MAX_BATCH", 1000,
+                         "most records processed (and committed) per batch")
+    poll_timeout_ms: int = env("HOOKSTREAM_NORMALIZER_POLL_TIMEOUT_MS", 200,
+                               "longest wait for a batch to fill")
+    produce_timeout_s: float = env("HOOKSTREAM_NORMALIZER_PRODUCE_TIMEOUT_S", 30.0,
+                                   "longest wait for a batch's acks before retrying it")
+    dedupe_window_s: int = env("HOOKSTREAM_DEDUPE_WINDOW_S", 7 * 24 * 3600,
+                               "how long an event id is remembered (7 days)")
+    dedupe_cache_size: int = env("HOOKSTREAM_DEDUPE_CACHE_SIZE", 200_000,
+                                 "event ids remembered in-process in front of PostgreSQL")
+    saaya_versions: tuple[str, ...] = env(
+        "HOOKSTREAM_SAAYA_VERSIONS", (),
+        "Saaya envelope versions accepted (comma list; empty: every version with schemas)")
+    retry_backoff_max_s: float = env("HOOKSTREAM_NORMALIZER_RETRY_BACKOFF_MAX_S", 30.0,
+                                     "longest pause between retries of a failing batch")
+    http_host: str = env("HOOKSTREAM_NORMALIZER_HTTP_HOST", "127.0.0.1",
+                         "address of /healthz, /readyz, /metrics")
+    http_port: int = env("HOOKSTREAM_NORMALIZER_HTTP_PORT", 8081,
+                         "port of /healthz, /readyz, /metrics")
+    shutdown_timeout_s: float = env("HOOKSTREAM_NORMALIZER_SHUTDOWN_TIMEOUT_S", 20.0,
+                                    "on SIGTERM: longest wait to finish, commit and leave")
