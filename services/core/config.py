@@ -147,5 +147,6 @@ class PostgresSettings:
     )
     pool_max: int = env("HOOKSTREAM_PG_POOL_MAX", 4, "connections per process")
     command_timeout_s: float = env(
-        "HOOKSTREAM_PG_COMMAND_TIMEOUT_S", 30.0, "per-statement timeout (a dead connection never hangs)"
+        "HOOKSTREAM_PG_COMMAND_TIMEOUT_S", 30.0,
+        "per-statement timeout (a dead connection never hangs)",
     )

@@ -22,6 +22,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
 )
+# Any failure of a statement whose inputs we control (ids, timestamps): retry.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 
 
 async def create_pool(settings: PostgresSettings, attempts: int = 0) -> asyncpg.Pool:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -25,7 +24,7 @@ from ..core import dlq, errors
 from ..core.config import KafkaSettings
 from ..core.errors import Invalid, Retryable
 from ..core.events import CanonicalEvent, event_id
-from ..core.postgres import TRANSIENT_ERRORS
+from ..core.postgres import DATABASE_ERRORS
 from ..core.record import H_RECEIVED_AT, RawDelivery
 from ..core.schemas import SchemaRegistry
 from . import metrics
@@ -151,7 +150,7 @@ class Normalizer:
                 unique[event.event_id] = event
         try:
             already = await self._dedupe.seen(list(unique))
-        except TRANSIENT_ERRORS + (asyncpg.PostgresError,) as exc:
+        except DATABASE_ERRORS as exc:
             metrics.RETRIES.labels("database").inc()
             raise Retryable(f"dedupe lookup failed: {exc!r}") from exc
         duplicates.extend(unique.pop(i) for i in already)
@@ -159,7 +158,7 @@ class Normalizer:
         await self._publish(list(unique.values()), dead)
         try:
             await self._dedupe.mark(list(unique))
-        except TRANSIENT_ERRORS + (asyncpg.PostgresError,) as exc:
+        except DATABASE_ERRORS as exc:
             # Published but not marked: a retry republishes (a duplicate), never loses.
             metrics.RETRIES.labels("database").inc()
             raise Retryable(f"dedupe mark failed: {exc!r}") from exc
