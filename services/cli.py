@@ -3,6 +3,7 @@
     hookstream stack up|down|status     the local Kafka + PostgreSQL (deploy/local/stack)
     hookstream topics                   create the documented topics
     hookstream send                     post the providers' sample deliveries, signed
+    hookstream dlq list|show|redrive    inspect and re-submit dead letters
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 from aiokafka import TopicPartition
 
-from .core import logs, topics
+from .core import dlq, logs, topics
 from .core.config import ConfigError, KafkaSettings, LogSettings, help_epilog, load
-from .core.kafka import end_offsets, make_consumer
-from .core.record import H_REQUEST_ID, RawDelivery
+from .core.kafka import end_offsets, make_consumer, make_producer, scan
+from .core.record import H_REQUEST_ID, H_SOURCE, RawDelivery
 from .core.samples import Sample, samples
 from .core.sources import Source, load_sources
+from .core.times import parse_time
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
@@ -141,6 +144,85 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# ---------------------------------------------------------------- dlq
+def _dlq_matches(record: Any, args: argparse.Namespace) -> bool:
+    if args.reason and dlq.header(record.headers, dlq.H_REASON) != args.reason:
+        return False
+    if args.stage and dlq.header(record.headers, dlq.H_STAGE) != args.stage:
+        return False
+    return not (args.source and dlq.header(record.headers, H_SOURCE) != args.source)
+
+
+async def _dlq_records(kafka: KafkaSettings, args: argparse.Namespace) -> list[Any]:
+    found: list[Any] = []
+    async for batch in scan(kafka, kafka.dlq_topic, args.from_):
+        found.extend(r for r in batch if _dlq_matches(r, args))
+    return found
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    kafka = load(KafkaSettings)
+    records = asyncio.run(_dlq_records(kafka, args))
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for r in records:
+        counts[(dlq.header(r.headers, dlq.H_STAGE) or "?",
+                dlq.header(r.headers, dlq.H_REASON) or "?",
+                dlq.header(r.headers, H_SOURCE) or "?")] += 1
+    print(f"{'stage':<14}{'reason':<22}{'source':<16}{'count':>7}")
+    for (stage, reason, source), n in sorted(counts.items()):
+        print(f"{stage:<14}{reason:<22}{source:<16}{n:>7}")
+    print(f"{len(records)} dead letter(s) on {kafka.dlq_topic}")
+    return 0
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    kafka = load(KafkaSettings)
+    records = asyncio.run(_dlq_records(kafka, args))[-args.limit:]
+    for r in records:
+        headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+        print(f"--- {kafka.dlq_topic}/{r.partition}/{r.offset}  "
+              f"reason={headers.get(dlq.H_REASON)} stage={headers.get(dlq.H_STAGE)} "
+              f"origin={headers.get(dlq.H_ORIGIN)}")
+        print(f"detail: {headers.get(dlq.H_DETAIL)}")
+        print("headers: " + ", ".join(f"{k}={v}" for k, v in headers.items()
+                                      if not k.startswith(dlq.PREFIX)))
+        body = (r.value or b"")[:args.bytes]
+        print(f"body ({len(r.value or b'')} bytes): {body.decode('utf-8', 'replace')!r}")
+    return 0
+
+
+async def _redrive(kafka: KafkaSettings, args: argparse.Namespace) -> tuple[int, int]:
+    records = await _dlq_records(kafka, args)
+    redriven = skipped = 0
+    producer = make_producer(kafka, "dlq-redrive")
+    await producer.start()
+    try:
+        futures = []
+        for r in records:
+            stage = dlq.header(r.headers, dlq.H_STAGE)
+            if stage != "normalizer":  # sinks' dead letters redrive with issue 5's retry topics
+                skipped += 1
+                continue
+            if not args.dry_run:
+                futures.append(await producer.send(
+                    kafka.raw_topic, value=r.value, key=r.key,
+                    headers=dlq.original_headers(r.headers)))
+            redriven += 1
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return redriven, skipped
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    kafka = load(KafkaSettings)
+    redriven, skipped = asyncio.run(_redrive(kafka, args))
+    verb = "would re-submit" if args.dry_run else "re-submitted"
+    print(f"{verb} {redriven} dead letter(s) to {kafka.raw_topic} with their original headers"
+          + (f"; {skipped} from other stages left alone" if skipped else ""))
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -178,6 +260,29 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--verify-timeout-s", type=float, default=30.0)
     send.add_argument("--quiet", action="store_true", help="no line per failed delivery")
     send.set_defaults(func=cmd_send)
+
+    dlq_parser = sub.add_parser("dlq", help="inspect and redrive dead letters",
+                                description="Dead letters keep the raw bytes, the original "
+                                "headers, the reason and the stage (docs/canonical.md).")
+    dlq_sub = dlq_parser.add_subparsers(dest="dlq_command", required=True)
+    for name, func, text in (
+        ("list", cmd_dlq_list, "count dead letters by stage, reason and source"),
+        ("show", cmd_dlq_show, "print dead letters: origin, reason, detail, headers, body"),
+        ("redrive", cmd_dlq_redrive, "re-submit dead letters to the raw topic (idempotent: "
+         "the normalizer's dedupe drops what already became an event)"),
+    ):
+        p = dlq_sub.add_parser(name, help=text, description=text)
+        p.add_argument("--reason", help="only this reason (e.g. schema_violation)")
+        p.add_argument("--stage", help="only this stage (e.g. normalizer)")
+        p.add_argument("--source", help="only this source")
+        p.add_argument("--from", dest="from_", type=parse_time,
+                       help="only dead letters written since: ISO 8601, epoch ms, -2h")
+        if name == "show":
+            p.add_argument("--limit", type=int, default=20, help="the last N (default 20)")
+            p.add_argument("--bytes", type=int, default=400, help="body bytes to print")
+        if name == "redrive":
+            p.add_argument("--dry-run", action="store_true", help="count, do not re-submit")
+        p.set_defaults(func=func)
     return parser
 
 

@@ -64,3 +64,17 @@ def stack(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -
     if result.returncode != 0:
         raise RuntimeError(f"stack {' '.join(args)} failed ({result.returncode}):\n"
                            f"{result.stdout}\n{result.stderr}")
+
+
+async def read_topic(kafka: Any, topic: str, want: int, timeout_s: float = 30) -> list[Any]:
+    """Every record of ``topic``, re-reading until at least ``want`` are there (or timeout)."""
+    import time
+
+    from hookstream.core.kafka import scan
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [r async for batch in scan(kafka, topic) for r in batch]
+        if len(found) >= want or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.3)

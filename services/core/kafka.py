@@ -6,9 +6,10 @@ producer; aiokafka's defaults are neither), every consumer commits by hand.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from .config import KafkaSettings
 
@@ -62,5 +63,49 @@ async def end_offsets(settings: KafkaSettings, topic: str) -> dict[TopicPartitio
     await consumer.start()
     try:
         return dict(await consumer.end_offsets(await topic_partitions(consumer, topic)))
+    finally:
+        await consumer.stop()
+
+
+async def scan(
+    settings: KafkaSettings,
+    topic: str,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    max_records: int = 1000,
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """Batches of every record of ``topic`` from ``from_ms`` (default: the beginning)
+    up to the end offsets seen at the start (and record time <= ``to_ms``).
+
+    No consumer group and no commits: for replay, redrive and inspection.
+    """
+    consumer = make_consumer(settings, None)
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(consumer, topic)
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        if from_ms is None:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            found = await consumer.offsets_for_times({tp: from_ms for tp in partitions})
+            for tp in partitions:
+                at = found.get(tp)
+                consumer.seek(tp, at.offset if at is not None else ends[tp])
+        pending = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=max_records)
+            selected: list[ConsumerRecord[bytes, bytes]] = []
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset >= ends[tp] or (to_ms is not None
+                                                     and record.timestamp > to_ms):
+                        pending.discard(tp)
+                        break
+                    selected.append(record)
+                if tp in pending and await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+            if selected:
+                yield selected
     finally:
         await consumer.stop()

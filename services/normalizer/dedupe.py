@@ -14,16 +14,20 @@ from collections.abc import Iterable
 import asyncpg
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS hookstream_dedupe (
+CREATE TABLE IF NOT EXISTS {table} (
     event_id uuid PRIMARY KEY,
     seen_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS hookstream_dedupe_seen_at ON hookstream_dedupe (seen_at);
+CREATE INDEX IF NOT EXISTS {table}_seen_at ON {table} (seen_at);
 """
 
 
 class DedupeStore:
-    def __init__(self, pool: asyncpg.Pool, window_s: int, cache_size: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, window_s: int, cache_size: int,
+                 table: str = "hookstream_dedupe") -> None:
+        if not table.replace("_", "").isalnum():
+            raise ValueError(f"dedupe table name {table!r} must be alphanumeric/underscore")
+        self._table = table
         self._pool = pool
         self._window_s = window_s
         self._cache: OrderedDict[str, None] = OrderedDict()
@@ -34,7 +38,7 @@ class DedupeStore:
             # Serialise concurrent replicas' first start.
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(7291001)")
-                await conn.execute(SCHEMA)
+                await conn.execute(SCHEMA.format(table=self._table))
 
     def _remember(self, ids: Iterable[str]) -> None:
         for event_id in ids:
@@ -49,7 +53,7 @@ class DedupeStore:
         unknown = [i for i in ids if i not in found]
         if unknown:
             rows = await self._pool.fetch(
-                "SELECT event_id::text FROM hookstream_dedupe WHERE event_id = ANY($1::uuid[])"
+                f"SELECT event_id::text FROM {self._table} WHERE event_id = ANY($1::uuid[])"
                 " AND seen_at > now() - make_interval(secs => $2)",
                 unknown, float(self._window_s),
             )
@@ -62,7 +66,7 @@ class DedupeStore:
         if not ids:
             return
         await self._pool.execute(
-            "INSERT INTO hookstream_dedupe (event_id) SELECT unnest($1::uuid[])"
+            f"INSERT INTO {self._table} (event_id) SELECT unnest($1::uuid[])"
             " ON CONFLICT (event_id) DO UPDATE SET seen_at = now()",
             ids,
         )
@@ -71,7 +75,7 @@ class DedupeStore:
     async def purge(self) -> int:
         """Forget ids older than the window; returns how many."""
         result = await self._pool.execute(
-            "DELETE FROM hookstream_dedupe WHERE seen_at < now() - make_interval(secs => $1)",
+            f"DELETE FROM {self._table} WHERE seen_at < now() - make_interval(secs => $1)",
             float(self._window_s),
         )
         return int(result.split()[-1])

@@ -21,6 +21,8 @@ class NormalizerSettings:
                                "how long an event id is remembered (7 days)")
     dedupe_cache_size: int = env("HOOKSTREAM_DEDUPE_CACHE_SIZE", 200_000,
                                  "event ids remembered in-process in front of PostgreSQL")
+    dedupe_table: str = env("HOOKSTREAM_DEDUPE_TABLE", "hookstream_dedupe",
+                            "PostgreSQL table of published event ids")
     saaya_versions: tuple[str, ...] = env(
         "HOOKSTREAM_SAAYA_VERSIONS", (),
         "Saaya envelope versions accepted (comma list; empty: every version with schemas)")

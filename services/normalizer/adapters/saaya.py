@@ -1,0 +1,161 @@
+"""Saaya: envelope ``{id, type, version, data, createdAt}``; 17 event types.
+
+* Event type: the body's ``type``; version: the body's ``version`` (Saaya versions
+  its payloads; the schema registry knows which versions are configured and
+  rejects the others with ``unknown_version``).
+* Dedupe key: the envelope ``id`` (delivery is at-least-once; a redelivery is the
+  same event with the same id).
+* Mapping: ``data.sessionId`` / ``agentId`` / ``campaignId`` are the subject ids;
+  ``createdAt`` is ``occurred_at``. Typed fields, where the event carries them:
+  ``durationMs`` / 1000 -> ``duration_s``; ``cost.totalUsd`` -> ``cost`` in USD;
+  ``sentiment.avg`` -> ``sentiment`` and a derived ``sentiment_label``
+  (< -0.25 negative, > 0.25 positive, else neutral); ``transcriptUrl``;
+  ``metadata.callerNumber`` -> ``customer_number``; ``toolName``; ``error.code`` /
+  ``error.message``; ``reason`` (escalation, pause); ``outcome`` (campaign rows).
+
+See docs/canonical.md for the mapping table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, Invalid
+from ...core.events import CanonicalEvent, iso_ms
+from ...core.record import RawDelivery
+
+PROVIDER = "saaya"
+
+CANONICAL_TYPES: dict[str, str] = {
+    "session.started": "session.started",
+    "session.ended": "session.ended",
+    "session.errored": "session.errored",
+    "session.escalated": "session.escalated",
+    "tool.called": "tool.called",
+    "tool.errored": "tool.failed",
+    "agent.created": "agent.created",
+    "agent.updated": "agent.updated",
+    "agent.published": "agent.published",
+    "agent.rolledback": "agent.rolled_back",
+    "campaign.created": "campaign.created",
+    "campaign.started": "campaign.started",
+    "campaign.paused": "campaign.paused",
+    "campaign.row.completed": "campaign.row.completed",
+    "campaign.completed": "campaign.completed",
+    "kb.upload.completed": "kb.upload.completed",
+    "kb.upload.failed": "kb.upload.failed",
+}
+
+# Sentiment score (-1..1) to label: documented in docs/canonical.md.
+NEGATIVE_BELOW = -0.25
+POSITIVE_ABOVE = 0.25
+
+
+def sentiment_label(score: float) -> str:
+    if score < NEGATIVE_BELOW:
+        return "negative"
+    if score > POSITIVE_ABOVE:
+        return "positive"
+    return "neutral"
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class SaayaAdapter:
+    provider = PROVIDER
+    canonical_types = CANONICAL_TYPES
+
+    def identify(self, raw: RawDelivery, payload: dict[str, Any]) -> tuple[str, str | None, bool]:
+        event_type = payload.get("type")
+        if not isinstance(event_type, str) or not event_type:
+            raise Invalid(UNKNOWN_EVENT_TYPE, f"saaya: body has no string `type` ({event_type!r})")
+        version = payload.get("version")
+        if not isinstance(version, str) or not version:
+            raise Invalid(UNKNOWN_VERSION, f"saaya {event_type}: body has no string `version` "
+                                           f"({version!r})")
+        # An unknown type is left to the schema registry: it tells an unknown
+        # type of a known version (unknown_event_type) from an unconfigured
+        # version (unknown_version).
+        return event_type, version, False
+
+    def dedupe_key(self, event_type: str, payload: dict[str, Any]) -> str:
+        event_id = payload.get("id")
+        if not isinstance(event_id, str) or not event_id:
+            raise Invalid(MAPPING_FAILED, f"saaya {event_type}: no envelope `id` to dedupe on")
+        return event_id
+
+    def to_canonical(
+        self,
+        raw: RawDelivery,
+        payload: dict[str, Any],
+        event_type: str,
+        version: str | None,
+        inferred: bool,
+        event_id: str,
+    ) -> CanonicalEvent:
+        canonical = CANONICAL_TYPES.get(event_type)
+        if canonical is None:
+            raise Invalid(MAPPING_FAILED, f"saaya: no canonical type for {event_type!r}")
+        try:
+            return self._map(raw, payload, event_type, canonical, version, inferred, event_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Invalid(MAPPING_FAILED, f"saaya {event_type}: {exc!r}") from None
+
+    def _map(
+        self,
+        raw: RawDelivery,
+        payload: dict[str, Any],
+        event_type: str,
+        canonical: str,
+        version: str | None,
+        inferred: bool,
+        event_id: str,
+    ) -> CanonicalEvent:
+        data = _obj(payload.get("data"))
+        duration_ms = _num(data.get("durationMs"))
+        cost = _num(_obj(data.get("cost")).get("totalUsd"))
+        sentiment = _num(_obj(data.get("sentiment")).get("avg"))
+        error = _obj(data.get("error"))
+        return CanonicalEvent(
+            event_id=event_id,
+            provider=PROVIDER,
+            source=raw.source,
+            type=canonical,
+            provider_type=event_type,
+            received_at=iso_ms(raw.received_at_ms),
+            occurred_at=_str(payload.get("createdAt")),
+            data=payload,
+            provider_version=version,
+            type_inferred=inferred,
+            request_id=raw.request_id,
+            session_id=_str(data.get("sessionId")),
+            agent_id=_str(data.get("agentId")),
+            campaign_id=_str(data.get("campaignId")),
+            customer_number=_str(_obj(data.get("metadata")).get("callerNumber")),
+            duration_s=None if duration_ms is None else duration_ms / 1000,
+            cost=cost,
+            cost_currency="USD" if cost is not None else None,
+            sentiment=sentiment,
+            sentiment_label=None if sentiment is None else sentiment_label(sentiment),
+            outcome=_str(data.get("outcome")) if event_type == "campaign.row.completed" else None,
+            transcript_url=_str(data.get("transcriptUrl")),
+            tool_name=_str(data.get("toolName")),
+            error_code=_str(error.get("code")),
+            error_message=_str(error.get("message")),
+            reason=_str(data.get("reason")),
+        )
+
+
+ADAPTER = SaayaAdapter()

@@ -1,0 +1,168 @@
+"""Wiring of the normalizer process: clients, health, the consume loop, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ..core import health
+from ..core.config import KafkaSettings, PostgresSettings
+from ..core.consumer import ConsumeLoop
+from ..core.kafka import make_consumer, make_producer, scan
+from ..core.postgres import DATABASE_ERRORS, create_pool
+from ..core.schemas import SchemaRegistry
+from .dedupe import DedupeStore
+from .pipeline import Decoder, Normalizer
+from .settings import NormalizerSettings
+
+log = logging.getLogger(__name__)
+
+PURGE_INTERVAL_S = 3600
+
+
+async def start_producer(kafka: KafkaSettings, role: str) -> AIOKafkaProducer:
+    """Start a producer, retrying while the broker is unreachable."""
+    delay = 0.5
+    while True:
+        producer = make_producer(kafka, role, linger_ms=5)
+        try:
+            await asyncio.wait_for(producer.start(), timeout=15)
+            return producer
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("broker not reachable; retrying", extra={"error": repr(exc)})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=5)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+@contextlib.asynccontextmanager
+async def normalizer_parts(
+    settings: NormalizerSettings, kafka: KafkaSettings, pg: PostgresSettings
+) -> AsyncIterator[tuple[Normalizer, DedupeStore, asyncpg.Pool, AIOKafkaProducer]]:
+    """The normalizer with its producer, dedupe store and pool (shared by run and replay)."""
+    pool = await create_pool(pg)
+    producer: AIOKafkaProducer | None = None
+    try:
+        dedupe = DedupeStore(pool, settings.dedupe_window_s, settings.dedupe_cache_size,
+                             settings.dedupe_table)
+        await dedupe.migrate()
+        producer = await start_producer(kafka, "normalizer")
+        decoder = Decoder(SchemaRegistry(), settings.saaya_versions)
+        yield (Normalizer(kafka, producer, dedupe, decoder, settings.produce_timeout_s),
+               dedupe, pool, producer)
+    finally:
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=settings.shutdown_timeout_s)
+        await pool.close()
+
+
+async def _purge_forever(dedupe: DedupeStore) -> None:
+    while True:
+        try:
+            removed = await dedupe.purge()
+            log.info("dedupe marks past the window removed", extra={"removed": removed})
+        except DATABASE_ERRORS as exc:
+            log.warning("dedupe purge failed", extra={"error": repr(exc)})
+        await asyncio.sleep(PURGE_INTERVAL_S)
+
+
+async def run(settings: NormalizerSettings, kafka: KafkaSettings, pg: PostgresSettings,
+              stop: asyncio.Event, serve_http: bool = True) -> None:
+    """Consume the raw topic until ``stop`` is set; then finish the batch, commit, leave."""
+    checks = health.Health()
+    server: asyncio.Task[None] | None = None
+    loop_ref: list[ConsumeLoop] = []
+    checks.add_check("consumer", lambda: bool(loop_ref) and loop_ref[0].started)
+    checks.add_check("processing", lambda: bool(loop_ref) and loop_ref[0].healthy)
+    if serve_http:
+        server = await health.serve_in_background(checks, settings.http_host, settings.http_port)
+    try:
+        async with normalizer_parts(settings, kafka, pg) as (normalizer, dedupe, _, _):
+            consumer = make_consumer(kafka, settings.group_id,
+                                     max_poll_records=settings.max_batch)
+            loop = ConsumeLoop(consumer, kafka.raw_topic, settings.group_id,
+                               normalizer.handle, max_batch=settings.max_batch,
+                               poll_timeout_ms=settings.poll_timeout_ms,
+                               backoff_max_s=settings.retry_backoff_max_s)
+            loop.subscribe()
+            await consumer.start()
+            loop_ref.append(loop)
+            purge = asyncio.create_task(_purge_forever(dedupe))
+            log.info("normalizer consuming", extra={"topic": kafka.raw_topic,
+                                                    "group": settings.group_id})
+            try:
+                await loop.run(stop)
+            finally:
+                purge.cancel()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), timeout=settings.shutdown_timeout_s)
+                log.info("normalizer stopped")
+    finally:
+        if server is not None:
+            server.cancel()
+            with contextlib.suppress(BaseException):
+                await server
+
+
+async def replay(
+    settings: NormalizerSettings,
+    kafka: KafkaSettings,
+    pg: PostgresSettings,
+    from_ms: int,
+    to_ms: int | None,
+    source: str | None,
+    progress: Any = None,
+) -> dict[str, int]:
+    """Re-run raw deliveries received in [from_ms, to_ms] through the normalizer.
+
+    Reads the raw topic directly (no consumer group, no commits): deliveries that
+    already became canonical events are dropped as duplicates, and those that were
+    dead-lettered before (e.g. before a schema fix) are normalised now.
+    """
+    totals = {"read": 0, "matched": 0, "published": 0, "duplicates": 0, "dead_letters": 0}
+    async with normalizer_parts(settings, kafka, pg) as (normalizer, _, _, _):
+        async for batch in scan(kafka, kafka.raw_topic, from_ms, to_ms, settings.max_batch):
+            totals["read"] += len(batch)
+            selected = [r for r in batch
+                        if source is None or _source_of(r.headers) == source]
+            if selected:
+                result = await _handle_with_retry(normalizer, selected)
+                totals["matched"] += len(selected)
+                totals["published"] += result.published
+                totals["duplicates"] += result.duplicates
+                totals["dead_letters"] += result.dead_letters
+            if progress is not None:
+                progress(totals)
+    return totals
+
+
+async def _handle_with_retry(normalizer: Normalizer, records: Sequence[Any]) -> Any:
+    from ..core.errors import Retryable
+
+    delay = 0.5
+    for attempt in range(8):
+        try:
+            return await normalizer.handle(records)
+        except Retryable as exc:
+            if attempt == 7:
+                raise
+            log.warning("replay batch failed; retrying", extra={"error": str(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+    raise AssertionError("unreachable")
+
+
+def _source_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    for key, value in headers:
+        if key == "hs-source":
+            return value.decode()
+    return None
