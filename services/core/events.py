@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import uuid
 from typing import Any
 
@@ -21,8 +22,19 @@ ENVELOPE = "hookstream.event.v1"
 EVENT_ID_NAMESPACE = uuid.UUID("7b1f0c52-7d7e-4c55-9a8e-2f4a6c1d9e30")
 
 
+_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
+
+
 def event_id(provider: str, dedupe_key: str) -> str:
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{provider}:{dedupe_key}"))
+    """``str(uuid.uuid5(EVENT_ID_NAMESPACE, ...))``, without building UUID objects
+    (this runs once per event on the normalizer's hot path)."""
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + f"{provider}:{dedupe_key}".encode()).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def iso_ms(epoch_ms: int) -> str:
@@ -39,8 +51,10 @@ class TranscriptTurn:
     text: str
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class CanonicalEvent:
+    # Field order is the JSON order: orjson serialises this dataclass natively.
+    envelope: str = dataclasses.field(default=ENVELOPE, init=False)
     event_id: str
     provider: str
     source: str
@@ -85,13 +99,8 @@ class CanonicalEvent:
         return self.call_id or self.session_id or self.campaign_id or self.agent_id
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"envelope": ENVELOPE}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name == "transcript" and value is not None:
-                value = [{"role": t.role, "text": t.text} for t in value]
-            out[field.name] = value
-        return out
+        parsed: dict[str, Any] = orjson.loads(self.to_json())
+        return parsed
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return orjson.dumps(self)

@@ -13,7 +13,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -132,7 +133,6 @@ class Normalizer:
         received_ms: dict[str, int] = {}
         dead: list[DeadLetter] = []
         for record in records:
-            metrics.EVENTS_IN.labels(_provider_of(record)).inc()
             try:
                 event = self._decoder.decode(record)
                 events.append(event)
@@ -163,14 +163,8 @@ class Normalizer:
             metrics.RETRIES.labels("database").inc()
             raise Retryable(f"dedupe mark failed: {exc!r}") from exc
 
-        now_ms = time.time_ns() // 1_000_000
-        for event in unique.values():
-            metrics.EVENTS_OUT.labels(event.provider, event.type).inc()
-            metrics.RECEIVE_TO_PUBLISH.observe(max(0, now_ms - received_ms[event.event_id]) / 1000)
-        for event in duplicates:
-            metrics.DUPLICATES.labels(event.provider).inc()
+        self._count(records, unique.values(), duplicates, dead, received_ms)
         for letter in dead:
-            metrics.DEAD_LETTERS.labels(letter.reason).inc()
             log.warning("dead-lettered", extra={
                 "reason": letter.reason, "detail": letter.detail[:300],
                 "origin": f"{letter.record.topic}/{letter.record.partition}/"
@@ -178,6 +172,30 @@ class Normalizer:
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return BatchResult(len(unique), len(duplicates), len(dead))
+
+    @staticmethod
+    def _count(
+        records: Sequence[ConsumedRecord],
+        published: Iterable[CanonicalEvent],
+        duplicates: list[CanonicalEvent],
+        dead: list[DeadLetter],
+        received_ms: dict[str, int],
+    ) -> None:
+        """Metrics, aggregated per batch: one label lookup per distinct label set."""
+        now_ms = time.time_ns() // 1_000_000
+        counts_in = Counter(_provider_of(r) for r in records)
+        counts_out: Counter[tuple[str, str]] = Counter()
+        for event in published:
+            counts_out[(event.provider, event.type)] += 1
+            metrics.RECEIVE_TO_PUBLISH.observe(max(0, now_ms - received_ms[event.event_id]) / 1000)
+        for provider, n in counts_in.items():
+            metrics.EVENTS_IN.labels(provider).inc(n)
+        for (provider, kind), n in counts_out.items():
+            metrics.EVENTS_OUT.labels(provider, kind).inc(n)
+        for provider, n in Counter(e.provider for e in duplicates).items():
+            metrics.DUPLICATES.labels(provider).inc(n)
+        for reason, n in Counter(d.reason for d in dead).items():
+            metrics.DEAD_LETTERS.labels(reason).inc(n)
 
     async def _publish(self, events: list[CanonicalEvent], dead: list[DeadLetter]) -> None:
         """Queue every output, then await all acks together (aiokafka #528)."""
@@ -208,7 +226,11 @@ class Normalizer:
                             r.headers, reason=letter.reason, stage=STAGE, detail=letter.detail,
                             topic=r.topic, partition=r.partition, offset=r.offset),
                     ))
-                await asyncio.gather(*(asyncio.shield(f) for f in futures))
+                # asyncio.wait (unlike gather under a timeout) never cancels the
+                # futures: aiokafka keeps its batch bookkeeping intact on a timeout.
+                done, _ = await asyncio.wait(futures)
+                for future in done:
+                    future.result()  # raises the KafkaError of a failed send
         except (KafkaError, TimeoutError) as exc:
             metrics.RETRIES.labels("broker").inc()
             raise Retryable(f"publish failed: {exc!r}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -96,6 +97,9 @@ async def run(settings: NormalizerSettings, kafka: KafkaSettings, pg: PostgresSe
             loop.subscribe()
             await consumer.start()
             loop_ref.append(loop)
+            # Everything allocated so far (schemas, clients) lives for the whole run:
+            # keep it out of the cyclic collector's scans on the hot path.
+            gc.freeze()
             purge = asyncio.create_task(_purge_forever(dedupe))
             log.info("normalizer consuming", extra={"topic": kafka.raw_topic,
                                                     "group": settings.group_id})

@@ -1,0 +1,61 @@
+"""Shared pieces of the benchmarks: unique sample traffic, a pre-filled topic, tables."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Iterator
+
+import orjson
+
+from hookstream.core.config import KafkaSettings
+from hookstream.core.kafka import make_producer
+from hookstream.core.providers import PROVIDERS
+from hookstream.core.record import RawDelivery
+from hookstream.core.samples import samples
+
+SOURCE_OF = {"saaya": "saaya-main", "sawt": "sawt-main", "sarj": "sarj-main"}
+
+
+def unique_deliveries(count: int) -> Iterator[RawDelivery]:
+    """``count`` raw deliveries cycling through every provider's samples, each a
+    distinct event (fresh Saaya ``id`` / call ids) so that none is a duplicate."""
+    base = list(samples())
+    for n, sample in zip(range(count), itertools.cycle(base), strict=False):
+        body = orjson.loads(sample.body)
+        tag = f"{n:08d}-{uuid.uuid4().hex[:8]}"
+        if sample.provider == "saaya":
+            body["id"] = f"evt_bench_{tag}"
+        else:
+            body["call_id"] = f"call_bench_{tag}"
+        yield RawDelivery(
+            source=SOURCE_OF[sample.provider], provider=sample.provider,
+            received_at_ms=time.time_ns() // 1_000_000, request_id=uuid.uuid4().hex,
+            body=orjson.dumps(body), content_type="application/json",
+            routing_key=sample.event if sample.provider == "sawt" else None,
+        )
+
+
+async def fill_topic(kafka: KafkaSettings, topic: str, deliveries: list[RawDelivery]) -> None:
+    producer = make_producer(kafka, "bench-fill", linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        futures = []
+        for d in deliveries:
+            # Keyed as ingest keys them (the provider's natural id).
+            key = PROVIDERS[d.provider].natural_key(d.body)
+            futures.append(await producer.send(topic, value=d.body, key=key,
+                                               headers=d.headers()))
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False))
+    out = [title, line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,129 @@
+"""Normalizer throughput beside a bare aiokafka consume -> orjson parse -> produce loop.
+
+Both read the same pre-filled raw topic (mixed providers, every event distinct),
+in the same run, with the same producer settings (acks=all, idempotent), each
+from its own consumer group into its own output topic, committing per batch.
+
+    python -m bench.normalizer [--messages 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import time
+import uuid
+
+import asyncpg
+import orjson
+
+from hookstream.core import logs, topics
+from hookstream.core.config import KafkaSettings, LogSettings, PostgresSettings, load
+from hookstream.core.kafka import make_consumer, make_producer
+from hookstream.core.schemas import SchemaRegistry
+from hookstream.normalizer.dedupe import DedupeStore
+from hookstream.normalizer.pipeline import Decoder, Normalizer
+
+from .common import fill_topic, table, unique_deliveries
+
+BATCH = 1000
+
+
+async def _consume_all(kafka: KafkaSettings, group: str, topic: str, total: int,
+                       handle) -> float:  # type: ignore[no-untyped-def]
+    consumer = make_consumer(kafka, group, max_poll_records=BATCH)
+    consumer.subscribe([topic])
+    await consumer.start()
+    try:
+        await consumer.getmany(timeout_ms=0)  # join the group before the clock starts
+        seen = 0
+        started = None
+        while seen < total:
+            batch = await consumer.getmany(timeout_ms=500, max_records=BATCH)
+            if not batch:
+                continue
+            started = started or time.perf_counter()
+            records = [r for part in batch.values() for r in part]
+            await handle(records)
+            await consumer.commit({tp: p[-1].offset + 1 for tp, p in batch.items()})
+            seen += len(records)
+        return time.perf_counter() - (started or time.perf_counter())
+    finally:
+        await consumer.stop()
+
+
+async def bench(messages: int) -> str:
+    kafka = load(KafkaSettings)
+    run_id = uuid.uuid4().hex[:8]
+    raw = f"bench.raw.{run_id}"
+    bare_out = f"bench.bare-out.{run_id}"
+    kafka = dataclasses.replace(kafka, raw_topic=raw, events_topic=f"bench.events.{run_id}",
+                                dlq_topic=f"bench.dlq.{run_id}")
+    await topics.ensure(kafka, [*topics.plan(kafka, partitions=3),
+                                topics.TopicSpec(bare_out, 3, topics.DAY_MS, "bench")])
+    await fill_topic(kafka, raw, list(unique_deliveries(messages)))
+    gc.freeze()  # as the normalizer service does after start-up; applies to both loops
+
+    producer = make_producer(kafka, "bench", linger_ms=5)
+    await producer.start()
+    pool = await asyncpg.create_pool(load(PostgresSettings).dsn, min_size=1, max_size=4)
+    table_name = f"bench_dedupe_{run_id}"
+    try:
+        # (a) bare loop: parse each body, produce it (same key), await the batch's acks.
+        async def bare(records) -> None:  # type: ignore[no-untyped-def]
+            futures = []
+            for r in records:
+                parsed = orjson.loads(r.value)
+                futures.append(await producer.send(bare_out, value=orjson.dumps(parsed),
+                                                   key=r.key))
+            await asyncio.gather(*futures)
+
+        bare_s = await _consume_all(kafka, f"bench-bare-{run_id}", raw, messages, bare)
+
+        # (b) the normalizer: decode, validate, map, dedupe (PostgreSQL), publish, mark.
+        dedupe = DedupeStore(pool, 3600, 200_000, table_name)
+        await dedupe.migrate()
+        normalizer = Normalizer(kafka, producer, dedupe, Decoder(SchemaRegistry()))
+        out = {"published": 0, "dead": 0, "dup": 0}
+
+        async def normalize(records) -> None:  # type: ignore[no-untyped-def]
+            result = await normalizer.handle(records)
+            out["published"] += result.published
+            out["dead"] += result.dead_letters
+            out["dup"] += result.duplicates
+
+        norm_s = await _consume_all(kafka, f"bench-normalizer-{run_id}", raw, messages,
+                                    normalize)
+    finally:
+        await pool.execute(f"DROP TABLE IF EXISTS {table_name}")
+        await pool.close()
+        await producer.stop()
+
+    bare_rate, norm_rate = messages / bare_s, messages / norm_s
+    assert out["published"] == messages, out  # every distinct event came out once
+    return table(
+        f"normalizer throughput ({messages} mixed-provider deliveries, 3 partitions, "
+        "acks=all, batches of up to 1000)",
+        ["loop", "seconds", "events/s", "ratio"],
+        [["bare aiokafka consume -> orjson -> produce", f"{bare_s:.2f}", f"{bare_rate:,.0f}",
+          "1.00"],
+         ["hookstream normalizer (validate, map, dedupe, publish)", f"{norm_s:.2f}",
+          f"{norm_rate:,.0f}", f"{norm_rate / bare_rate:.2f}"]],
+    ) + f"\n  normalizer output: {out['published']} published, {out['dup']} duplicates, " \
+        f"{out['dead']} dead letters"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.normalizer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20000)
+    args = parser.parse_args(argv)
+    logs.configure("bench", load(LogSettings, level="WARNING", json=False))
+    print(asyncio.run(bench(args.messages)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
