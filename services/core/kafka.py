@@ -6,12 +6,18 @@ producer; aiokafka's defaults are neither), every consumer commits by hand.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from .config import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 
 def make_producer(settings: KafkaSettings, role: str, **overrides: Any) -> AIOKafkaProducer:
@@ -109,3 +115,19 @@ async def scan(
                 yield selected
     finally:
         await consumer.stop()
+
+
+async def start_producer(kafka: KafkaSettings, role: str) -> AIOKafkaProducer:
+    """Start a producer, retrying while the broker is unreachable."""
+    delay = 0.5
+    while True:
+        producer = make_producer(kafka, role, linger_ms=5)
+        try:
+            await asyncio.wait_for(producer.start(), timeout=15)
+            return producer
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("broker not reachable; retrying", extra={"error": repr(exc)})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=5)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)

@@ -11,12 +11,11 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from ..core import health
 from ..core.config import KafkaSettings, PostgresSettings
 from ..core.consumer import ConsumeLoop
-from ..core.kafka import make_consumer, make_producer, scan
+from ..core.kafka import make_consumer, scan, start_producer
 from ..core.postgres import DATABASE_ERRORS, create_pool
 from ..core.schemas import SchemaRegistry
 from .dedupe import DedupeStore
@@ -26,22 +25,6 @@ from .settings import NormalizerSettings
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL_S = 3600
-
-
-async def start_producer(kafka: KafkaSettings, role: str) -> AIOKafkaProducer:
-    """Start a producer, retrying while the broker is unreachable."""
-    delay = 0.5
-    while True:
-        producer = make_producer(kafka, role, linger_ms=5)
-        try:
-            await asyncio.wait_for(producer.start(), timeout=15)
-            return producer
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("broker not reachable; retrying", extra={"error": repr(exc)})
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), timeout=5)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
 
 
 @contextlib.asynccontextmanager

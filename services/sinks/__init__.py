@@ -1,0 +1,1 @@
+"""Sink workers: each its own deployable and consumer group (hookstream.core.sink)."""

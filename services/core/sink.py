@@ -1,0 +1,381 @@
+"""The sink framework: what every sink worker shares, so a new sink is one module.
+
+A sink is a separately deployable worker with its own consumer group on the
+canonical topic. It implements :class:`Sink` (``wants`` to filter by canonical
+type, ``write`` a batch durably); :class:`SinkRunner` does the rest:
+
+* batching (``getmany``) and commit-after-write (the shared ``ConsumeLoop``);
+* three outcomes per event, decided by the sink's ``write``:
+  - written (or not wanted): committed;
+  - transient failure for the whole batch (``Retryable``: database down, a 5xx,
+    a 429): the batch is retried in place with backoff and jitter; this pauses
+    this sink only, memory stays flat;
+  - deferred (``WriteOutcome.deferred``: e.g. the CRM's circuit is open): parked
+    on the sink's retry topic ``hookstream.sink.<name>.retry.v1`` with a
+    not-before time, so the main partition moves on; a second loop re-offers
+    parked events when due, with growing delays, and dead-letters them after
+    ``max_attempts``;
+  - permanent failure (``WriteOutcome.failed``): the sink's dead-letter topic
+    ``hookstream.sink.<name>.dlq.v1`` with the reason, the record's bytes and
+    headers;
+* graceful drain on SIGTERM, health/readiness/metrics endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge, Histogram
+
+from . import dlq, health, logs, topics
+from .config import ConfigError, KafkaSettings, LogSettings, env, help_epilog, load
+from .consumer import ConsumeLoop
+from .errors import Retryable
+from .kafka import make_consumer, start_producer
+
+log = logging.getLogger(__name__)
+
+H_ATTEMPT = "hs-retry-attempt"
+H_NOT_BEFORE = "hs-retry-not-before"  # integer ms since the epoch
+
+# Dead-letter reasons of the sink stage.
+MALFORMED_EVENT = "malformed_event"
+RETRIES_EXHAUSTED = "retries_exhausted"
+
+EVENTS = PromCounter("hookstream_sink_events_total",
+                     "Canonical events handled by a sink, by outcome "
+                     "(written, skipped, deferred, dead_letter)", ["sink", "outcome"])
+WRITE_SECONDS = Histogram("hookstream_sink_write_seconds", "Time of one batch write",
+                          ["sink"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                             1, 2.5, 5, 10, 30))
+BATCH_SIZE = Histogram("hookstream_sink_batch_size", "Events per batch written", ["sink"],
+                       buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500))
+RETRIES = PromCounter("hookstream_sink_batch_retries_total",
+                      "Batches retried after a transient failure", ["sink"])
+END_TO_END = Histogram("hookstream_sink_end_to_end_seconds",
+                       "From ingest's receive time to the sink's durable write", ["sink"],
+                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+DEFERRED_DUE = Gauge("hookstream_sink_retry_oldest_age_seconds",
+                     "Age of the parked event being re-offered (0 when none)", ["sink"])
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkSettings:
+    """Settings every sink reads; the sink's name fills the ``{name}`` defaults."""
+
+    max_batch: int = env("HOOKSTREAM_SINK_MAX_BATCH", 500, "most events written per batch")
+    poll_timeout_ms: int = env("HOOKSTREAM_SINK_POLL_TIMEOUT_MS", 200,
+                               "longest wait for a batch to fill")
+    backoff_max_s: float = env("HOOKSTREAM_SINK_BACKOFF_MAX_S", 30.0,
+                               "longest pause between retries of a failing batch")
+    retry_delays_s: tuple[str, ...] = env(
+        "HOOKSTREAM_SINK_RETRY_DELAYS_S", ("5", "30", "120", "600", "1800"),
+        "delays before re-offering a parked event, per attempt; past the last: dead letter")
+    http_host: str = env("HOOKSTREAM_SINK_HTTP_HOST", "127.0.0.1",
+                         "address of /healthz, /readyz, /metrics")
+    http_port: int = env("HOOKSTREAM_SINK_HTTP_PORT", 0,
+                         "port of /healthz, /readyz, /metrics (0: the sink's default)")
+    shutdown_timeout_s: float = env("HOOKSTREAM_SINK_SHUTDOWN_TIMEOUT_S", 20.0,
+                                    "on SIGTERM: longest wait to finish, commit and leave")
+
+    def delays(self) -> list[float]:
+        return [float(d) for d in self.retry_delays_s]
+
+
+@dataclasses.dataclass
+class SinkEvent:
+    """One canonical event as a sink sees it."""
+
+    event: dict[str, Any]
+    record: Any  # the consumed Kafka record (value, headers, topic/partition/offset)
+    attempt: int = 0  # 0: first offer; n: the n-th re-offer from the retry topic
+
+    @property
+    def type(self) -> str:
+        return str(self.event.get("type", ""))
+
+
+@dataclasses.dataclass
+class WriteOutcome:
+    """What did not get written; everything else in the batch was."""
+
+    deferred: list[tuple[SinkEvent, str]] = dataclasses.field(default_factory=list)
+    failed: list[tuple[SinkEvent, str, str]] = dataclasses.field(default_factory=list)
+
+
+class Sink(Protocol):
+    name: str  # "warehouse" -> group hookstream-sink-warehouse, its retry and DLQ topics
+    default_http_port: int
+
+    def wants(self, event_type: str) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def write(self, events: list[SinkEvent]) -> WriteOutcome:
+        """Write durably, then return. Raise ``Retryable`` if the whole batch should be
+        retried later (a dependency is down); a sink must be idempotent per event_id."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+
+def sink_topics(kafka: KafkaSettings, name: str) -> tuple[str, str]:
+    """(retry topic, dead-letter topic) of sink ``name``."""
+    return f"hookstream.sink.{name}.retry.v1", f"hookstream.sink.{name}.dlq.v1"
+
+
+def topic_plan(kafka: KafkaSettings, name: str) -> list[topics.TopicSpec]:
+    retry, dead = sink_topics(kafka, name)
+    return [
+        topics.TopicSpec(retry, 1, 7 * topics.DAY_MS, f"parked events of the {name} sink"),
+        topics.TopicSpec(dead, 1, 30 * topics.DAY_MS, f"dead letters of the {name} sink"),
+    ]
+
+
+def _received_ms(event: dict[str, Any]) -> int | None:
+    import datetime as dt
+
+    value = event.get("received_at")
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+class SinkRunner:
+    def __init__(self, sink: Sink, kafka: KafkaSettings, settings: SinkSettings,
+                 group_id: str | None = None) -> None:
+        self.sink = sink
+        self.kafka = kafka
+        self.settings = settings
+        self.group_id = group_id or f"hookstream-sink-{sink.name}"
+        self.retry_topic, self.dlq_topic = sink_topics(kafka, sink.name)
+        self._producer: AIOKafkaProducer | None = None
+        self._loops: list[ConsumeLoop] = []
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------ outcomes
+    async def _send_all(self, sends: list[tuple[str, bytes | None, bytes | None,
+                                                list[tuple[str, bytes]]]]) -> None:
+        if not sends:
+            return
+        assert self._producer is not None
+        try:
+            async with asyncio.timeout(30):
+                futures = [await self._producer.send(topic, value=value, key=key,
+                                                     headers=headers)
+                           for topic, key, value, headers in sends]
+                done, _ = await asyncio.wait(futures)
+                for future in done:
+                    future.result()
+        except (KafkaError, TimeoutError) as exc:
+            raise Retryable(f"parking/dead-lettering failed: {exc!r}") from exc
+
+    def _park(self, item: SinkEvent, detail: str) -> tuple[str, bytes | None, bytes | None,
+                                                            list[tuple[str, bytes]]]:
+        attempt = item.attempt + 1
+        delays = self.settings.delays()
+        if attempt > len(delays):
+            return self._dead(item, RETRIES_EXHAUSTED, f"after {item.attempt} attempts: {detail}")
+        not_before = time.time_ns() // 1_000_000 + int(delays[attempt - 1] * 1000)
+        headers = [(k, v) for k, v in item.record.headers
+                   if k not in (H_ATTEMPT, H_NOT_BEFORE)]
+        headers += [(H_ATTEMPT, str(attempt).encode()), (H_NOT_BEFORE, str(not_before).encode())]
+        return (self.retry_topic, item.record.key, item.record.value, headers)
+
+    def _dead(self, item: SinkEvent, reason: str, detail: str
+              ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        r = item.record
+        headers = dlq.dead_letter_headers(
+            r.headers, reason=reason, stage=f"sink:{self.sink.name}", detail=detail,
+            topic=r.topic, partition=r.partition, offset=r.offset)
+        return (self.dlq_topic, r.key, r.value, headers)
+
+    async def _offer(self, items: list[SinkEvent], malformed: list[SinkEvent]) -> None:
+        """Write ``items``; park what is deferred, dead-letter what failed or is malformed."""
+        name = self.sink.name
+        outcome = WriteOutcome()
+        if items:
+            started = time.perf_counter()
+            try:
+                outcome = await self.sink.write(items)
+            except Retryable:
+                RETRIES.labels(name).inc()
+                raise
+            WRITE_SECONDS.labels(name).observe(time.perf_counter() - started)
+            BATCH_SIZE.labels(name).observe(len(items))
+        sends = [self._park(item, detail) for item, detail in outcome.deferred]
+        sends += [self._dead(item, reason, detail) for item, reason, detail in outcome.failed]
+        sends += [self._dead(item, MALFORMED_EVENT, "not a canonical event JSON object")
+                  for item in malformed]
+        await self._send_all(sends)
+
+        not_written = {id(i) for i, _ in outcome.deferred} | {id(i) for i, _, _ in
+                                                              outcome.failed}
+        now_ms = time.time_ns() // 1_000_000
+        counts: Counter[str] = Counter()
+        for item in items:
+            if id(item) in not_written:
+                continue
+            counts["written"] += 1
+            received = _received_ms(item.event)
+            if received is not None:
+                END_TO_END.labels(name).observe(max(0, now_ms - received) / 1000)
+        counts["deferred"] += len(outcome.deferred)
+        counts["dead_letter"] += len(outcome.failed) + len(malformed)
+        for outcome_name, n in counts.items():
+            EVENTS.labels(name, outcome_name).inc(n)
+
+    def _parse(self, records: Sequence[Any], attempt_of: Callable[[Any], int]
+               ) -> tuple[list[SinkEvent], list[SinkEvent], int]:
+        wanted: list[SinkEvent] = []
+        malformed: list[SinkEvent] = []
+        skipped = 0
+        for record in records:
+            kind = dlq.header(record.headers, "hs-event-type")
+            if kind is not None and not self.sink.wants(kind):
+                skipped += 1  # cheap: filtered on the header, never parsed
+                continue
+            try:
+                event = orjson.loads(record.value)
+            except orjson.JSONDecodeError:
+                event = None
+            item = SinkEvent(event if isinstance(event, dict) else {}, record,
+                             attempt_of(record))
+            if not isinstance(event, dict):
+                malformed.append(item)
+            elif self.sink.wants(item.type):
+                wanted.append(item)
+            else:
+                skipped += 1
+        return wanted, malformed, skipped
+
+    # ------------------------------------------------------------ handlers
+    async def handle_main(self, records: Sequence[Any]) -> None:
+        wanted, malformed, skipped = self._parse(records, lambda r: 0)
+        if skipped:
+            EVENTS.labels(self.sink.name, "skipped").inc(skipped)
+        await self._offer(wanted, malformed)
+
+    async def handle_retry(self, records: Sequence[Any]) -> None:
+        """Parked events, oldest first: wait until each is due, then offer it again."""
+        def attempt(r: Any) -> int:
+            return int(dlq.header(r.headers, H_ATTEMPT) or 1)
+
+        for record in records:
+            due_ms = int(dlq.header(record.headers, H_NOT_BEFORE) or 0)
+            wait_s = (due_ms - time.time_ns() // 1_000_000) / 1000
+            DEFERRED_DUE.labels(self.sink.name).set(max(0.0, -wait_s))
+            if wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=wait_s)
+                if self._stop.is_set():
+                    raise Retryable("stopping before a parked event was due")
+        wanted, malformed, _ = self._parse(records, attempt)
+        await self._offer(wanted, malformed)
+        DEFERRED_DUE.labels(self.sink.name).set(0)
+
+    # ------------------------------------------------------------ lifecycle
+    def ready(self) -> bool:
+        return (self._producer is not None and bool(self._loops)
+                and all(loop.started for loop in self._loops) and self.sink.ready())
+
+    async def run(self, stop: asyncio.Event, serve_http: bool = True) -> None:
+        self._stop = stop
+        checks = health.Health()
+        checks.add_check("sink", self.ready)
+        checks.add_check("writing", lambda: all(loop.healthy for loop in self._loops))
+        server = None
+        if serve_http:
+            port = self.settings.http_port or self.sink.default_http_port
+            server = await health.serve_in_background(checks, self.settings.http_host, port)
+        await topics.ensure(self.kafka, topic_plan(self.kafka, self.sink.name))
+        await self.sink.start()
+        self._producer = await start_producer(self.kafka, f"sink-{self.sink.name}")
+        consumers = []
+        try:
+            for topic, handler, group in (
+                (self.kafka.events_topic, self.handle_main, self.group_id),
+                (self.retry_topic, self.handle_retry, f"{self.group_id}-retry"),
+            ):
+                consumer = make_consumer(self.kafka, group,
+                                         max_poll_records=self.settings.max_batch)
+                loop = ConsumeLoop(consumer, topic, group, handler,
+                                   max_batch=self.settings.max_batch,
+                                   poll_timeout_ms=self.settings.poll_timeout_ms,
+                                   backoff_max_s=self.settings.backoff_max_s)
+                loop.subscribe()
+                await consumer.start()
+                consumers.append(consumer)
+                self._loops.append(loop)
+            gc.freeze()
+            log.info("sink consuming", extra={"sink": self.sink.name, "group": self.group_id})
+            await asyncio.gather(*(loop.run(stop) for loop in self._loops))
+        finally:
+            for consumer in consumers:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), self.settings.shutdown_timeout_s)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._producer.stop(), self.settings.shutdown_timeout_s)
+            await self.sink.stop()
+            if server is not None:
+                server.cancel()
+                with contextlib.suppress(BaseException):
+                    await server
+            log.info("sink stopped", extra={"sink": self.sink.name})
+
+
+def sink_main(
+    name: str,
+    description: str,
+    build: Callable[[], Awaitable[Sink]] | Callable[[], Sink],
+    settings_classes: Sequence[type[Any]] = (),
+    argv: list[str] | None = None,
+) -> int:
+    """The console entry point of a sink worker: ``--help``, config, signals, run."""
+    parser = argparse.ArgumentParser(
+        prog=f"hookstream-sink-{name}", description=description,
+        epilog=help_epilog(*settings_classes, SinkSettings, KafkaSettings, LogSettings),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    try:
+        settings, kafka = load(SinkSettings), load(KafkaSettings)
+        logs.configure(f"sink-{name}", load(LogSettings))
+    except ConfigError as exc:
+        print(f"hookstream-sink-{name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        built = build()
+        sink = await built if asyncio.iscoroutine(built) else built
+        await SinkRunner(sink, kafka, settings).run(stop)  # type: ignore[arg-type]
+
+    try:
+        asyncio.run(serve())
+    except ConfigError as exc:
+        print(f"hookstream-sink-{name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
