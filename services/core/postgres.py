@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import asyncpg
 
@@ -26,7 +27,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
 
 
-async def create_pool(settings: PostgresSettings, attempts: int = 0) -> asyncpg.Pool:
+async def create_pool(settings: PostgresSettings, attempts: int = 0,
+                      **options: Any) -> asyncpg.Pool:
     """Connect, retrying with backoff (``attempts`` = 0: forever) while the database starts."""
     delay, tried = 0.5, 0
     while True:
@@ -34,7 +36,7 @@ async def create_pool(settings: PostgresSettings, attempts: int = 0) -> asyncpg.
         try:
             return await asyncpg.create_pool(
                 settings.dsn, min_size=1, max_size=settings.pool_max,
-                command_timeout=settings.command_timeout_s,
+                command_timeout=settings.command_timeout_s, **options,
             )
         except TRANSIENT_ERRORS as exc:
             if attempts and tried >= attempts:

@@ -1,0 +1,217 @@
+"""Writes canonical events into PostgreSQL: idempotent, batched, call state monotonic.
+
+Per batch, in one transaction: ``COPY`` the events into a session-temporary
+staging table, claim their ids in ``event_ids`` (``ON CONFLICT DO NOTHING``),
+append only the claimed ones to ``events``, then fold them into ``calls`` in
+lifecycle order. A replayed or redelivered event claims nothing and changes
+nothing. ``COPY`` has no ``ON CONFLICT``, hence the staging table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ...core import migrate
+from ...core.config import PostgresSettings
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+EVENT_COLUMNS = ("event_id", "received_at", "occurred_at", "provider", "source", "type",
+                 "provider_type", "call_id", "session_id", "agent_id", "campaign_id", "event")
+
+# Lifecycle order: a call's row only moves forward. Rank 0 events (analysis)
+# never move the state; they only fill fields that are still empty.
+STATE_RANK = {
+    "call.analyzed": 0,
+    "call.initializing": 10,
+    "session.started": 20,
+    "call.started": 20,
+    "call.updated": 30,
+    "session.escalated": 35,
+    "call.ended": 40,
+    "call.not_connected": 40,
+    "session.ended": 40,
+    "session.errored": 40,
+}
+
+# Fields of ``calls`` taken from the canonical event of the same name.
+CALL_FIELDS = ("status", "direction", "customer_number", "started_at", "ended_at",
+               "duration_s", "cost", "cost_currency", "sentiment", "sentiment_label",
+               "summary", "outcome", "transcript", "transcript_url", "recording_url",
+               "agent_id", "campaign_id", "call_id", "session_id")
+TIMESTAMPS = {"started_at", "ended_at"}
+NEWER = ("(EXCLUDED.state_rank, EXCLUDED.state_at, EXCLUDED.state_event_id)"
+         " > (c.state_rank, c.state_at, c.state_event_id)")
+
+_CALL_COLUMNS = ("call_key", "provider", "source", *CALL_FIELDS, "last_event_type",
+                 "state_rank", "state_at", "state_event_id", "first_event_at", "last_event_at")
+UPSERT_CALL = (
+    f"INSERT INTO calls AS c ({', '.join(_CALL_COLUMNS)}) VALUES "
+    f"({', '.join(f'${i}' for i in range(1, len(_CALL_COLUMNS) + 1))}) "
+    "ON CONFLICT (call_key) DO UPDATE SET "
+    + ", ".join(
+        f"{f} = CASE WHEN {NEWER} THEN coalesce(EXCLUDED.{f}, c.{f})"
+        f" ELSE coalesce(c.{f}, EXCLUDED.{f}) END" for f in CALL_FIELDS)
+    + ", " + ", ".join(
+        f"{f} = CASE WHEN {NEWER} THEN EXCLUDED.{f} ELSE c.{f} END"
+        for f in ("last_event_type", "state_rank", "state_at", "state_event_id"))
+    + ", first_event_at = least(c.first_event_at, EXCLUDED.first_event_at)"
+    ", last_event_at = greatest(c.last_event_at, EXCLUDED.last_event_at)"
+    ", updated_at = now()"
+)
+
+
+def parse_ts(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _clean(value: Any) -> Any:
+    """PostgreSQL rejects NUL in text and jsonb (SQLSTATE 22P05): drop it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def event_json(event: dict[str, Any]) -> str:
+    text = orjson.dumps(event)
+    if b"\\u0000" in text:
+        text = orjson.dumps(_clean(event))
+    return text.decode()
+
+
+def _text(value: Any) -> str | None:
+    return value.replace("\x00", "") if isinstance(value, str) else None
+
+
+def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
+    received = parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
+    return (
+        event["event_id"], received, parse_ts(event.get("occurred_at")),
+        _text(event.get("provider")) or "", _text(event.get("source")) or "",
+        _text(event.get("type")) or "", _text(event.get("provider_type")) or "",
+        _text(event.get("call_id")), _text(event.get("session_id")),
+        _text(event.get("agent_id")), _text(event.get("campaign_id")), event_json(event),
+    )
+
+
+def call_row(event: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The ``calls`` upsert arguments for a lifecycle event, or None for other types."""
+    rank = STATE_RANK.get(str(event.get("type")))
+    subject = event.get("call_id") or event.get("session_id")
+    if rank is None or not isinstance(subject, str):
+        return None
+    received = parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
+    state_at = parse_ts(event.get("occurred_at")) or received
+    values: list[Any] = []
+    for name in CALL_FIELDS:
+        value = event.get(name)
+        if name in TIMESTAMPS:
+            value = parse_ts(value)
+        elif name == "transcript":
+            value = None if value is None else event_json(value)
+        elif name in ("duration_s", "cost", "sentiment"):
+            value = float(value) if isinstance(value, int | float) else None
+        else:
+            value = _text(value)
+        values.append(value)
+    return (f"{event.get('provider')}:{subject}", event.get("provider"), event.get("source"),
+            *values, event.get("type"), rank, state_at, event["event_id"], state_at, state_at)
+
+
+def precedence(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    n = len(CALL_FIELDS)
+    return (row[0], row[3 + n + 1], row[3 + n + 2], str(row[3 + n + 3]))
+
+
+class WarehouseStore:
+    def __init__(self, pool: asyncpg.Pool, copy_timeout_s: float = 30.0) -> None:
+        self._pool = pool
+        self._copy_timeout_s = copy_timeout_s
+        self._months: set[tuple[int, int]] = set()
+
+    async def ensure_partitions(self, months: set[tuple[int, int]]) -> None:
+        """Monthly partitions of ``events`` (rows of other months go to events_default).
+
+        A month whose rows already sit in the default partition cannot get its own
+        partition any more; such rows stay queryable there, so that is not an error.
+        """
+        for year, month in sorted(months - self._months):
+            nxt = (year + month // 12, month % 12 + 1)
+            name = f"events_{year:04d}_{month:02d}"
+            try:
+                await self._pool.execute(
+                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF events FOR VALUES"
+                    f" FROM ('{year:04d}-{month:02d}-01') TO ('{nxt[0]:04d}-{nxt[1]:02d}-01')")
+            except asyncpg.exceptions.CheckViolationError:
+                pass  # rows of that month are already in events_default
+            except asyncpg.exceptions.DuplicateTableError:
+                pass  # a concurrent replica created it
+            self._months.add((year, month))
+
+    @staticmethod
+    async def create_pool(pg: PostgresSettings, schema: str) -> asyncpg.Pool:
+        from ...core.postgres import create_pool
+
+        admin = await asyncpg.connect(pg.dsn)
+        try:
+            await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        finally:
+            await admin.close()
+        return await create_pool(pg, server_settings={"search_path": f'"{schema}", public'})
+
+    async def migrate(self) -> list[str]:
+        async with self._pool.acquire() as conn:
+            applied = await migrate.apply(conn, "warehouse", MIGRATIONS)
+        today = dt.datetime.now(dt.UTC)
+        this, following = (today.year, today.month), (
+            today.year + today.month // 12, today.month % 12 + 1)
+        await self.ensure_partitions({this, following})
+        return applied
+
+    async def write(self, events: Sequence[dict[str, Any]]) -> int:
+        """Write one batch in one transaction; returns how many events were new."""
+        rows = [event_row(e) for e in events]
+        months = {(r[1].year, r[1].month) for r in rows}
+        if not months <= self._months:
+            await self.ensure_partitions(months)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS stage_events"
+                " (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            await conn.copy_records_to_table("stage_events", records=rows,
+                                             columns=EVENT_COLUMNS,
+                                             timeout=self._copy_timeout_s)
+            cols = ", ".join(EVENT_COLUMNS)
+            fresh = await conn.fetch(
+                "WITH claimed AS ("
+                " INSERT INTO event_ids (event_id, received_at)"
+                " SELECT DISTINCT ON (event_id) event_id, received_at FROM stage_events"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id)"
+                f" INSERT INTO events ({cols})"
+                f" SELECT DISTINCT ON (s.event_id) {', '.join('s.' + c for c in EVENT_COLUMNS)}"
+                " FROM stage_events s JOIN claimed USING (event_id)"
+                " RETURNING event_id::text")
+            new_ids = {r[0] for r in fresh}
+            calls = [row for e in events if e["event_id"] in new_ids
+                     if (row := call_row(e)) is not None]
+            if calls:
+                # Lifecycle order within the batch: one upsert per event, oldest first.
+                calls.sort(key=precedence)
+                await conn.executemany(UPSERT_CALL, calls)
+        return len(new_ids)
