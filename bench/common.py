@@ -7,13 +7,11 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import orjson
-
 from hookstream.core.config import KafkaSettings
 from hookstream.core.kafka import make_producer
 from hookstream.core.providers import PROVIDERS
 from hookstream.core.record import RawDelivery
-from hookstream.core.samples import samples
+from hookstream.core.samples import fresh_copy, samples
 
 SOURCE_OF = {"saaya": "saaya-main", "sawt": "sawt-main", "sarj": "sarj-main"}
 
@@ -23,16 +21,11 @@ def unique_deliveries(count: int) -> Iterator[RawDelivery]:
     distinct event (fresh Saaya ``id`` / call ids) so that none is a duplicate."""
     base = list(samples())
     for n, sample in zip(range(count), itertools.cycle(base), strict=False):
-        body = orjson.loads(sample.body)
-        tag = f"{n:08d}-{uuid.uuid4().hex[:8]}"
-        if sample.provider == "saaya":
-            body["id"] = f"evt_bench_{tag}"
-        else:
-            body["call_id"] = f"call_bench_{tag}"
+        fresh = fresh_copy(sample, f"{n:08d}{uuid.uuid4().hex[:8]}")
         yield RawDelivery(
             source=SOURCE_OF[sample.provider], provider=sample.provider,
             received_at_ms=time.time_ns() // 1_000_000, request_id=uuid.uuid4().hex,
-            body=orjson.dumps(body), content_type="application/json",
+            body=fresh.body, content_type="application/json",
             routing_key=sample.event if sample.provider == "sawt" else None,
         )
 

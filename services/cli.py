@@ -4,6 +4,7 @@
     hookstream topics                   create the documented topics
     hookstream send                     post the providers' sample deliveries, signed
     hookstream dlq list|show|redrive    inspect and re-submit dead letters
+    hookstream summary                  what is on each topic and in the warehouse
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .core import dlq, logs, topics
 from .core.config import ConfigError, KafkaSettings, LogSettings, help_epilog, load
 from .core.kafka import end_offsets, make_consumer, make_producer, scan
 from .core.record import H_REQUEST_ID, H_SOURCE, RawDelivery
-from .core.samples import Sample, samples
+from .core.samples import Sample, fresh_copy, samples
 from .core.sources import Source, load_sources
 from .core.times import parse_time
 
@@ -106,10 +107,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     sent: Counter[str] = Counter()
     with httpx.Client(base_url=args.url, timeout=15) as client:
         for _ in range(args.repeat):
+            tag = os.urandom(6).hex()  # one per round: a round's events share call ids
             for sample in samples(args.provider):
                 source = sources.get(sample.provider)
                 if source is None:
                     continue
+                if args.unique:
+                    sample = fresh_copy(sample, tag)
                 path, headers = signed_request(
                     source, sample, time.time(), f"msg_{os.urandom(8).hex()}")
                 response = client.post(path, content=sample.body, headers=headers)
@@ -223,6 +227,39 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- summary
+async def _summary(kafka: KafkaSettings, since_ms: int | None, schema: str) -> dict[str, int]:
+    import asyncpg
+
+    from .core.config import PostgresSettings
+
+    counts: dict[str, int] = {}
+    for label, topic in (("raw", kafka.raw_topic), ("events", kafka.events_topic),
+                         ("dead letters", kafka.dlq_topic)):
+        counts[label] = sum([len(b) async for b in scan(kafka, topic, since_ms)])
+    conn = await asyncpg.connect(load(PostgresSettings).dsn)
+    try:
+        since = since_ms / 1000 if since_ms is not None else 0.0
+        counts["warehouse rows"] = int(await conn.fetchval(
+            f'SELECT count(*) FROM "{schema}".events'
+            " WHERE received_at >= to_timestamp($1)", since) or 0)
+        counts["warehouse calls"] = int(await conn.fetchval(
+            f'SELECT count(*) FROM "{schema}".calls WHERE last_event_at >= to_timestamp($1)'
+            " OR first_event_at >= to_timestamp($1)", since) or 0)
+    except asyncpg.UndefinedTableError:
+        counts["warehouse rows"] = counts["warehouse calls"] = 0
+    finally:
+        await conn.close()
+    return counts
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    counts = asyncio.run(_summary(load(KafkaSettings), args.from_, args.schema))
+    for label, value in counts.items():
+        print(f"{label:<18}{value:>8}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -255,11 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--source", help="send only as this source (default: first per provider)")
     send.add_argument("--provider", help="send only this provider's samples")
     send.add_argument("--repeat", type=int, default=1, help="send every sample N times")
+    send.add_argument("--unique", action="store_true",
+                      help="new ids for every round (new events and calls, not redeliveries)")
     send.add_argument("--verify", action="store_true",
                       help="read the raw topic back and match every receipt")
     send.add_argument("--verify-timeout-s", type=float, default=30.0)
     send.add_argument("--quiet", action="store_true", help="no line per failed delivery")
     send.set_defaults(func=cmd_send)
+
+    summary = sub.add_parser("summary", help="count what is on each topic and in the warehouse",
+                             description="Records on the raw, canonical and dead-letter "
+                             "topics and rows in the warehouse, optionally since a time.")
+    summary.add_argument("--from", dest="from_", type=parse_time,
+                         help="only since: ISO 8601, epoch ms, or 10m (ago)")
+    summary.add_argument("--schema", default=os.environ.get("HOOKSTREAM_WAREHOUSE_SCHEMA",
+                                                            "warehouse"))
+    summary.set_defaults(func=cmd_summary)
 
     dlq_parser = sub.add_parser("dlq", help="inspect and redrive dead letters",
                                 description="Dead letters keep the raw bytes, the original "
@@ -276,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stage", help="only this stage (e.g. normalizer)")
         p.add_argument("--source", help="only this source")
         p.add_argument("--from", dest="from_", type=parse_time,
-                       help="only dead letters written since: ISO 8601, epoch ms, -2h")
+                       help="only dead letters written since: ISO 8601, epoch ms, 2h (ago)")
         if name == "show":
             p.add_argument("--limit", type=int, default=20, help="the last N (default 20)")
             p.add_argument("--bytes", type=int, default=400, help="body bytes to print")

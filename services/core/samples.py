@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
+
 SCHEMAS_DIR = Path(
     os.environ.get("HOOKSTREAM_SCHEMAS_DIR", Path(__file__).resolve().parents[2] / "schemas")
 )
@@ -44,3 +46,21 @@ def samples(provider: str | None = None, schemas_dir: Path = SCHEMAS_DIR) -> Ite
             for path in sorted(examples.glob("*.json")):
                 stem = path.name.removesuffix(".json")
                 yield Sample(provider_dir.name, _event_name(stem, known), stem, path.read_bytes())
+
+
+def fresh_copy(sample: Sample, tag: str) -> Sample:
+    """The same event kind with new identities (Saaya ``id``, call ids), so that the
+    normalizer treats it as a new event rather than a redelivery of the sample."""
+    body = orjson.loads(sample.body)
+    if sample.provider == "saaya":
+        body["id"] = f"{body.get('id', 'evt')}_{tag}"
+        data = body.get("data")
+        if isinstance(data, dict) and isinstance(data.get("sessionId"), str):
+            data["sessionId"] = f"{data['sessionId']}_{tag}"
+    elif isinstance(body.get("call_id"), str):
+        body["call_id"] = f"{body['call_id']}_{tag}"
+        call_data = body.get("payload", {}).get("call_data") if isinstance(
+            body.get("payload"), dict) else None
+        if isinstance(call_data, dict) and isinstance(call_data.get("call_id"), str):
+            call_data["call_id"] = body["call_id"]
+    return dataclasses.replace(sample, body=orjson.dumps(body))

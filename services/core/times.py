@@ -7,12 +7,14 @@ import datetime as dt
 
 
 def parse_time(text: str) -> int:
-    """ISO 8601 (``2026-11-23T10:00:00Z``), epoch milliseconds, or ``-<N>[smhd]`` ago."""
+    """ISO 8601 (``2026-11-23T10:00:00Z``), epoch milliseconds, or ``<N>[smhd]`` ago
+    (``30m``, ``2h``, ``7d``; a leading ``-`` is accepted too)."""
     text = text.strip()
     now = dt.datetime.now(dt.UTC)
-    if text.startswith("-") and text[-1] in "smhd" and text[1:-1].isdigit():
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[text[-1]]
-        return int((now - dt.timedelta(**{unit: int(text[1:-1])})).timestamp() * 1000)
+    ago = text.removeprefix("-")
+    if ago[-1:] in ("s", "m", "h", "d") and ago[:-1].isdigit():
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[ago[-1]]
+        return int((now - dt.timedelta(**{unit: int(ago[:-1])})).timestamp() * 1000)
     if text.isdigit():
         return int(text)
     try:

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the normalizer (e.g. after a schema fix). Idempotent: events already "
                         "published are skipped as duplicates.")
     rp.add_argument("--from", dest="from_", required=True, type=parse_time,
-                    help="start: ISO 8601, epoch ms, or -2h / -30m / -7d")
+                    help="start: ISO 8601, epoch ms, or 2h / 30m / 7d (ago)")
     rp.add_argument("--to", type=parse_time, help="end (default: now)")
     rp.add_argument("--source", help="only deliveries of this source")
     return parser

@@ -228,9 +228,10 @@ class Normalizer:
                     ))
                 # asyncio.wait (unlike gather under a timeout) never cancels the
                 # futures: aiokafka keeps its batch bookkeeping intact on a timeout.
-                done, _ = await asyncio.wait(futures)
-                for future in done:
-                    future.result()  # raises the KafkaError of a failed send
+                if futures:
+                    done, _ = await asyncio.wait(futures)
+                    for future in done:
+                        future.result()  # raises the KafkaError of a failed send
         except (KafkaError, TimeoutError) as exc:
             metrics.RETRIES.labels("broker").inc()
             raise Retryable(f"publish failed: {exc!r}") from exc
