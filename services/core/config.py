@@ -123,6 +123,9 @@ class KafkaSettings:
         "HOOKSTREAM_EVENTS_TOPIC", "hookstream.events.v1", "topic of canonical events"
     )
     dlq_topic: str = env("HOOKSTREAM_DLQ_TOPIC", "hookstream.dlq.v1", "dead-letter topic")
+    sink_topic_prefix: str = env(
+        "HOOKSTREAM_SINK_TOPIC_PREFIX", "hookstream.sink",
+        "prefix of each sink's retry and dead-letter topics (<prefix>.<sink>.retry.v1)")
     request_timeout_ms: int = env(
         "HOOKSTREAM_KAFKA_REQUEST_TIMEOUT_MS", 10000, "Kafka request timeout (ms)"
     )

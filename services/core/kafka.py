@@ -30,6 +30,10 @@ def make_producer(settings: KafkaSettings, role: str, **overrides: Any) -> AIOKa
         "linger_ms": 2,
         "request_timeout_ms": settings.request_timeout_ms,
         "max_request_size": 2 * 1024 * 1024,
+        # aiokafka's default batch (16 KiB) holds a handful of webhook bodies; while a
+        # partition's one in-flight batch (idempotence) is out, every further send
+        # would wait for it to drain. Big batches keep concurrent sends flowing.
+        "max_batch_size": 1024 * 1024,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)

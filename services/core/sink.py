@@ -56,6 +56,7 @@ H_NOT_BEFORE = "hs-retry-not-before"  # integer ms since the epoch
 # Dead-letter reasons of the sink stage.
 MALFORMED_EVENT = "malformed_event"
 RETRIES_EXHAUSTED = "retries_exhausted"
+SINK_ERROR = "sink_error"  # the sink raised on this event alone
 
 EVENTS = PromCounter("hookstream_sink_events_total",
                      "Canonical events handled by a sink, by outcome "
@@ -138,7 +139,8 @@ class Sink(Protocol):
 
 def sink_topics(kafka: KafkaSettings, name: str) -> tuple[str, str]:
     """(retry topic, dead-letter topic) of sink ``name``."""
-    return f"hookstream.sink.{name}.retry.v1", f"hookstream.sink.{name}.dlq.v1"
+    prefix = f"{kafka.sink_topic_prefix}.{name}"
+    return f"{prefix}.retry.v1", f"{prefix}.dlq.v1"
 
 
 def topic_plan(kafka: KafkaSettings, name: str) -> list[topics.TopicSpec]:
@@ -221,6 +223,12 @@ class SinkRunner:
             except Retryable:
                 RETRIES.labels(name).inc()
                 raise
+            except Exception:
+                # A bug or an event the sink cannot handle must not stop the partition:
+                # offer the events one by one and dead-letter the ones that still fail.
+                log.exception("sink write raised; isolating the failing events",
+                              extra={"sink": name, "events": len(items)})
+                outcome = await self._write_one_by_one(items)
             WRITE_SECONDS.labels(name).observe(time.perf_counter() - started)
             BATCH_SIZE.labels(name).observe(len(items))
         sends = [self._park(item, detail) for item, detail in outcome.deferred]
@@ -244,6 +252,21 @@ class SinkRunner:
         counts["dead_letter"] += len(outcome.failed) + len(malformed)
         for outcome_name, n in counts.items():
             EVENTS.labels(name, outcome_name).inc(n)
+
+    async def _write_one_by_one(self, items: list[SinkEvent]) -> WriteOutcome:
+        combined = WriteOutcome()
+        for item in items:
+            try:
+                single = await self.sink.write([item])
+            except Retryable:
+                RETRIES.labels(self.sink.name).inc()
+                raise
+            except Exception as exc:
+                combined.failed.append((item, SINK_ERROR, repr(exc)[:500]))
+                continue
+            combined.deferred.extend(single.deferred)
+            combined.failed.extend(single.failed)
+        return combined
 
     def _parse(self, records: Sequence[Any], attempt_of: Callable[[Any], int]
                ) -> tuple[list[SinkEvent], list[SinkEvent], int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -88,9 +89,15 @@ def build_app(
     retry_after = {"Retry-After": str(settings.retry_after_s)}
     body_timeout_s = settings.body_timeout_s
 
+    # Label children looked up once per (source, status), not per request.
+    requests_total = functools.cache(lambda source, status: metrics.REQUESTS.labels(
+        source, str(status)))
+    ack_latency = functools.cache(lambda source: metrics.ACK_LATENCY.labels(source))
+    received_bytes = functools.cache(lambda source: metrics.RECEIVED_BYTES.labels(source))
+
     def answer(source: str, status: int, error: str, headers: Mapping[str, str] | None = None
                ) -> Response:
-        metrics.REQUESTS.labels(source, str(status)).inc()
+        requests_total(source, status).inc()
         return _error(status, error, headers)
 
     async def receive(request: Request) -> Response:
@@ -119,8 +126,8 @@ def build_app(
             return answer(name, 401, "unauthorized")
 
         try:
-            body = await asyncio.wait_for(_read_body(request, source.max_body_bytes),
-                                          body_timeout_s)
+            async with asyncio.timeout(body_timeout_s):
+                body = await _read_body(request, source.max_body_bytes)
         except BodyTooLarge:
             return answer(name, 413, "body too large")
         except TimeoutError:
@@ -151,9 +158,9 @@ def build_app(
                         extra={"source": name, "reason": exc.reason})
             return answer(name, 503, "not stored, retry later", retry_after)
 
-        metrics.ACK_LATENCY.labels(name).observe(time.perf_counter() - started)
-        metrics.RECEIVED_BYTES.labels(name).inc(len(body))
-        metrics.REQUESTS.labels(name, "202").inc()
+        ack_latency(name).observe(time.perf_counter() - started)
+        received_bytes(name).inc(len(body))
+        requests_total(name, 202).inc()
         return Response(
             orjson.dumps({"status": "accepted", "receipt": delivery.request_id}),
             status_code=202,

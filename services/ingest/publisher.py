@@ -113,18 +113,14 @@ class Publisher:
         self._in_flight += 1
         self._in_flight_bytes += size
         metrics.IN_FLIGHT.inc()
-        deadline = time.monotonic() + self._ack_timeout_s
         try:
-            # send() returns once queued (it may wait for metadata); the future
-            # resolves on the broker's ack. Shield the future so a timeout here
+            # asyncio.timeout (not wait_for) adds no task per request. send() returns
+            # once queued (it may wait for metadata or a full batch); the future
+            # resolves on the broker's ack. The future is shielded so a timeout here
             # does not cancel aiokafka's batch bookkeeping.
-            queued = await asyncio.wait_for(
-                producer.send(topic, value=value, key=key, headers=headers),
-                timeout=self._ack_timeout_s,
-            )
-            await asyncio.wait_for(
-                asyncio.shield(queued), timeout=max(0.0, deadline - time.monotonic())
-            )
+            async with asyncio.timeout(self._ack_timeout_s):
+                queued = await producer.send(topic, value=value, key=key, headers=headers)
+                await asyncio.shield(queued)
         except TimeoutError:
             raise NotStored("ack_timeout") from None
         except KafkaError as exc:

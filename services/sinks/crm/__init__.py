@@ -1,1 +1,1 @@
-"""The crm sink."""
+"""The CRM sink: finished calls become call activities on contacts (docs/sinks-crm.md)."""

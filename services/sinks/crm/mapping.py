@@ -1,0 +1,236 @@
+"""From a canonical finished-call event to what the CRM is told, adapter-neutral.
+
+One *call* in the CRM is identified by its **call key**: ``<provider>:<call id>``
+(Sawt, Sarj.ai) or ``saaya:<session id>``. Several events may describe one call
+(Sawt sends ``call.ended`` and, separately, ``call.analyzed``); each contributes
+the fields it knows (:attr:`CallActivity.fields`), and :func:`merge` folds them
+into one order-independent record, so ended-then-analyzed and analyzed-then-ended
+end in the same CRM activity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+from typing import Any
+
+# The canonical types the CRM sink handles: a call (or voice session) is over.
+FINISHED_TYPES = frozenset({"call.ended", "call.analyzed", "call.not_connected",
+                            "session.ended"})
+
+PROVIDER_NAMES = {"sawt": "Sawt", "sarj": "Sarj.ai", "saaya": "Saaya"}
+
+# Canonical fields copied when the event sets them (not null): text, and numbers.
+_TEXT = ("provider", "call_id", "session_id", "agent_id", "campaign_id", "direction",
+         "status", "outcome", "customer_number", "started_at", "ended_at", "summary",
+         "sentiment_label", "transcript_url", "recording_url")
+_NUMBERS = ("duration_s", "sentiment")
+
+
+class Unmappable(ValueError):
+    """The event cannot become a CRM call (no event id, no call or session id)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CallActivity:
+    event_id: str
+    event_type: str
+    provider: str
+    call_key: str
+    phone: str | None  # normalised, for the contact; None: log without a contact
+    raw_phone: str | None  # as the provider sent it
+    fields: dict[str, Any]  # what this event knows about the call (no nulls)
+
+
+def normalize_phone(raw: str | None, default_country_code: str = "") -> str | None:
+    """An E.164-looking ``+<digits>`` for the contact, or None when there is no number.
+
+    Spaces, dashes, dots and brackets are dropped; ``00`` becomes ``+``; Sawt's
+    international numbers without ``+`` (``9665...``) get one; a national number
+    with one leading ``0`` gets ``default_country_code`` when configured, else is
+    kept as digits (no country is guessed).
+    """
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip()
+    plus = text.startswith("+")
+    digits = re.sub(r"\D", "", text)
+    if len(digits) < 5:
+        return None
+    if plus:
+        return "+" + digits
+    if digits.startswith("00"):
+        return "+" + digits[2:]
+    if digits.startswith("0"):
+        return f"+{default_country_code}{digits[1:]}" if default_country_code else digits
+    return "+" + digits
+
+
+def call_key(event: dict[str, Any]) -> str:
+    provider = event.get("provider")
+    subject = event.get("call_id") or event.get("session_id")
+    if not isinstance(provider, str) or not provider:
+        raise Unmappable("the event has no provider")
+    if not isinstance(subject, str) or not subject:
+        raise Unmappable(f"{event.get('type')} has neither call_id nor session_id")
+    return f"{provider}:{subject}"
+
+
+def _transcript(turns: Any, max_chars: int) -> list[dict[str, str]] | None:
+    if not isinstance(turns, list):
+        return None
+    kept: list[dict[str, str]] = []
+    used = 0
+    for turn in turns:
+        if not isinstance(turn, dict):
+            continue
+        role, text = str(turn.get("role") or ""), str(turn.get("text") or "")
+        if used + len(text) > max_chars:
+            kept.append({"role": role, "text": text[:max(0, max_chars - used)] + " [...]"})
+            break
+        kept.append({"role": role, "text": text})
+        used += len(text)
+    return kept
+
+
+def activity(event: dict[str, Any], *, transcript_max_chars: int = 20000,
+             default_country_code: str = "") -> CallActivity:
+    """What ``event`` (one of :data:`FINISHED_TYPES`) tells the CRM."""
+    event_type = event.get("type")
+    if event_type not in FINISHED_TYPES:
+        raise Unmappable(f"{event_type!r} is not a finished-call type")
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        raise Unmappable("the event has no event_id")
+    key = call_key(event)
+    # The schema already guarantees these types; anything else is dropped, never rendered.
+    fields: dict[str, Any] = {k: event[k] for k in _TEXT if isinstance(event.get(k), str)}
+    fields.update({k: float(event[k]) for k in _NUMBERS
+                   if isinstance(event.get(k), int | float) and not isinstance(event[k], bool)})
+    turns = _transcript(event.get("transcript"), transcript_max_chars)
+    if turns is not None:
+        fields["transcript"] = turns
+    inner = event.get("data", {}).get("data") if isinstance(event.get("data"), dict) else None
+    if event.get("provider") == "saaya" and isinstance(inner, dict):
+        if isinstance(inner.get("channel"), str):
+            fields["channel"] = inner["channel"]
+    if isinstance(event.get("received_at"), str):
+        fields["first_seen_at"] = event["received_at"]
+    fields["types"] = [event_type]
+    fields["event_ids"] = [event_id]
+    raw_phone = event.get("customer_number")
+    raw_phone = raw_phone if isinstance(raw_phone, str) and raw_phone else None
+    return CallActivity(
+        event_id=event_id, event_type=str(event_type), provider=str(event["provider"]),
+        call_key=key, phone=normalize_phone(raw_phone, default_country_code),
+        raw_phone=raw_phone, fields=fields)
+
+
+def merge(existing: dict[str, Any] | None, new: CallActivity) -> dict[str, Any]:
+    """The call's record after ``new``: later non-null values win, except that the
+    first-seen time is the earliest and the type and event id lists are sorted unions,
+    so the result does not depend on the order events arrive in."""
+    merged = dict(existing or {})
+    for name, value in new.fields.items():
+        if name in ("types", "event_ids"):
+            merged[name] = sorted(set(merged.get(name) or []) | set(value))
+        elif name == "first_seen_at" and merged.get(name):
+            merged[name] = min(merged[name], value)
+        else:
+            merged[name] = value
+    merged["call_key"] = new.call_key
+    if new.phone is not None:
+        merged["phone"] = new.phone
+    return merged
+
+
+def applied(existing: dict[str, Any] | None, event_id: str) -> bool:
+    """Has the event already been folded into this call record?"""
+    return bool(existing) and event_id in (existing or {}).get("event_ids", [])
+
+
+# --------------------------------------------------------------------- rendering
+# HubSpot hs_call_status values.
+_NOT_CONNECTED_STATUS = {
+    "no_answer": "NO_ANSWER",
+    "user_rejected": "BUSY",
+    "user_unavailable": "NO_ANSWER",
+    "automation": "NO_ANSWER",
+    "failed": "FAILED",
+}
+_ENDED_STATUS = {
+    "failed": "FAILED", "error": "FAILED", "busy": "BUSY", "no_answer": "NO_ANSWER",
+    "unanswered": "NO_ANSWER", "canceled": "CANCELED", "cancelled": "CANCELED",
+}
+
+
+def call_status(record: dict[str, Any]) -> str | None:
+    """HubSpot's ``hs_call_status`` for the merged record (None: not known yet)."""
+    types = set(record.get("types") or [])
+    if "call.not_connected" in types:
+        return _NOT_CONNECTED_STATUS.get(str(record.get("outcome")), "NO_ANSWER")
+    if "call.ended" in types:
+        return _ENDED_STATUS.get(str(record.get("status") or "").lower(), "COMPLETED")
+    if "session.ended" in types:
+        return "COMPLETED"
+    return None  # only call.analyzed so far
+
+
+def title(record: dict[str, Any]) -> str:
+    provider = PROVIDER_NAMES.get(str(record.get("provider")), str(record.get("provider")))
+    types = set(record.get("types") or [])
+    if "call.not_connected" in types:
+        outcome = str(record.get("outcome") or "unknown").replace("_", " ")
+        return f"{provider} call not connected: {outcome}"
+    if record.get("provider") == "saaya":
+        return f"{provider} {record.get('channel') or 'voice'} session"
+    direction = record.get("direction")
+    return f"{provider} {direction} call" if direction else f"{provider} call"
+
+
+def timestamp(record: dict[str, Any]) -> str | None:
+    """When the call happened: its end, else its start, else when hookstream first saw it."""
+    for name in ("ended_at", "started_at", "first_seen_at"):
+        value = record.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def sentiment_text(record: dict[str, Any]) -> str | None:
+    label, score = record.get("sentiment_label"), record.get("sentiment")
+    if label is None and score is None:
+        return None
+    if score is None:
+        return str(label)
+    return f"{label} ({score:+.2f})" if label else f"{score:+.2f}"
+
+
+def body_html(record: dict[str, Any]) -> str:
+    """The activity's notes: summary, sentiment, outcome, links, then the transcript."""
+    esc = html.escape
+    parts: list[str] = []
+    if record.get("summary"):
+        parts.append(f"<p><strong>Summary:</strong> {esc(str(record['summary']))}</p>")
+    sentiment = sentiment_text(record)
+    if sentiment:
+        parts.append(f"<p><strong>Sentiment:</strong> {esc(sentiment)}</p>")
+    if record.get("outcome"):
+        parts.append(f"<p><strong>Outcome:</strong> {esc(str(record['outcome']))}</p>")
+    if record.get("duration_s") is not None:
+        parts.append(f"<p><strong>Duration:</strong> {float(record['duration_s']):g} s</p>")
+    for name, label in (("transcript_url", "Transcript"), ("recording_url", "Recording")):
+        url = record.get(name)
+        if url:
+            parts.append(f'<p><strong>{label}:</strong> <a href="{esc(str(url))}">'
+                         f"{esc(str(url))}</a></p>")
+    turns = record.get("transcript")
+    if turns:
+        lines = "<br>".join(f"<strong>{esc(t.get('role', ''))}:</strong> "
+                            f"{esc(t.get('text', ''))}" for t in turns)
+        parts.append(f"<p><strong>Transcript</strong><br>{lines}</p>")
+    subject = record.get("call_id") or record.get("session_id")
+    parts.append(f"<p><em>hookstream: {esc(str(record.get('provider')))} "
+                 f"{esc(str(subject))}</em></p>")
+    return "".join(parts)

@@ -1,0 +1,376 @@
+"""A fake of the CRM's HTTP API: the HubSpot CRM endpoints the CRM sink uses, in memory.
+
+The real CRM is a third-party SaaS, so this is the one place a stand-in is right.
+It keeps HubSpot's request and response shapes (objects with ``id`` and
+``properties``, search with ``filterGroups``, v4 default associations, error
+bodies with ``category``), checks the bearer token (401), validates call
+properties as HubSpot does for the ones we send (unknown property, missing
+``hs_timestamp``, enumeration values: 400), and has programmable faults:
+
+* ``fail_next(n, status, retry_after)``: the next n requests answer ``status``
+  (429 storms with ``Retry-After``, 500s, 400s) without being applied;
+* ``slow_next(n, delay_s)``: the next n requests are *applied*, then answered
+  after ``delay_s`` (longer than the client's timeout: the client sees a
+  timeout although the write happened, the nasty case for idempotency);
+* ``go_down(status)`` / ``come_back()``: every request fails until further notice.
+
+Faults can be limited to one route (``route="calls.create"``). ``requests``
+counts requests per route. ``/webhook`` is a generic receiver for the webhook
+adapter, recording each body and its ``Idempotency-Key``.
+
+Use it over real loopback with ``tests.support.serve(fake.app, port)`` or in
+process with :class:`TimeoutASGITransport` (which, unlike httpx's own
+``ASGITransport``, enforces the client's read timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import itertools
+import uuid
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+TOKEN = "fake-crm-token"
+
+CALL_PROPERTIES = {
+    "hs_timestamp", "hs_call_title", "hs_call_body", "hs_call_duration", "hs_call_direction",
+    "hs_call_status", "hs_call_recording_url", "hs_call_from_number", "hs_call_to_number",
+    "hs_call_disposition", "hubspot_owner_id",
+    # the portal's custom properties, as docs/sinks-crm.md asks to create them
+    "hookstream_call_key", "hookstream_details",
+}
+CONTACT_PROPERTIES = {"phone", "mobilephone", "email", "firstname", "lastname"}
+CALL_STATUSES = {"BUSY", "CALLING_CRM_USER", "CANCELED", "COMPLETED", "CONNECTING", "FAILED",
+                 "IN_PROGRESS", "NO_ANSWER", "QUEUED", "RINGING"}
+CALL_DIRECTIONS = {"INBOUND", "OUTBOUND"}
+
+
+@dataclasses.dataclass
+class Fault:
+    status: int | None = None  # answer this instead of handling the request
+    retry_after: str | None = None
+    delay_s: float = 0.0  # with no status: handle the request, then answer this late
+    route: str | None = None  # only requests to this route (e.g. "calls.create")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def _error(status: int, message: str, category: str, retry_after: str | None = None,
+           **extra: Any) -> Response:
+    headers = {"Retry-After": retry_after} if retry_after is not None else None
+    return _json(status, {"status": "error", "message": message, "category": category,
+                          "correlationId": str(uuid.uuid4()), **extra}, headers)
+
+
+class FakeCRM:
+    def __init__(self, token: str = TOKEN, webhook_token: str | None = None) -> None:
+        self.token = token
+        self.webhook_token = webhook_token
+        self.contacts: dict[str, dict[str, Any]] = {}
+        self.calls: dict[str, dict[str, Any]] = {}
+        self.associations: set[tuple[str, str]] = set()  # (call id, contact id)
+        self.webhooks: list[dict[str, Any]] = []  # {"key", "body", "authorization"}
+        self.requests: Counter[str] = Counter()
+        self.faults: deque[Fault] = deque()
+        self.outage: Fault | None = None
+        self._ids = itertools.count(1001)
+        self.app = Starlette(routes=[
+            Route("/crm/v3/objects/{kind}/search", self._route("search", self._search),
+                  methods=["POST"]),
+            Route("/crm/v3/objects/{kind}", self._route("create", self._create),
+                  methods=["POST"]),
+            Route("/crm/v3/objects/{kind}/{id}", self._route("update", self._update),
+                  methods=["PATCH"]),
+            Route("/crm/v3/objects/{kind}/{id}", self._route("get", self._get),
+                  methods=["GET"]),
+            Route("/crm/v4/objects/calls/{id}/associations/default/contacts/{contact}",
+                  self._route("associations.put", self._associate), methods=["PUT"]),
+            Route("/webhook", self._route("webhook", self._webhook), methods=["POST"]),
+        ])
+
+    # ------------------------------------------------------------ faults
+    def fail_next(self, n: int, status: int = 500, retry_after: str | None = None,
+                  route: str | None = None) -> None:
+        self.faults.extend(Fault(status=status, retry_after=retry_after, route=route)
+                           for _ in range(n))
+
+    def rate_limit_next(self, n: int, retry_after: str | None = "1",
+                        route: str | None = None) -> None:
+        self.fail_next(n, 429, retry_after, route)
+
+    def slow_next(self, n: int, delay_s: float, route: str | None = None) -> None:
+        self.faults.extend(Fault(delay_s=delay_s, route=route) for _ in range(n))
+
+    def go_down(self, status: int = 503) -> None:
+        self.outage = Fault(status=status)
+
+    def come_back(self) -> None:
+        self.outage = None
+        self.faults.clear()
+
+    def _take_fault(self, route: str) -> Fault | None:
+        if self.outage is not None:
+            return self.outage
+        for fault in self.faults:
+            if fault.route is None or fault.route == route:
+                self.faults.remove(fault)
+                return fault
+        return None
+
+    # ------------------------------------------------------------ views for tests
+    def calls_with_key(self, key: str) -> list[dict[str, Any]]:
+        return [c for c in self.calls.values()
+                if c["properties"].get("hookstream_call_key") == key]
+
+    def call(self, key: str) -> dict[str, Any]:
+        found = self.calls_with_key(key)
+        assert len(found) == 1, f"{len(found)} calls with key {key}"
+        return found[0]
+
+    def contacts_with_phone(self, phone: str) -> list[dict[str, Any]]:
+        return [c for c in self.contacts.values() if c["properties"].get("phone") == phone]
+
+    def contacts_of_call(self, call_id: str) -> set[str]:
+        return {contact for call, contact in self.associations if call == call_id}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the CRM holds, without ids and times (to compare two runs)."""
+        def props(obj: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in obj["properties"].items()
+                    if k not in ("hs_object_id", "createdate", "lastmodifieddate",
+                                 "hs_createdate", "hs_lastmodifieddate")}
+        phone_of = {cid: c["properties"].get("phone") for cid, c in self.contacts.items()}
+        return {
+            "contacts": sorted(str(c["properties"].get("phone"))
+                               for c in self.contacts.values()),
+            "calls": sorted(orjson.dumps(props(c), option=orjson.OPT_SORT_KEYS).decode()
+                             for c in self.calls.values()),
+            "associations": sorted(
+                (self.calls[call]["properties"].get("hookstream_call_key", ""),
+                 str(phone_of.get(contact)))
+                for call, contact in self.associations),
+        }
+
+    # ------------------------------------------------------------ plumbing
+    def _route(self, action: str, handler: Callable[[Request, str], Awaitable[Response]]
+               ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            kind = request.path_params.get("kind", "")
+            route = f"{kind}.{action}" if kind else action
+            self.requests[route] += 1
+            fault = self._take_fault(route)
+            if fault is not None and fault.status is not None:
+                if fault.delay_s:
+                    await asyncio.sleep(fault.delay_s)
+                if fault.status == 429:
+                    return _error(429, "You have reached your secondly limit.", "RATE_LIMITS",
+                                  errorType="RATE_LIMIT", policyName="SECONDLY",
+                                  retry_after=fault.retry_after)
+                return _error(fault.status, f"forced {fault.status}", "FORCED",
+                              retry_after=fault.retry_after)
+            if route == "webhook":
+                response = await handler(request, kind)
+            elif request.headers.get("authorization") != f"Bearer {self.token}":
+                return _error(401, "Authentication credentials not found.",
+                              "INVALID_AUTHENTICATION")
+            elif kind and kind not in ("contacts", "calls"):
+                return _error(400, f"Unable to infer object type from: {kind}",
+                              "OBJECT_NOT_FOUND")
+            else:
+                response = await handler(request, kind)
+            if fault is not None and fault.delay_s:
+                await asyncio.sleep(fault.delay_s)  # applied; the answer comes late
+            return response
+        return endpoint
+
+    def _store(self, kind: str) -> dict[str, dict[str, Any]]:
+        return self.contacts if kind == "contacts" else self.calls
+
+    def _validate(self, kind: str, properties: Any, creating: bool) -> Response | None:
+        if not isinstance(properties, dict):
+            return _error(400, "Invalid input JSON: properties must be an object",
+                          "VALIDATION_ERROR")
+        known = CONTACT_PROPERTIES if kind == "contacts" else CALL_PROPERTIES
+        errors = []
+        for name, value in properties.items():
+            if name not in known:
+                errors.append(f'Property "{name}" does not exist')
+            elif value is not None and not isinstance(value, str | int | float | bool):
+                errors.append(f'Property "{name}" has an invalid value')
+        if kind == "calls":
+            if creating and not properties.get("hs_timestamp"):
+                errors.append('Property "hs_timestamp" is required')
+            status = properties.get("hs_call_status")
+            if status is not None and status not in CALL_STATUSES:
+                errors.append(f"{status} was not one of the allowed options")
+            direction = properties.get("hs_call_direction")
+            if direction is not None and direction not in CALL_DIRECTIONS:
+                errors.append(f"{direction} was not one of the allowed options")
+            duration = properties.get("hs_call_duration")
+            if duration is not None and not str(duration).isdigit():
+                errors.append(f"{duration} is not a valid number")
+        if errors:
+            return _error(400, "Property values were not valid: " + "; ".join(errors),
+                          "VALIDATION_ERROR")
+        return None
+
+    @staticmethod
+    async def _body(request: Request) -> Any:
+        try:
+            return orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return None
+
+    def _public(self, kind: str, obj: dict[str, Any], wanted: list[str] | None = None
+                ) -> dict[str, Any]:
+        properties = obj["properties"]
+        if wanted is not None:
+            base = ("hs_object_id", "createdate", "lastmodifieddate") if kind == "contacts" \
+                else ("hs_object_id", "hs_createdate", "hs_lastmodifieddate")
+            properties = {k: properties.get(k) for k in (*base, *wanted)}
+        return {"id": obj["id"], "properties": properties, "createdAt": obj["createdAt"],
+                "updatedAt": obj["updatedAt"], "archived": False}
+
+    # ------------------------------------------------------------ endpoints
+    async def _search(self, request: Request, kind: str) -> Response:
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            return _error(400, "Invalid input JSON", "VALIDATION_ERROR")
+        groups = body.get("filterGroups") or []
+
+        def matches(obj: dict[str, Any]) -> bool:
+            if not groups:
+                return True
+            for group in groups:
+                ok = True
+                for f in group.get("filters", []):
+                    value = obj["properties"].get(f.get("propertyName"))
+                    if f.get("operator") == "EQ":
+                        ok = ok and value is not None and str(value) == str(f.get("value"))
+                    elif f.get("operator") == "IN":
+                        ok = ok and value in (f.get("values") or [])
+                    else:
+                        return False
+                if ok:
+                    return True
+            return False
+
+        found = sorted((o for o in self._store(kind).values() if matches(o)),
+                       key=lambda o: int(o["id"]))
+        limit = int(body.get("limit") or 10)
+        wanted = body.get("properties") or []
+        return _json(200, {"total": len(found),
+                           "results": [self._public(kind, o, wanted) for o in found[:limit]]})
+
+    async def _create(self, request: Request, kind: str) -> Response:
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            return _error(400, "Invalid input JSON", "VALIDATION_ERROR")
+        properties = body.get("properties")
+        invalid = self._validate(kind, properties, creating=True)
+        if invalid is not None:
+            return invalid
+        assert isinstance(properties, dict)
+        object_id = str(next(self._ids))
+        now = _now()
+        created = "createdate" if kind == "contacts" else "hs_createdate"
+        modified = "lastmodifieddate" if kind == "contacts" else "hs_lastmodifieddate"
+        obj = {"id": object_id, "createdAt": now, "updatedAt": now,
+               "properties": {**{k: (None if v is None else str(v))
+                                 for k, v in properties.items()},
+                              "hs_object_id": object_id, created: now, modified: now}}
+        self._store(kind)[object_id] = obj
+        return _json(201, self._public(kind, obj))
+
+    async def _get(self, request: Request, kind: str) -> Response:
+        obj = self._store(kind).get(request.path_params["id"])
+        if obj is None:
+            return _error(404, "resource not found", "OBJECT_NOT_FOUND")
+        return _json(200, self._public(kind, obj))
+
+    async def _update(self, request: Request, kind: str) -> Response:
+        obj = self._store(kind).get(request.path_params["id"])
+        if obj is None:
+            return _error(404, "resource not found", "OBJECT_NOT_FOUND")
+        body = await self._body(request)
+        properties = body.get("properties") if isinstance(body, dict) else None
+        invalid = self._validate(kind, properties, creating=False)
+        if invalid is not None:
+            return invalid
+        assert isinstance(properties, dict)
+        now = _now()
+        obj["properties"].update({k: (None if v is None else str(v))
+                                  for k, v in properties.items()})
+        obj["properties"]["lastmodifieddate" if kind == "contacts"
+                          else "hs_lastmodifieddate"] = now
+        obj["updatedAt"] = now
+        return _json(200, self._public(kind, obj))
+
+    async def _associate(self, request: Request, kind: str) -> Response:
+        call_id, contact_id = request.path_params["id"], request.path_params["contact"]
+        if call_id not in self.calls or contact_id not in self.contacts:
+            return _error(404, "one of the objects does not exist", "OBJECT_NOT_FOUND")
+        self.associations.add((call_id, contact_id))
+        now = _now()
+        return _json(200, {"status": "COMPLETE", "startedAt": now, "completedAt": now,
+                           "results": [{"from": {"id": call_id}, "to": {"id": contact_id},
+                                        "associationSpec": {
+                                            "associationCategory": "HUBSPOT_DEFINED",
+                                            "associationTypeId": 194}}]})
+
+    async def _webhook(self, request: Request, kind: str) -> Response:
+        authorization = request.headers.get("authorization")
+        if self.webhook_token and authorization != f"Bearer {self.webhook_token}":
+            return _error(401, "bad token", "INVALID_AUTHENTICATION")
+        body = await self._body(request)
+        key = request.headers.get("idempotency-key")
+        self.webhooks.append({"key": key, "body": body, "authorization": authorization})
+        return Response(status_code=204)
+
+    def webhook_documents(self) -> dict[str, Any]:
+        """The receiver's view: one document per Idempotency-Key (repeats collapse)."""
+        return {w["key"]: w["body"] for w in self.webhooks}
+
+
+class TimeoutASGITransport(httpx.ASGITransport):
+    """``httpx.ASGITransport`` that honours the request's read timeout like a socket."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = (request.extensions.get("timeout") or {}).get("read")
+        try:
+            async with asyncio.timeout(timeout):
+                return await super().handle_async_request(request)
+        except TimeoutError:
+            raise httpx.ReadTimeout("fake CRM answered too late", request=request) from None
+
+
+# ---------------------------------------------------------------- test data
+EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "canonical" / "v1" / "examples"
+
+
+def example(name: str, **changes: Any) -> dict[str, Any]:
+    """A canonical example event (``call.ended.sawt``, ``session.ended``...) with a fresh
+    ``event_id`` unless one is given, and ``changes`` applied."""
+    event: dict[str, Any] = orjson.loads((EXAMPLES / f"{name}.json").read_bytes())
+    event["event_id"] = str(uuid.uuid4())
+    event.update(changes)
+    return event

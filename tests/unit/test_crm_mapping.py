@@ -1,0 +1,208 @@
+"""Finished-call events → what the CRM is told (contact number, call properties)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+import pytest
+
+from hookstream.sinks.crm.adapters import call_properties, webhook_document
+from hookstream.sinks.crm.mapping import (
+    FINISHED_TYPES,
+    Unmappable,
+    activity,
+    applied,
+    merge,
+    normalize_phone,
+)
+
+from ..fakes.crm import example
+
+
+def props(*events: dict[str, Any]) -> dict[str, str]:
+    record: dict[str, Any] | None = None
+    for event in events:
+        record = merge(record, activity(event))
+    assert record is not None
+    rendered: dict[str, str] = call_properties(record)
+    return rendered
+
+
+def test_the_finished_types() -> None:
+    assert FINISHED_TYPES == {"call.ended", "call.analyzed", "call.not_connected",
+                              "session.ended"}
+
+
+def test_sawt_call_ended() -> None:
+    event = example("call.ended.sawt")
+    act = activity(event)
+    assert act.call_key == "sawt:call_123"
+    assert act.event_id == event["event_id"]
+    assert (act.raw_phone, act.phone) == ("966511111111", "+966511111111")
+    p = call_properties(merge(None, act))
+    assert p["hs_timestamp"] == "2025-05-01T10:05:15.000Z"
+    assert p["hs_call_duration"] == "315000"
+    assert p["hs_call_direction"] == "INBOUND"
+    assert p["hs_call_status"] == "COMPLETED"
+    assert p["hs_call_from_number"] == "+966511111111"
+    assert "hs_call_to_number" not in p
+    assert p["hs_call_title"] == "Sawt inbound call"
+    assert p["hookstream_call_key"] == "sawt:call_123"
+    assert "Hi, I need help with my order." in p["hs_call_body"]
+    assert "<strong>customer:</strong>" in p["hs_call_body"]
+    assert "hs_call_recording_url" not in p
+    details = orjson.loads(p["hookstream_details"])
+    assert details["event_ids"] == [event["event_id"]]
+    assert details["types"] == ["call.ended"]
+
+
+def test_sarj_complete() -> None:
+    event = example("call.ended")
+    act = activity(event)
+    assert act.call_key == "sarj:call_8f9b2c1e-4a5d-4f6e-8b1a-2c3d4e5f6a7b"
+    assert act.phone == "+966512345678"
+    p = call_properties(merge(None, act))
+    assert p["hs_call_direction"] == "OUTBOUND"
+    assert p["hs_call_to_number"] == "+966512345678"
+    assert p["hs_call_duration"] == "47000"
+    assert p["hs_call_status"] == "COMPLETED"
+    assert p["hs_call_recording_url"] == event["recording_url"]
+    assert p["hs_timestamp"] == "2026-04-12T10:30:52Z"
+    assert p["hs_call_title"] == "Sarj.ai outbound call"
+    assert "أيوه أرسله" in p["hs_call_body"]
+    assert "Recording:" in p["hs_call_body"]
+    # HTML-escaped: the signed URL's & must not break the markup
+    assert "&amp;X-Goog-Expires" in p["hs_call_body"]
+
+
+@pytest.mark.parametrize(("outcome", "status"), [
+    ("no_answer", "NO_ANSWER"), ("user_rejected", "BUSY"), ("user_unavailable", "NO_ANSWER"),
+    ("automation", "NO_ANSWER"), ("failed", "FAILED")])
+def test_sarj_not_connected(outcome: str, status: str) -> None:
+    event = example("call.not_connected", outcome=outcome, provider_type=outcome)
+    act = activity(event)
+    assert act.phone is None  # Sarj.ai's not-connected webhooks carry only the call id
+    p = call_properties(merge(None, act))
+    assert p["hs_call_status"] == status
+    assert p["hs_call_title"] == f"Sarj.ai call not connected: {outcome.replace('_', ' ')}"
+    assert f"<strong>Outcome:</strong> {outcome}" in p["hs_call_body"]
+    assert p["hs_timestamp"] == event["received_at"]  # the provider gives no time
+    assert "hs_call_duration" not in p
+
+
+def test_saaya_session_ended_without_a_number() -> None:
+    event = example("session.ended")
+    act = activity(event)
+    assert act.call_key == "saaya:ses_01HWB7Q2K9ZM4X8T3V6RJ5NC1D"
+    assert act.phone is None and act.raw_phone is None
+    p = call_properties(merge(None, act))
+    assert p["hs_call_status"] == "COMPLETED"
+    assert p["hs_call_duration"] == "184320"
+    assert p["hs_call_title"] == "Saaya voice session"
+    assert "<strong>Sentiment:</strong> positive (+0.32)" in p["hs_call_body"]
+    assert event["transcript_url"] in p["hs_call_body"]
+    assert p["hs_timestamp"] == event["received_at"]
+    assert "hs_call_from_number" not in p and "hs_call_to_number" not in p
+
+
+def test_saaya_session_ended_with_the_caller_number() -> None:
+    event = example("session.ended", customer_number="+966 55 123 4567")
+    assert activity(event).phone == "+966551234567"
+
+
+def test_sawt_call_analyzed_alone() -> None:
+    event = example("call.analyzed")
+    act = activity(event)
+    assert act.call_key == "sawt:call_123" and act.phone is None
+    p = call_properties(merge(None, act))
+    assert "hs_call_status" not in p  # not known until call.ended
+    assert p["hs_timestamp"] == event["received_at"]  # required on create
+    assert "Summary:</strong> Customer called" in p["hs_call_body"]
+    assert "<strong>Sentiment:</strong> positive" in p["hs_call_body"]
+
+
+def test_ended_and_analyzed_merge_the_same_in_either_order() -> None:
+    ended, analyzed = example("call.ended.sawt"), example("call.analyzed")
+    one = props(ended, analyzed)
+    other = props(analyzed, ended)
+    assert one == other
+    assert one["hs_timestamp"] == "2025-05-01T10:05:15.000Z"  # the end, not the analysis
+    assert one["hs_call_status"] == "COMPLETED"
+    assert "Summary:" in one["hs_call_body"] and "Transcript" in one["hs_call_body"]
+    assert sorted(orjson.loads(one["hookstream_details"])["event_ids"]) == sorted(
+        [ended["event_id"], analyzed["event_id"]])
+
+
+def test_merge_is_order_independent_for_first_seen() -> None:
+    a = example("call.ended.sawt", received_at="2026-05-05T16:53:21.000Z")
+    b = example("call.analyzed", received_at="2026-05-05T16:53:20.000Z")
+    for first, second in itertools.permutations([a, b]):
+        record = merge(merge(None, activity(first)), activity(second))
+        assert record["first_seen_at"] == "2026-05-05T16:53:20.000Z"
+
+
+def test_applied_knows_folded_events() -> None:
+    event = example("call.ended.sawt")
+    record = merge(None, activity(event))
+    assert applied(record, event["event_id"])
+    assert not applied(record, "another")
+    assert not applied(None, event["event_id"])
+
+
+@pytest.mark.parametrize(("raw", "cc", "expected"), [
+    ("+966512345678", "", "+966512345678"),
+    ("966511111111", "", "+966511111111"),
+    ("00966 51-111 1111", "", "+966511111111"),
+    ("(055) 123-4567", "", "0551234567"),
+    ("0551234567", "966", "+966551234567"),
+    ("", "", None),
+    ("abc", "", None),
+    (None, "", None),
+])
+def test_normalize_phone(raw: str | None, cc: str, expected: str | None) -> None:
+    assert normalize_phone(raw, cc) == expected
+
+
+def test_unmappable_events() -> None:
+    with pytest.raises(Unmappable):
+        activity(example("call.ended.sawt", call_id=None))
+    with pytest.raises(Unmappable):
+        activity(example("call.ended.sawt", event_id=""))
+    with pytest.raises(Unmappable):
+        activity(example("call.started"))
+
+
+def test_transcript_is_capped() -> None:
+    turns = [{"role": "agent", "text": "x" * 60}, {"role": "customer", "text": "y" * 60}]
+    act = activity(example("call.ended.sawt", transcript=turns), transcript_max_chars=100)
+    kept = act.fields["transcript"]
+    assert kept[0]["text"] == "x" * 60
+    assert kept[1]["text"] == "y" * 40 + " [...]"
+    assert len(kept) == 2
+
+
+def test_webhook_document() -> None:
+    event = example("call.ended")
+    doc = webhook_document(activity(event))
+    assert doc["schema"] == "hookstream.crm.call.v1"
+    assert doc["event_id"] == event["event_id"]
+    assert doc["call_key"] == "sarj:call_8f9b2c1e-4a5d-4f6e-8b1a-2c3d4e5f6a7b"
+    assert doc["contact"] == {"phone": "+966512345678", "raw_phone": "+966512345678"}
+    assert doc["call"]["duration_s"] == 47.0
+    assert doc["call"]["recording_url"] == event["recording_url"]
+    assert doc["call"]["title"] == "Sarj.ai outbound call"
+    assert doc["call"]["timestamp"] == "2026-04-12T10:30:52Z"
+    assert "event_ids" not in doc["call"]
+    assert webhook_document(activity(example("session.ended")))["contact"] is None
+
+
+def test_fields_of_the_wrong_type_are_dropped() -> None:
+    act = activity(example("call.ended.sawt", duration_s="315", sentiment=True,
+                           summary=["not", "text"], direction=None))
+    assert "duration_s" not in act.fields and "sentiment" not in act.fields
+    assert "summary" not in act.fields and "direction" not in act.fields
+    p = call_properties(merge(None, act))
+    assert "hs_call_duration" not in p and "hs_call_direction" not in p
+    assert activity(example("session.ended")).fields["duration_s"] == 184.32
