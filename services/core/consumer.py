@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Sequence[Any]], Awaitable[Any]]
 
+# Not a readiness check: a consumer waiting out a database outage is alive and must
+# not be restarted or taken out of rotation; SREs alert on this gauge instead.
+CONSUMER_RETRYING = Gauge("hookstream_consumer_retrying",
+                          "1 while the consumer keeps retrying a failing batch", ["group"])
 CONSUMER_LAG = Gauge("hookstream_consumer_lag", "Records between the committed position and "
                      "the partition's end", ["group", "topic", "partition"])
 
@@ -91,6 +95,7 @@ class ConsumeLoop:
                     await self._handler(records)
                 except Retryable as exc:
                     self.healthy = False
+                    CONSUMER_RETRYING.labels(self._group).set(1)
                     delay = backoff * (0.5 + random.random() / 2)  # jitter
                     log.warning("batch failed; retrying", extra={
                         "group": self._group, "error": str(exc), "retry_in_s": round(delay, 2)})
@@ -100,6 +105,7 @@ class ConsumeLoop:
                     await _sleep_unless(stop, delay)
                     continue
                 self.healthy = True
+                CONSUMER_RETRYING.labels(self._group).set(0)
                 backoff = 0.5
                 await self._commit({tp: p[-1].offset + 1 for tp, p in batch.items()})
             await self._update_lag()

@@ -326,7 +326,6 @@ class SinkRunner:
         self._stop = stop
         checks = health.Health()
         checks.add_check("sink", self.ready)
-        checks.add_check("writing", lambda: all(loop.healthy for loop in self._loops))
         server = None
         if serve_http:
             port = self.settings.http_port or self.sink.default_http_port

@@ -66,7 +66,6 @@ async def run(settings: NormalizerSettings, kafka: KafkaSettings, pg: PostgresSe
     server: asyncio.Task[None] | None = None
     loop_ref: list[ConsumeLoop] = []
     checks.add_check("consumer", lambda: bool(loop_ref) and loop_ref[0].started)
-    checks.add_check("processing", lambda: bool(loop_ref) and loop_ref[0].healthy)
     if serve_http:
         server = await health.serve_in_background(checks, settings.http_host, settings.http_port)
     try:

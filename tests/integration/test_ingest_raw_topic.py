@@ -4,8 +4,10 @@ byte-for-byte with its metadata headers, and an unreachable broker gets 503."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -50,10 +52,18 @@ async def _read_raw(kafka: KafkaSettings, start: dict[TopicPartition, int], want
 
 
 @pytest.fixture(scope="module")
-async def ingest(stack: KafkaSettings) -> AsyncIterator[tuple[str, dict[str, Source]]]:
+async def raw_kafka(stack: KafkaSettings) -> KafkaSettings:
+    """The real broker, with a raw topic of this module's own (nothing else writes to it)."""
+    kafka = dataclasses.replace(stack, raw_topic=f"test.raw.{uuid.uuid4().hex[:10]}")
+    await topics.ensure(kafka, topics.plan(kafka, partitions=3)[:1])
+    return kafka
+
+
+@pytest.fixture(scope="module")
+async def ingest(raw_kafka: KafkaSettings) -> AsyncIterator[tuple[str, dict[str, Source]]]:
     sources = load_sources(SOURCES_FILE)
     port = free_port()
-    app = build_app(sources, IngestSettings(ack_timeout_s=5.0), stack)
+    app = build_app(sources, IngestSettings(ack_timeout_s=5.0), raw_kafka)
     async with serve(app, port):
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url) as client:
@@ -67,8 +77,9 @@ async def ingest(stack: KafkaSettings) -> AsyncIterator[tuple[str, dict[str, Sou
 @pytest.mark.parametrize("source_name", ["saaya-main", "saaya-hex", "sawt-main",
                                          "sawt-basic", "sarj-main"])
 async def test_every_sample_lands_on_raw_topic_byte_for_byte(
-    ingest: tuple[str, dict[str, Source]], stack: KafkaSettings, source_name: str
+    ingest: tuple[str, dict[str, Source]], raw_kafka: KafkaSettings, source_name: str
 ) -> None:
+    stack = raw_kafka
     url, sources = ingest
     source = sources[source_name]
     provider_samples = list(samples(source.provider.name))
@@ -106,8 +117,9 @@ async def test_every_sample_lands_on_raw_topic_byte_for_byte(
 
 
 async def test_rejected_deliveries_never_reach_the_raw_topic(
-    ingest: tuple[str, dict[str, Source]], stack: KafkaSettings
+    ingest: tuple[str, dict[str, Source]], raw_kafka: KafkaSettings
 ) -> None:
+    stack = raw_kafka
     url, sources = ingest
     sample = next(samples("saaya"))
     start = await end_offsets(stack, stack.raw_topic)
