@@ -78,3 +78,27 @@ async def read_topic(kafka: Any, topic: str, want: int, timeout_s: float = 30) -
         if len(found) >= want or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.3)
+
+
+async def caught_up(kafka: Any, group: str, topic: str, timeout_s: float = 30) -> None:
+    """Wait until ``group`` has committed up to the current end of ``topic``."""
+    import time
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from hookstream.core.kafka import end_offsets
+
+    ends = await end_offsets(kafka, topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            committed = await admin.list_consumer_group_offsets(group)
+            if all(committed.get(tp) is not None and committed[tp].offset >= end
+                   for tp, end in ends.items() if end > 0):
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    raise AssertionError(f"group {group} did not catch up with {topic}")

@@ -21,12 +21,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from hookstream.cli import _redrive, signed_request
 from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings, PostgresSettings
-from hookstream.core.kafka import end_offsets, make_producer
+from hookstream.core.kafka import make_producer
 from hookstream.core.samples import Sample, samples
 from hookstream.core.sources import Source, load_sources
 from hookstream.ingest.app import build_app
@@ -34,7 +33,7 @@ from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.service import replay, run
 from hookstream.normalizer.settings import NormalizerSettings
 
-from ..support import SOURCES_FILE, free_port, read_topic, serve
+from ..support import SOURCES_FILE, caught_up, free_port, read_topic, serve
 
 # The documented mapping, written out independently of the adapters.
 CANONICAL_TYPE = {
@@ -108,20 +107,7 @@ class Pipeline:
 
     async def drained(self, timeout_s: float = 30) -> None:
         """Wait until the normalizer's group has committed up to the raw topic's end."""
-        ends = await end_offsets(self.kafka, self.kafka.raw_topic)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka.bootstrap)
-        await admin.start()
-        try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                committed = await admin.list_consumer_group_offsets(self.settings.group_id)
-                if all(committed.get(tp) is not None and committed[tp].offset >= end
-                       for tp, end in ends.items() if end > 0):
-                    return
-                await asyncio.sleep(0.2)
-        finally:
-            await admin.close()
-        raise AssertionError("normalizer did not catch up with the raw topic")
+        await caught_up(self.kafka, self.settings.group_id, self.kafka.raw_topic, timeout_s)
 
     async def dead_letters(self, want: int, timeout_s: float = 30) -> list[Any]:
         return await read_topic(self.kafka, self.kafka.dlq_topic, want, timeout_s)
