@@ -1,0 +1,154 @@
+"""One recording download: streamed to a spool file, size-capped, hashed on the way.
+
+Outcomes:
+
+* a :class:`~.store.Spooled` file (HTTP 200, at most ``max_bytes``);
+* :class:`FetchFailed` (permanent; the event is dead-lettered with its reason):
+  ``recording_unavailable`` for 403/404/410 and other 4xx (a signed URL that
+  expired, or a recording that is gone), ``recording_too_large`` past the cap
+  (from Content-Length before reading, else as soon as the count passes it: the
+  rest is never read), ``recording_url_rejected`` for a URL that is not http(s)
+  or whose host is not allowed (redirects included);
+* :class:`FetchTransient` (the source may recover: 408, 429, 5xx, timeouts,
+  connection errors): the sink parks the event on its retry topic;
+* :class:`~.store.StoreError` when the spool file cannot be written (our disk).
+
+No partial file survives any failure. Logs and dead-letter details carry the
+URL's host and path, never its query: a signed URL's query is a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from .store import Spooled, StoreError
+
+RECORDING_UNAVAILABLE = "recording_unavailable"
+RECORDING_TOO_LARGE = "recording_too_large"
+RECORDING_URL_REJECTED = "recording_url_rejected"
+
+TRANSIENT_STATUS = frozenset({408, 425, 429})
+
+
+class FetchFailed(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class FetchTransient(Exception):
+    pass
+
+
+def describe(url: str | httpx.URL) -> str:
+    """``host/path`` of a URL, without its query (the signature)."""
+    parts = urlsplit(str(url))
+    return f"{parts.hostname or '?'}{parts.path}"[:300]
+
+
+def host_allowed(host: str | None, allowed: Sequence[str]) -> bool:
+    """``allowed`` empty: any host; else an exact name or a ``.suffix``."""
+    if not allowed:
+        return True
+    host = (host or "").lower().rstrip(".")
+    for entry in allowed:
+        entry = entry.lower()
+        if host == entry or (entry.startswith(".") and host.endswith(entry)):
+            return True
+    return False
+
+
+def check_url(url: str, allowed: Sequence[str]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchFailed(RECORDING_URL_REJECTED, f"not an http(s) URL: {describe(url)}")
+    if not host_allowed(parts.hostname, allowed):
+        raise FetchFailed(RECORDING_URL_REJECTED,
+                          f"host {parts.hostname} is not in HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS")
+
+
+def make_client(allowed_hosts: Sequence[str], timeout_s: float, max_connections: int,
+                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The download client: follows redirects, each hop checked against the allowed hosts."""
+    async def check(request: httpx.Request) -> None:
+        check_url(str(request.url), allowed_hosts)
+
+    return httpx.AsyncClient(
+        transport=transport, follow_redirects=True, max_redirects=5,
+        timeout=httpx.Timeout(timeout_s),
+        limits=httpx.Limits(max_connections=max_connections),
+        headers={"user-agent": "hookstream-sink-recordings/1"},
+        event_hooks={"request": [check]})
+
+
+def _status(response: httpx.Response) -> None:
+    code = response.status_code
+    where = describe(response.url)
+    if code == 200:
+        return
+    if code in TRANSIENT_STATUS or code >= 500:
+        raise FetchTransient(f"GET {where}: HTTP {code}")
+    raise FetchFailed(RECORDING_UNAVAILABLE, f"GET {where}: HTTP {code} (a signed URL that "
+                      "expired, or a recording that is gone)")
+
+
+async def download(client: httpx.AsyncClient, url: str, spool_dir: Path, *, max_bytes: int,
+                   timeout_s: float) -> Spooled:
+    """Stream ``url`` into a new file in ``spool_dir``; see the module docstring."""
+    try:
+        fd, name = tempfile.mkstemp(dir=spool_dir, suffix=".part")
+    except OSError as exc:
+        raise StoreError(f"spool file in {spool_dir}: {exc!r}") from exc
+    path = Path(name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async with asyncio.timeout(timeout_s), client.stream("GET", url) as response:
+                _status(response)
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise FetchFailed(RECORDING_TOO_LARGE, f"GET {describe(url)}: "
+                                      f"Content-Length {declared} > {max_bytes} bytes")
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise FetchFailed(RECORDING_TOO_LARGE, f"GET {describe(url)}: more "
+                                          f"than {max_bytes} bytes; download abandoned")
+                    digest.update(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise StoreError(f"spool file {path}: {exc!r}") from exc
+                content_type = response.headers.get("content-type")
+    except BaseException as exc:
+        # Also on cancellation, where awaiting a thread is not dependable; an unlink is a
+        # metadata operation on a local file.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        if isinstance(exc, FetchFailed | FetchTransient | StoreError):
+            raise
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            raise FetchTransient(f"GET {describe(url)}: timed out after {size} bytes "
+                                 f"({timeout_s} s allowed)") from exc
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            raise FetchFailed(RECORDING_URL_REJECTED, f"GET {describe(url)}: {exc}") from exc
+        if isinstance(exc, httpx.TooManyRedirects):
+            raise FetchFailed(RECORDING_UNAVAILABLE,
+                              f"GET {describe(url)}: too many redirects") from exc
+        if isinstance(exc, httpx.HTTPError):
+            raise FetchTransient(f"GET {describe(url)}: {type(exc).__name__}") from exc
+        if isinstance(exc, OSError):
+            raise StoreError(f"spool file {path}: {exc!r}") from exc
+        raise
+    return Spooled(path, size, digest.hexdigest(), content_type)

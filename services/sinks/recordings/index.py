@@ -1,0 +1,79 @@
+"""The durable locations in the warehouse: the ``recordings`` table (migration
+0002_recordings.sql in the warehouse's folder) and ``calls.recording_location``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+import asyncpg
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingRow:
+    call_key: str  # "<provider>:<call id>", as calls.call_key
+    provider: str
+    call_id: str
+    event_id: str
+    location: str
+    bytes: int
+    sha256: str
+    content_type: str | None
+    source_url_host: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    location: str
+    bytes: int
+
+
+class RecordingsIndex(Protocol):
+    async def known(self, call_keys: Sequence[str]) -> dict[str, Known]:
+        """The recordings already recorded, by call key."""
+        ...
+
+    async def record(self, rows: Sequence[RecordingRow]) -> None:
+        """Upsert ``recordings`` and set ``calls.recording_location``, in one transaction."""
+        ...
+
+
+UPSERT = """
+INSERT INTO recordings AS r (call_key, provider, call_id, event_id, location, bytes, sha256,
+                             content_type, source_url_host)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (call_key) DO UPDATE SET
+    event_id = EXCLUDED.event_id, location = EXCLUDED.location, bytes = EXCLUDED.bytes,
+    sha256 = EXCLUDED.sha256, content_type = EXCLUDED.content_type,
+    source_url_host = EXCLUDED.source_url_host, stored_at = now()
+WHERE (r.location, r.sha256) IS DISTINCT FROM (EXCLUDED.location, EXCLUDED.sha256)
+"""
+
+# The call's row, when the warehouse has it already; when it does not, the insert
+# trigger of 0002_recordings.sql copies the location over once it arrives.
+SET_CALL = """
+UPDATE calls SET recording_location = $2, updated_at = now()
+WHERE call_key = $1 AND recording_location IS DISTINCT FROM $2
+"""
+
+
+class PgRecordingsIndex:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def known(self, call_keys: Sequence[str]) -> dict[str, Known]:
+        rows = await self._pool.fetch(
+            "SELECT call_key, location, bytes FROM recordings WHERE call_key = ANY($1::text[])",
+            list(call_keys))
+        return {r["call_key"]: Known(r["location"], r["bytes"]) for r in rows}
+
+    async def record(self, rows: Sequence[RecordingRow]) -> None:
+        if not rows:
+            return
+        ordered = sorted(rows, key=lambda r: r.call_key)  # one lock order across replicas
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(UPSERT, [
+                (r.call_key, r.provider, r.call_id, r.event_id, r.location, r.bytes, r.sha256,
+                 r.content_type, r.source_url_host) for r in ordered])
+            await conn.executemany(SET_CALL, [(r.call_key, r.location) for r in ordered])

@@ -1,0 +1,85 @@
+"""Recordings sink settings, read once at start from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from ...core.config import ConfigError, env
+
+STORES = ("local", "s3")
+MIB = 1024 * 1024
+S3_SINGLE_PUT_MAX = 5 * 1024 * MIB  # one S3 PUT carries at most 5 GiB
+
+
+def _secret(name: str, doc: str) -> Any:
+    """Like ``env`` but kept out of the dataclass repr (and so out of logs)."""
+    return dataclasses.field(default="", repr=False, metadata={"env": name, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingsSettings:
+    store: str = env("HOOKSTREAM_RECORDINGS_STORE", "local",
+                     "where recordings go: local (a directory) or s3 (an S3-compatible bucket)")
+    dir: str = env("HOOKSTREAM_RECORDINGS_DIR", ".stack/recordings",
+                   "local store: root directory (relative: to the working directory)")
+    max_bytes: int = env("HOOKSTREAM_RECORDINGS_MAX_BYTES", 200 * MIB,
+                         "largest recording fetched; a larger one is dead-lettered "
+                         "(recording_too_large) without reading the rest")
+    download_timeout_s: float = env(
+        "HOOKSTREAM_RECORDINGS_DOWNLOAD_TIMEOUT_S", 120.0,
+        "longest time for one download, start to last byte (also the connect/read timeout)")
+    concurrency: int = env("HOOKSTREAM_RECORDINGS_CONCURRENCY", 4,
+                           "downloads in flight at once")
+    batch_deadline_s: float = env(
+        "HOOKSTREAM_RECORDINGS_BATCH_DEADLINE_S", 120.0,
+        "no new download starts after this long on one batch; the rest is parked on the "
+        "retry topic (keeps the consumer inside max.poll.interval)")
+    allowed_hosts: tuple[str, ...] = env(
+        "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS", (),
+        "hosts recordings may be fetched from (exact, or .suffix); empty: any http(s) host. "
+        "Production: storage.googleapis.com")
+    s3_endpoint: str = env("HOOKSTREAM_S3_ENDPOINT", "",
+                           "s3 store: endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com "
+                           "or http://127.0.0.1:9000 (path-style requests)")
+    s3_bucket: str = env("HOOKSTREAM_S3_BUCKET", "", "s3 store: bucket")
+    s3_region: str = env("HOOKSTREAM_S3_REGION", "us-east-1", "s3 store: region (SigV4 scope)")
+    s3_prefix: str = env("HOOKSTREAM_S3_PREFIX", "",
+                         "s3 store: key prefix, e.g. recordings/ (letters, digits, . _ - /)")
+    s3_access_key_id: str = env("HOOKSTREAM_S3_ACCESS_KEY_ID", "", "s3 store: access key id")
+    s3_secret_access_key: str = _secret("HOOKSTREAM_S3_SECRET_ACCESS_KEY",
+                                        "s3 store: secret access key")
+    s3_session_token: str = _secret("HOOKSTREAM_S3_SESSION_TOKEN",
+                                    "s3 store: session token of temporary credentials "
+                                    "(optional)")
+
+    def validate(self) -> None:
+        if self.store not in STORES:
+            raise ConfigError(f"HOOKSTREAM_RECORDINGS_STORE={self.store!r}: expected one of "
+                              f"{', '.join(STORES)}")
+        if self.max_bytes <= 0:
+            raise ConfigError("HOOKSTREAM_RECORDINGS_MAX_BYTES must be positive")
+        if self.concurrency < 1:
+            raise ConfigError("HOOKSTREAM_RECORDINGS_CONCURRENCY must be >= 1")
+        for name in ("download_timeout_s", "batch_deadline_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"recordings setting {name} must be positive")
+        if self.store == "local" and not self.dir:
+            raise ConfigError("HOOKSTREAM_RECORDINGS_DIR must not be empty")
+        if self.store == "s3":
+            if not self.s3_endpoint.startswith(("http://", "https://")):
+                raise ConfigError(f"HOOKSTREAM_S3_ENDPOINT={self.s3_endpoint!r}: expected an "
+                                  "http(s) URL")
+            missing = [var for var, value in (
+                ("HOOKSTREAM_S3_BUCKET", self.s3_bucket),
+                ("HOOKSTREAM_S3_ACCESS_KEY_ID", self.s3_access_key_id),
+                ("HOOKSTREAM_S3_SECRET_ACCESS_KEY", self.s3_secret_access_key)) if not value]
+            if missing:
+                raise ConfigError(f"the s3 store needs {', '.join(missing)}")
+            if self.s3_prefix and not re.fullmatch(r"[A-Za-z0-9._/-]+", self.s3_prefix):
+                raise ConfigError(f"HOOKSTREAM_S3_PREFIX={self.s3_prefix!r}: letters, digits "
+                                  "and . _ - / only")
+            if self.max_bytes > S3_SINGLE_PUT_MAX:
+                raise ConfigError("HOOKSTREAM_RECORDINGS_MAX_BYTES must be at most 5 GiB with "
+                                  "the s3 store (one PUT, no multipart upload)")
