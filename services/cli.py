@@ -27,6 +27,7 @@ from .core.config import ConfigError, KafkaSettings, LogSettings, help_epilog, l
 from .core.kafka import end_offsets, make_consumer, make_producer, scan
 from .core.record import H_REQUEST_ID, H_SOURCE, RawDelivery
 from .core.samples import Sample, fresh_copy, samples
+from .core.sink import H_ATTEMPT, H_NOT_BEFORE, sink_topics
 from .core.sources import Source, load_sources
 from .core.times import parse_time
 
@@ -157,9 +158,21 @@ def _dlq_matches(record: Any, args: argparse.Namespace) -> bool:
     return not (args.source and dlq.header(record.headers, H_SOURCE) != args.source)
 
 
+def _dlq_topic(kafka: KafkaSettings, args: argparse.Namespace) -> str:
+    """The normalizer's dead-letter topic, or with ``--sink NAME`` that sink's."""
+    sink = getattr(args, "sink", None)
+    return sink_topics(kafka, sink)[1] if sink else kafka.dlq_topic
+
+
+def _redrive_target(kafka: KafkaSettings, args: argparse.Namespace) -> str:
+    """Where dead letters go back to: the raw topic, or the sink's retry topic."""
+    sink = getattr(args, "sink", None)
+    return sink_topics(kafka, sink)[0] if sink else kafka.raw_topic
+
+
 async def _dlq_records(kafka: KafkaSettings, args: argparse.Namespace) -> list[Any]:
     found: list[Any] = []
-    async for batch in scan(kafka, kafka.dlq_topic, args.from_):
+    async for batch in scan(kafka, _dlq_topic(kafka, args), args.from_):
         found.extend(r for r in batch if _dlq_matches(r, args))
     return found
 
@@ -175,7 +188,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     print(f"{'stage':<14}{'reason':<22}{'source':<16}{'count':>7}")
     for (stage, reason, source), n in sorted(counts.items()):
         print(f"{stage:<14}{reason:<22}{source:<16}{n:>7}")
-    print(f"{len(records)} dead letter(s) on {kafka.dlq_topic}")
+    print(f"{len(records)} dead letter(s) on {_dlq_topic(kafka, args)}")
     return 0
 
 
@@ -184,7 +197,7 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     records = asyncio.run(_dlq_records(kafka, args))[-args.limit:]
     for r in records:
         headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
-        print(f"--- {kafka.dlq_topic}/{r.partition}/{r.offset}  "
+        print(f"--- {_dlq_topic(kafka, args)}/{r.partition}/{r.offset}  "
               f"reason={headers.get(dlq.H_REASON)} stage={headers.get(dlq.H_STAGE)} "
               f"origin={headers.get(dlq.H_ORIGIN)}")
         print(f"detail: {headers.get(dlq.H_DETAIL)}")
@@ -197,20 +210,24 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 
 async def _redrive(kafka: KafkaSettings, args: argparse.Namespace) -> tuple[int, int]:
     records = await _dlq_records(kafka, args)
+    target = _redrive_target(kafka, args)
+    expected_stage = f"sink:{args.sink}" if getattr(args, "sink", None) else "normalizer"
     redriven = skipped = 0
     producer = make_producer(kafka, "dlq-redrive")
     await producer.start()
     try:
         futures = []
         for r in records:
-            stage = dlq.header(r.headers, dlq.H_STAGE)
-            if stage != "normalizer":  # sinks' dead letters redrive with issue 5's retry topics
+            if dlq.header(r.headers, dlq.H_STAGE) != expected_stage:
                 skipped += 1
                 continue
+            headers = [(k, v) for k, v in dlq.original_headers(r.headers)
+                       if k not in (H_ATTEMPT, H_NOT_BEFORE)]
+            if target != kafka.raw_topic:  # a sink's retry topic: offer it again now
+                headers += [(H_ATTEMPT, b"0"), (H_NOT_BEFORE, b"0")]
             if not args.dry_run:
-                futures.append(await producer.send(
-                    kafka.raw_topic, value=r.value, key=r.key,
-                    headers=dlq.original_headers(r.headers)))
+                futures.append(await producer.send(target, value=r.value, key=r.key,
+                                                   headers=headers))
             redriven += 1
         await asyncio.gather(*futures)
     finally:
@@ -222,7 +239,8 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     kafka = load(KafkaSettings)
     redriven, skipped = asyncio.run(_redrive(kafka, args))
     verb = "would re-submit" if args.dry_run else "re-submitted"
-    print(f"{verb} {redriven} dead letter(s) to {kafka.raw_topic} with their original headers"
+    print(f"{verb} {redriven} dead letter(s) to {_redrive_target(kafka, args)} with their "
+          "original headers"
           + (f"; {skipped} from other stages left alone" if skipped else ""))
     return 0
 
@@ -320,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
          "the normalizer's dedupe drops what already became an event)"),
     ):
         p = dlq_sub.add_parser(name, help=text, description=text)
+        p.add_argument("--sink", help="a sink's dead letters (hookstream.sink.NAME.dlq.v1; "
+                       "redrive re-offers them through its retry topic) instead of the "
+                       "normalizer's")
         p.add_argument("--reason", help="only this reason (e.g. schema_violation)")
         p.add_argument("--stage", help="only this stage (e.g. normalizer)")
         p.add_argument("--source", help="only this source")

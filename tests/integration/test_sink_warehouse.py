@@ -23,7 +23,7 @@ from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 from hookstream.sinks.warehouse.store import WarehouseStore
 
-from ..support import REPO
+from ..support import REPO, read_topic
 from ..support import stack as run_stack
 
 EXAMPLES = REPO / "schemas" / "canonical" / "v1" / "examples"
@@ -82,7 +82,8 @@ class Warehouse:
 @pytest.fixture
 async def warehouse(stack: KafkaSettings) -> AsyncIterator[Warehouse]:
     run_id = uuid.uuid4().hex[:10]
-    kafka = dataclasses.replace(stack, events_topic=f"test.events.{run_id}")
+    kafka = dataclasses.replace(stack, events_topic=f"test.events.{run_id}",
+                                sink_topic_prefix=f"test.sink.{run_id}")
     await topics.ensure(kafka, [topics.TopicSpec(kafka.events_topic, 3, topics.DAY_MS, "t")])
     schema = f"test_wh_{run_id}"
     pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
@@ -217,3 +218,33 @@ def test_migrations_folder_is_well_formed() -> None:
 
     found = migrations(Path(MIGRATIONS))
     assert [v for v, _, _ in found] == list(range(1, len(found) + 1))
+
+
+async def test_sink_dead_letters_are_visible_and_redrivable(warehouse: Warehouse) -> None:
+    from argparse import Namespace
+
+    from hookstream.cli import _redrive
+    from hookstream.core import dlq
+    from hookstream.core.sink import sink_topics
+
+    good = fresh(canonical_examples()[0])
+    producer = make_producer(warehouse.kafka, "test")
+    await producer.start()
+    try:
+        await producer.send_and_wait(warehouse.kafka.events_topic, b"{not json")
+    finally:
+        await producer.stop()
+    await warehouse.produce([good])
+    _, dead_topic = sink_topics(warehouse.kafka, "warehouse")
+    async with warehouse.running():
+        assert await warehouse.wait_for_rows(1) == 1  # the partition moved on
+        letters = await read_topic(warehouse.kafka, dead_topic, 1)
+        assert [dlq.header(r.headers, dlq.H_REASON) for r in letters] == ["malformed_event"]
+        assert letters[0].value == b"{not json"
+        args = Namespace(sink="warehouse", reason=None, stage=None, source=None, from_=None,
+                         dry_run=False)
+        assert await _redrive(warehouse.kafka, args) == (1, 0)
+        # Re-offered through the retry topic, still malformed: dead-lettered again.
+        again = await read_topic(warehouse.kafka, dead_topic, 2)
+        assert len(again) == 2
+    assert await warehouse.count() == 1
