@@ -14,6 +14,7 @@ p99), then ``hey`` at fixed offered rates (p99 at 1,000 and 3,000 req/s).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import re
@@ -23,11 +24,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
+from hookstream.core import topics
+from hookstream.core.config import KafkaSettings, load
 from hookstream.core.samples import samples
 from hookstream.core.sources import load_sources
 
@@ -145,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     rates = [int(r) for r in args.rates.split(",")]
     body, headers = delivery()
+    # A topic of the benchmark's own: its deliveries never reach a running pipeline.
+    raw_topic = f"bench.ingest.{uuid.uuid4().hex[:8]}"
+    kafka = load(KafkaSettings)
+    asyncio.run(topics.ensure(kafka, [topics.TopicSpec(raw_topic, 6, topics.DAY_MS, "bench")]))
     env = {**local_env(), "HOOKSTREAM_SOURCES_FILE": str(SOURCES),
-           "HOOKSTREAM_LOG_LEVEL": "WARNING"}
+           "HOOKSTREAM_LOG_LEVEL": "WARNING", "HOOKSTREAM_RAW_TOPIC": raw_topic}
     py = sys.executable
     servers = [
         ("(a) bare Starlette, 202, no Kafka", [py, "-m", "bench.servers", "bare", "--port",

@@ -5,12 +5,14 @@
     hookstream send                     post the providers' sample deliveries, signed
     hookstream dlq list|show|redrive    inspect and re-submit dead letters
     hookstream summary                  what is on each topic and in the warehouse
+    hookstream load                     drive the pipeline with realistic generated traffic
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -278,6 +280,116 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- load
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One Prometheus endpoint's samples; empty if it does not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return {}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _total(samples_: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+           **labels: str) -> float:
+    return sum(v for (n, ls), v in samples_.items()
+               if n == name and all(dict(ls).get(k) == want for k, want in labels.items()))
+
+
+@dataclasses.dataclass
+class PipelineCounts:
+    """Counters scraped from the services' /metrics (informational, all traffic)."""
+
+    alerts: float
+    crm: float
+
+    @classmethod
+    def read(cls, args: argparse.Namespace) -> PipelineCounts:
+        return cls(
+            alerts=_total(_scrape(args.alerts_metrics), "hookstream_alerts_sent_total",
+                          destination="alertmanager", outcome="sent"),
+            crm=_total(_scrape(args.crm_metrics), "hookstream_sink_events_total", sink="crm",
+                       outcome="written"),
+        )
+
+    def minus(self, other: PipelineCounts) -> PipelineCounts:
+        return PipelineCounts(*(a - b for a, b in zip(
+            dataclasses.astuple(self), dataclasses.astuple(other), strict=True)))
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    return asyncio.run(_load(args))
+
+
+async def _load(args: argparse.Namespace) -> int:
+    from .core.config import PostgresSettings
+    from .loadgen import Accounting, LoadStats, run_load
+
+    sources = pick_sources(load_sources(args.sources), None)
+    kafka = load(KafkaSettings)
+    before = await asyncio.to_thread(PipelineCounts.read, args)
+    accounting = Accounting(kafka, load(PostgresSettings).dsn, args.schema)
+    await accounting.start()
+
+    async def line(stats: LoadStats) -> None:
+        await accounting.refresh()
+        stored, dead, pending = accounting.counts()
+        print(f"\r  sent {stats.sent:>7}  acknowledged {stats.accepted:>7}  "
+              f"in warehouse {stored:>7}  dead-lettered {dead:>5}  pending {pending:>6}",
+              end="", file=sys.stderr, flush=True)
+
+    def sign(source: Source, sample: Sample) -> tuple[str, dict[str, str]]:
+        return signed_request(source, sample, time.time(), f"msg_{os.urandom(8).hex()}")
+
+    print(f"load: {args.rate:g} deliveries/s for {args.seconds:g} s to {args.url} "
+          f"({args.redeliver:.1%} redelivered, {args.malformed:.1%} malformed)",
+          file=sys.stderr)
+    try:
+        stats = await run_load(args.url, sources, args.rate, args.seconds,
+                               redeliver=args.redeliver, malformed=args.malformed,
+                               progress=line, sign=sign, on_accepted=accounting.expect)
+        # Drain: wait until every acknowledged delivery is accounted for.
+        deadline = time.monotonic() + args.drain_timeout_s
+        while accounting.counts()[2] and time.monotonic() < deadline:
+            await line(stats)
+            await asyncio.sleep(0.5)
+        await line(stats)
+    finally:
+        await accounting.stop()
+    print(file=sys.stderr)
+    stored, dead, missing = accounting.counts()
+    now = (await asyncio.to_thread(PipelineCounts.read, args)).minus(before)
+    lat = sorted(stats.latencies_ms) or [0.0]
+    events = len({e for e in accounting.receipt_event.values() if e is not None})
+    rows = [
+        ("deliveries sent", stats.sent),
+        ("acknowledged by ingest (202)", stats.accepted),
+        ("  redeliveries among them (same event, one row)", stats.by_kind["redelivery"]),
+        ("  malformed among them (for the dead-letter topic)", stats.by_kind["malformed"]),
+        ("answered otherwise", stats.sent - stats.accepted),
+        ("distinct events expected", events),
+        ("deliveries whose event is in the warehouse", stored),
+        ("deliveries on the dead-letter topic", dead),
+        ("missing (acknowledged, in neither)", missing),
+        ("alerts sent to Alertmanager (all traffic in the window)", now.alerts),
+        ("calls logged in the CRM (all traffic in the window)", now.crm),
+    ]
+    print("\nsummary")
+    for label, value in rows:
+        print(f"  {label:<58}{value:>9.0f}")
+    print(f"  {'ingest latency p50 / p99 (ms, client side)':<58}"
+          f"{lat[len(lat) // 2]:>5.1f} / {lat[int(len(lat) * 0.99)]:.1f}")
+    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(stats.by_status.items()))
+    print(f"  HTTP statuses: {statuses}")
+    ok = missing == 0 and stats.accepted > 0
+    print("\nevery acknowledged delivery is in the warehouse or on the dead-letter topic, "
+          "none missing" if ok else f"\nMISSING: {missing} acknowledged deliveries")
+    return 0 if ok else 1
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -317,6 +429,29 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--verify-timeout-s", type=float, default=30.0)
     send.add_argument("--quiet", action="store_true", help="no line per failed delivery")
     send.set_defaults(func=cmd_send)
+
+    load_parser = sub.add_parser(
+        "load", help="drive the pipeline with realistic generated traffic",
+        description="Post a realistic mix of all three providers' deliveries (call "
+        "lifecycles, sessions, agents, campaigns, knowledge bases; some redelivered, a few "
+        "malformed) at a steady rate, show progress from the services' metrics, then wait "
+        "until every acknowledged delivery is an event, a duplicate or a dead letter.")
+    load_parser.add_argument("--url", default="http://127.0.0.1:8080", help="ingest base URL")
+    load_parser.add_argument("--sources", default=DEFAULT_SOURCES, help="sources file")
+    load_parser.add_argument("--rate", type=float, default=100, help="deliveries per second")
+    load_parser.add_argument("--seconds", type=float, default=60, help="how long")
+    load_parser.add_argument("--redeliver", type=float, default=0.02,
+                             help="share of deliveries sent twice (default 0.02)")
+    load_parser.add_argument("--malformed", type=float, default=0.005,
+                             help="share of deliveries cut short (default 0.005)")
+    load_parser.add_argument("--drain-timeout-s", type=float, default=60)
+    load_parser.add_argument("--schema", default=os.environ.get(
+        "HOOKSTREAM_WAREHOUSE_SCHEMA", "warehouse"), help="the warehouse's schema")
+    for name, port in (("alerts", 8093), ("crm", 8094)):
+        load_parser.add_argument(f"--{name}-metrics",
+                                 default=f"http://127.0.0.1:{port}/metrics",
+                                 help=f"{name} metrics endpoint")
+    load_parser.set_defaults(func=cmd_load)
 
     summary = sub.add_parser("summary", help="count what is on each topic and in the warehouse",
                              description="Records on the raw, canonical and dead-letter "

@@ -374,3 +374,29 @@ def example(name: str, **changes: Any) -> dict[str, Any]:
     event["event_id"] = str(uuid.uuid4())
     event.update(changes)
     return event
+
+
+# ---------------------------------------------------------------- local demo
+def main() -> None:
+    """Serve the fake on loopback for the local demo (`deploy/local/demo`): the real CRM
+    is a third-party SaaS, so the demo's CRM sink talks to this stand-in."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.crm",
+                                     description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8099)
+    args = parser.parse_args()
+    fake = FakeCRM()
+
+    async def health(_: Request) -> Response:
+        return _json(200, {"contacts": len(fake.contacts), "calls": len(fake.calls)})
+
+    fake.app.add_route("/healthz", health, methods=["GET"])
+    uvicorn.run(fake.app, host="127.0.0.1", port=args.port, log_config=None,
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""A realistic generated load of all three providers, signed, at a steady rate.
+
+Traffic is built from the providers' own samples with new identities: Sawt calls
+walk their lifecycle (initializing, started, updated, ended, analyzed, now and then
+a tool failure), Sarj.ai calls end completed or not connected, Saaya sessions start,
+call tools and end (some error or escalate), with agent, campaign and knowledge-base
+events between. A small share of deliveries is redelivered (as providers retry) and
+a smaller share is malformed, so dedupe and the dead-letter topic have work to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+
+import asyncpg
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from .core.config import KafkaSettings
+from .core.errors import Invalid
+from .core.kafka import make_consumer, topic_partitions
+from .core.record import H_REQUEST_ID, RawDelivery
+from .core.samples import Sample, fresh_copy, samples
+from .core.schemas import SchemaRegistry
+from .core.sources import Source
+from .normalizer.pipeline import Decoder
+
+
+@dataclasses.dataclass
+class Delivery:
+    sample: Sample
+    kind: str  # "new", "redelivery" or "malformed"
+
+
+def _by_event(provider: str) -> dict[str, list[Sample]]:
+    """Event name -> its samples, the one named after the event first (one call's
+    lifecycle samples share a call id; the numbered variants belong to other calls)."""
+    found: dict[str, list[Sample]] = {}
+    for sample in samples(provider):
+        found.setdefault(sample.event, []).append(sample)
+    for event, group in found.items():
+        group.sort(key=lambda s: s.name != event)
+    return found
+
+
+def _tweak(sample: Sample, rng: random.Random) -> Sample:
+    """Vary the numbers a dashboard would show (durations, costs, sentiment)."""
+    body = orjson.loads(sample.body)
+    data = body.get("data") if sample.provider == "saaya" else body
+    if isinstance(data, dict):
+        if isinstance(data.get("durationMs"), int):
+            data["durationMs"] = rng.randint(20_000, 900_000)
+        if isinstance(data.get("duration_s"), int):
+            data["duration_s"] = rng.randint(10, 900)
+        if isinstance(data.get("sentiment"), dict):
+            avg = round(rng.uniform(-0.9, 0.9), 2)
+            data["sentiment"] = {"avg": avg, "min": max(-1, avg - 0.3), "max": min(1, avg + 0.3)}
+        if isinstance(data.get("user_sentiment"), str):
+            data["user_sentiment"] = rng.choice(["POSITIVE", "NEUTRAL", "NEGATIVE"])
+    return dataclasses.replace(sample, body=orjson.dumps(body))
+
+
+def conversations(seed: int = 7) -> Iterator[list[Sample]]:
+    """An endless stream of conversations, each the deliveries one call or session makes."""
+    rng = random.Random(seed)
+    sawt, sarj, saaya = _by_event("sawt"), _by_event("sarj"), _by_event("saaya")
+    not_connected = ["no_answer", "user_rejected", "user_unavailable", "automation", "failed"]
+    for n in itertools.count():
+        tag = f"{n:07d}{rng.getrandbits(24):06x}"
+        choice = rng.random()
+        if choice < 0.4:
+            events = ["call.initializing", "call.started", "call.updated"]
+            if rng.random() < 0.1:
+                events.append(rng.choice(["tool.knowledge_base.failed", "tool.function.failed"]))
+            events += ["call.ended", "call.analyzed"]
+            picked = [sawt[e][0] for e in events]
+        elif choice < 0.7:
+            kind = "complete" if rng.random() < 0.6 else rng.choice(not_connected)
+            picked = [sarj[kind][0]]
+        else:
+            ending = rng.choices(["session.ended", "session.errored", "session.escalated"],
+                                 weights=[90, 5, 5])[0]
+            picked = [saaya["session.started"][0], saaya["tool.called"][0]]
+            if rng.random() < 0.05:
+                picked.append(saaya["tool.errored"][0])
+            picked.append(saaya[ending][0])
+            if rng.random() < 0.15:
+                other = rng.choice(["agent.updated", "agent.published", "campaign.row.completed",
+                                    "campaign.started", "kb.upload.completed",
+                                    "kb.upload.failed", "campaign.paused"])
+                picked.append(rng.choice(saaya[other]))
+        yield [_tweak(fresh_copy(s, tag), rng) for s in picked]
+
+
+def deliveries(redeliver: float, malformed: float, seed: int = 11) -> Iterator[Delivery]:
+    """Every sample once (fresh ids: each documented event kind is exercised), then
+    generated conversations with some redeliveries and a few malformed bodies."""
+    rng = random.Random(seed)
+    first = f"s{rng.getrandbits(32):08x}"
+    for sample in samples():
+        yield Delivery(fresh_copy(sample, first), "new")
+    for conversation in conversations(seed):
+        for sample in conversation:
+            if rng.random() < malformed:
+                broken = sample.body[: len(sample.body) // 2]  # cut short: not JSON
+                yield Delivery(dataclasses.replace(sample, body=broken), "malformed")
+                continue
+            yield Delivery(sample, "new")
+            if rng.random() < redeliver:
+                yield Delivery(sample, "redelivery")
+
+
+@dataclasses.dataclass
+class LoadStats:
+    sent: int = 0
+    accepted: int = 0
+    by_status: Counter[int] = dataclasses.field(default_factory=Counter)
+    by_kind: Counter[str] = dataclasses.field(default_factory=Counter)
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+
+
+async def run_load(
+    url: str,
+    sources: dict[str, Source],
+    rate: float,
+    seconds: float,
+    *,
+    redeliver: float = 0.02,
+    malformed: float = 0.005,
+    concurrency: int = 64,
+    progress: Callable[[LoadStats], Awaitable[None]] | None = None,
+    sign: Callable[[Source, Sample], tuple[str, dict[str, str]]],
+    on_accepted: Callable[[Delivery, Source, dict[str, str], str], None] | None = None,
+) -> LoadStats:
+    """Post deliveries at ``rate`` per second for ``seconds``; returns what was sent."""
+    stats = LoadStats()
+    limit = asyncio.Semaphore(concurrency)
+    stream = deliveries(redeliver, malformed)
+    started = time.monotonic()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async with httpx.AsyncClient(base_url=url, timeout=15,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def post(delivery: Delivery) -> None:
+            source = sources[delivery.sample.provider]
+            path, headers = sign(source, delivery.sample)
+            t0 = time.perf_counter()
+            receipt = ""
+            try:
+                response = await client.post(path, content=delivery.sample.body,
+                                             headers=headers)
+                status = response.status_code
+                if status == 202:
+                    receipt = response.json()["receipt"]
+            except httpx.HTTPError:
+                status = 599
+            finally:
+                limit.release()
+            stats.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            stats.by_status[status] += 1
+            if status == 202:
+                stats.accepted += 1
+                stats.by_kind[delivery.kind] += 1
+                if on_accepted is not None:
+                    on_accepted(delivery, source, headers, receipt)
+
+        last_report = 0.0
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = int(elapsed * rate) - stats.sent
+            for _ in range(max(0, due)):
+                await limit.acquire()
+                task = asyncio.create_task(post(next(stream)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                stats.sent += 1
+            if progress is not None and elapsed - last_report >= 1:
+                await progress(stats)
+                last_report = elapsed
+            await asyncio.sleep(0.005)
+        if tasks:
+            await asyncio.gather(*tasks)
+    return stats
+
+
+class Accounting:
+    """Where each acknowledged delivery ended: its event in the warehouse (by event id,
+    so a redelivery counts with its original) or the delivery on the dead-letter topic
+    (by receipt). Exact per delivery, whatever other traffic the pipeline carries."""
+
+    def __init__(self, kafka: KafkaSettings, dsn: str, schema: str) -> None:
+        self._kafka = kafka
+        self._dsn = dsn
+        self._schema = schema
+        self._decoder = Decoder(SchemaRegistry())
+        self.receipt_event: dict[str, str | None] = {}  # receipt -> expected event id
+        self.in_warehouse: set[str] = set()  # event ids found
+        self.dead: set[str] = set()  # receipts found on the DLQ
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pool: asyncpg.Pool | None = None
+
+    def expect(self, delivery: Delivery, source: Source, headers: dict[str, str],
+               receipt: str) -> None:
+        raw = RawDelivery(source=source.name, provider=source.provider.name,
+                          received_at_ms=0, request_id=receipt, body=delivery.sample.body,
+                          routing_key=headers.get(source.routing_key_header or "", None))
+        record = _Record(raw.body, raw.headers())
+        try:
+            self.receipt_event[receipt] = self._decoder.decode(record).event_id
+        except Invalid:
+            self.receipt_event[receipt] = None  # must show up on the DLQ
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=2)
+        self._consumer = make_consumer(self._kafka, None)
+        await self._consumer.start()
+        partitions = await topic_partitions(self._consumer, self._kafka.dlq_topic)
+        self._consumer.assign(partitions)
+        for tp, end in (await self._consumer.end_offsets(partitions)).items():
+            self._consumer.seek(tp, end)
+
+    async def refresh(self) -> None:
+        assert self._pool is not None and self._consumer is not None
+        pending = list({e for e in self.receipt_event.values()
+                        if e is not None and e not in self.in_warehouse})
+        if pending:
+            try:
+                rows = await self._pool.fetch(
+                    f'SELECT event_id::text FROM "{self._schema}".event_ids'
+                    " WHERE event_id = ANY($1::uuid[])", pending)
+                self.in_warehouse.update(r[0] for r in rows)
+            except asyncpg.UndefinedTableError:
+                pass
+        for records in (await self._consumer.getmany(timeout_ms=100)).values():
+            for r in records:
+                receipt = next((v.decode() for k, v in r.headers if k == H_REQUEST_ID), None)
+                if receipt in self.receipt_event:
+                    self.dead.add(receipt)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(deliveries whose event is in the warehouse, dead-lettered, neither yet)."""
+        stored = sum(1 for r, e in self.receipt_event.items()
+                     if e is not None and e in self.in_warehouse and r not in self.dead)
+        dead = len(self.dead)
+        return stored, dead, len(self.receipt_event) - stored - dead
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._pool is not None:
+            await self._pool.close()
+
+
+@dataclasses.dataclass
+class _Record:
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    topic: str = "raw"
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None
