@@ -1,0 +1,46 @@
+"""The configuration reference of every service, generated from the settings classes.
+
+    python -m hookstream.reference        # prints the Markdown the README embeds
+
+``tests/unit/test_reference.py`` fails when the README's copy differs, so the
+documented variables and defaults are always the ones the code reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core.config import KafkaSettings, LogSettings, PostgresSettings, markdown_table
+from .core.sink import SinkSettings
+from .ingest.settings import IngestSettings
+from .normalizer.settings import NormalizerSettings
+from .sinks.alerts.sink import AlertsSettings
+from .sinks.crm.settings import CRMSettings
+from .sinks.recordings.settings import RecordingsSettings
+from .sinks.warehouse.settings import WarehouseSettings
+
+SECTIONS: list[tuple[str, tuple[type[Any], ...]]] = [
+    ("Every process", (KafkaSettings, LogSettings)),
+    ("PostgreSQL (normalizer, warehouse, recordings)", (PostgresSettings,)),
+    ("hookstream-ingest", (IngestSettings,)),
+    ("hookstream-normalizer", (NormalizerSettings,)),
+    ("Every sink worker", (SinkSettings,)),
+    ("hookstream-sink-warehouse", (WarehouseSettings,)),
+    ("hookstream-sink-alerts", (AlertsSettings,)),
+    ("hookstream-sink-crm", (CRMSettings,)),
+    ("hookstream-sink-recordings", (RecordingsSettings,)),
+]
+
+START = "<!-- config-reference:start (generated: python -m hookstream.reference) -->"
+END = "<!-- config-reference:end -->"
+
+
+def render() -> str:
+    parts = []
+    for title, classes in SECTIONS:
+        parts.append(f"#### {title}\n\n{markdown_table(*classes)}\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
