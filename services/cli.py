@@ -6,6 +6,7 @@
     hookstream dlq list|show|redrive    inspect and re-submit dead letters
     hookstream summary                  what is on each topic and in the warehouse
     hookstream load                     drive the pipeline with realistic generated traffic
+    hookstream bench                    every benchmark beside its bare baseline
 """
 
 from __future__ import annotations
@@ -390,6 +391,16 @@ async def _load(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# ---------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmarks live in the repository's bench/ (not the installed package)."""
+    if not (REPO / "bench" / "__main__.py").exists():
+        print("hookstream bench: run it from a clone of the repository", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "bench", *(["--quick"] if args.quick else [])],
+                           cwd=REPO)
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -452,6 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  default=f"http://127.0.0.1:{port}/metrics",
                                  help=f"{name} metrics endpoint")
     load_parser.set_defaults(func=cmd_load)
+
+    bench = sub.add_parser("bench", help="run every benchmark beside its bare baseline",
+                           description="Ingest, normalizer, warehouse, end to end and memory, "
+                           "each printed as a table with ratios against a bare baseline "
+                           "measured in the same run (bench/; docs/perf/RESULTS.md).")
+    bench.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    bench.set_defaults(func=cmd_bench)
 
     summary = sub.add_parser("summary", help="count what is on each topic and in the warehouse",
                              description="Records on the raw, canonical and dead-letter "
