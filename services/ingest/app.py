@@ -5,6 +5,11 @@ type and size, read the body under a deadline, authenticate over the raw bytes,
 and publish. It never parses JSON beyond the cheap natural-key lookup; a
 malformed body from an authenticated source is accepted and left for the
 normalizer to dead-letter.
+
+The webhook path is served by a pure ASGI handler (no Request object, no
+middleware stack: per-request framework overhead is most of the cost at these
+sizes, see docs/perf/); everything else (health, readiness, metrics, the
+lifespan, 404s) is a regular Starlette app.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..core import health
 from ..core.config import KafkaSettings
@@ -34,10 +41,16 @@ from .settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
+PREFIX = "/v1/webhooks/"
 MAX_HEADER_VALUE_CHARS = 256  # routing key / event id headers copied onto the record
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
     pass
 
 
@@ -50,93 +63,106 @@ def _error(status: int, error: str, headers: Mapping[str, str] | None = None) ->
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes:
     """Read at most ``limit`` bytes; stop reading (not buffer) as soon as it is exceeded."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _copied_header(request: Request, name: str | None) -> str | None:
+def _copied_header(headers: Headers, name: str | None) -> str | None:
     if name is None:
         return None
-    value = request.headers.get(name)
+    value = headers.get(name)
     if value is None or not value.isascii():
         return None
     return value[:MAX_HEADER_VALUE_CHARS]
 
 
-def build_app(
-    sources: Mapping[str, Source],
-    settings: IngestSettings,
-    kafka: KafkaSettings,
-    publisher: Publisher | None = None,
-) -> Starlette:
-    publisher = publisher or Publisher(
-        kafka,
-        ack_timeout_s=settings.ack_timeout_s,
-        max_in_flight=settings.max_in_flight,
-        max_in_flight_bytes=settings.max_in_flight_bytes,
-        linger_ms=settings.linger_ms,
-        probe_interval_s=settings.probe_interval_s,
-    )
-    topic = kafka.raw_topic
-    retry_after = {"Retry-After": str(settings.retry_after_s)}
-    body_timeout_s = settings.body_timeout_s
+async def _respond(send: Send, status: int, body: bytes,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    # Label children looked up once per (source, status), not per request.
-    requests_total = functools.cache(lambda source, status: metrics.REQUESTS.labels(
-        source, str(status)))
-    ack_latency = functools.cache(lambda source: metrics.ACK_LATENCY.labels(source))
-    received_bytes = functools.cache(lambda source: metrics.RECEIVED_BYTES.labels(source))
 
-    def answer(source: str, status: int, error: str, headers: Mapping[str, str] | None = None
-               ) -> Response:
-        requests_total(source, status).inc()
-        return _error(status, error, headers)
+class WebhookHandler:
+    """``POST /v1/webhooks/{source}[/{path_secret}]`` as a pure ASGI app."""
 
-    async def receive(request: Request) -> Response:
+    def __init__(self, sources: Mapping[str, Source], settings: IngestSettings,
+                 topic: str, publisher: Publisher) -> None:
+        self._sources = sources
+        self._topic = topic
+        self._publisher = publisher
+        self._body_timeout_s = settings.body_timeout_s
+        self._retry_after = [(b"retry-after", str(settings.retry_after_s).encode())]
+        # Label children looked up once per (source, status), not per request.
+        self._requests = functools.cache(
+            lambda source, status: metrics.REQUESTS.labels(source, str(status)))
+        self._ack_latency = functools.cache(lambda s: metrics.ACK_LATENCY.labels(s))
+        self._bytes = functools.cache(lambda s: metrics.RECEIVED_BYTES.labels(s))
+        self._failures = functools.cache(
+            lambda s, reason: metrics.PRODUCE_FAILURES.labels(s, reason))
+
+    async def _answer(self, send: Send, source: str, status: int, error: str,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        self._requests(source, status).inc()
+        await _respond(send, status, orjson.dumps({"error": error}), extra)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        name = request.path_params["source"]
-        source = sources.get(name)
+        parts = scope["path"][len(PREFIX):].split("/")
+        name = parts[0]
+        source = self._sources.get(name) if len(parts) <= 2 else None
         if source is None:
-            return answer("unknown", 404, "unknown source")
-        content_type = request.headers.get("content-type")
+            return await self._answer(send, "unknown", 404, "unknown source")
+        if scope["method"] != "POST":
+            return await self._answer(send, name, 405, "method not allowed",
+                                      [(b"allow", b"POST")])
+        headers = Headers(scope=scope)
+        content_type = headers.get("content-type")
         if not source.content_type_ok(content_type):
-            return answer(name, 415, "unsupported content type")
-
-        declared = request.headers.get("content-length")
+            return await self._answer(send, name, 415, "unsupported content type")
+        declared = headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                return answer(name, 400, "invalid content-length")
+                return await self._answer(send, name, 400, "invalid content-length")
             if int(declared) > source.max_body_bytes:
-                return answer(name, 413, "body too large")
+                return await self._answer(send, name, 413, "body too large")
 
         # Cheap checks first: a wrong path secret or address never gets its body read.
-        client = request.client.host if request.client else None
-        path_secret = request.path_params.get("path_secret")
         # Proxies may add their own X-Forwarded-For line: every line counts, in order.
-        forwarded = ", ".join(request.headers.getlist("x-forwarded-for")) or None
-        if not (source.path_secret_ok(path_secret) & source.network_ok(client, forwarded)):
-            return answer(name, 401, "unauthorized")
+        client = scope.get("client")
+        peer = client[0] if client else None
+        path_secret = parts[1] if len(parts) == 2 else None
+        forwarded = ", ".join(headers.getlist("x-forwarded-for")) or None
+        if not (source.path_secret_ok(path_secret) & source.network_ok(peer, forwarded)):
+            return await self._answer(send, name, 401, "unauthorized")
 
         try:
-            async with asyncio.timeout(body_timeout_s):
-                body = await _read_body(request, source.max_body_bytes)
+            async with asyncio.timeout(self._body_timeout_s):
+                body = await _read_body(receive, source.max_body_bytes)
         except BodyTooLarge:
-            return answer(name, 413, "body too large")
+            return await self._answer(send, name, 413, "body too large")
         except TimeoutError:
-            return answer(name, 408, "body not received in time")
-        except ClientDisconnect:
-            return answer(name, 400, "client disconnected")
+            return await self._answer(send, name, 408, "body not received in time")
+        except ClientGone:
+            return await self._answer(send, name, 400, "client disconnected")
 
-        if not source.verifier.verify(request.headers, body, time.time()):
-            return answer(name, 401, "unauthorized")
+        if not source.verifier.verify(headers, body, time.time()):
+            return await self._answer(send, name, 401, "unauthorized")
 
         delivery = RawDelivery(
             source=name,
@@ -145,35 +171,63 @@ def build_app(
             request_id=uuid.uuid4().hex,
             body=body,
             content_type=content_type,
-            routing_key=_copied_header(request, source.routing_key_header),
-            event_id=_copied_header(request, source.event_id_header),
+            routing_key=_copied_header(headers, source.routing_key_header),
+            event_id=_copied_header(headers, source.event_id_header),
         )
         try:
-            await publisher.publish(
-                topic, body, source.provider.natural_key(body), delivery.headers()
-            )
+            await self._publisher.publish(
+                self._topic, body, source.provider.natural_key(body), delivery.headers())
         except NotStored as exc:
-            metrics.PRODUCE_FAILURES.labels(name, exc.reason).inc()
+            self._failures(name, exc.reason).inc()
             log.warning("delivery not stored; answered 503",
                         extra={"source": name, "reason": exc.reason})
-            return answer(name, 503, "not stored, retry later", retry_after)
+            return await self._answer(send, name, 503, "not stored, retry later",
+                                      self._retry_after)
 
-        ack_latency(name).observe(time.perf_counter() - started)
-        received_bytes(name).inc(len(body))
-        requests_total(name, 202).inc()
-        return Response(
-            orjson.dumps({"status": "accepted", "receipt": delivery.request_id}),
-            status_code=202,
-            media_type="application/json",
-        )
+        self._ack_latency(name).observe(time.perf_counter() - started)
+        self._bytes(name).inc(len(body))
+        self._requests(name, 202).inc()
+        await _respond(send, 202, b'{"status":"accepted","receipt":"%s"}'
+                       % delivery.request_id.encode())
 
+
+class IngestApp:
+    """The webhook path straight to :class:`WebhookHandler`; the rest to Starlette."""
+
+    def __init__(self, webhooks: WebhookHandler, rest: Starlette) -> None:
+        self._webhooks = webhooks
+        self._rest = rest
+        self.state = rest.state
+        self.router = rest.router  # its lifespan, for tests and embedding
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            await self._webhooks(scope, receive, send)
+        else:
+            await self._rest(scope, receive, send)
+
+
+def build_app(
+    sources: Mapping[str, Source],
+    settings: IngestSettings,
+    kafka: KafkaSettings,
+    publisher: Publisher | None = None,
+) -> Any:
+    publisher = publisher or Publisher(
+        kafka,
+        ack_timeout_s=settings.ack_timeout_s,
+        max_in_flight=settings.max_in_flight,
+        max_in_flight_bytes=settings.max_in_flight_bytes,
+        linger_ms=settings.linger_ms,
+        probe_interval_s=settings.probe_interval_s,
+    )
     checks = health.Health()
     checks.add_check("kafka_producer", lambda: publisher.ready)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await publisher.start()
-        log.info("ingest started", extra={"sources": sorted(sources), "topic": topic})
+        log.info("ingest started", extra={"sources": sorted(sources), "topic": kafka.raw_topic})
         try:
             yield
         finally:
@@ -186,14 +240,10 @@ def build_app(
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, str(exc.detail).lower(), exc.headers)
 
-    app = Starlette(
+    rest = Starlette(
         exception_handlers={HTTPException: http_error},
-        routes=[
-            Route("/v1/webhooks/{source}", receive, methods=["POST"]),
-            Route("/v1/webhooks/{source}/{path_secret}", receive, methods=["POST"]),
-            *health.routes(checks),
-        ],
+        routes=health.routes(checks),
         lifespan=lifespan,
     )
-    app.state.publisher = publisher
-    return app
+    rest.state.publisher = publisher
+    return IngestApp(WebhookHandler(sources, settings, kafka.raw_topic, publisher), rest)

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=settings.keepalive_timeout_s,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         server_header=False,
+        # X-Forwarded-For is judged per source against its trusted proxies
+        # (core/sources.py); uvicorn must not rewrite the peer address first.
+        proxy_headers=False,
     )
     log.info("listening", extra={"host": settings.host, "port": settings.port})
     uvicorn.Server(config).run()

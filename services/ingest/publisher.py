@@ -116,11 +116,10 @@ class Publisher:
         try:
             # asyncio.timeout (not wait_for) adds no task per request. send() returns
             # once queued (it may wait for metadata or a full batch); the future
-            # resolves on the broker's ack. The future is shielded so a timeout here
-            # does not cancel aiokafka's batch bookkeeping.
+            # resolves on the broker's ack. A timeout cancels only this record's
+            # future, which aiokafka skips when the batch completes.
             async with asyncio.timeout(self._ack_timeout_s):
-                queued = await producer.send(topic, value=value, key=key, headers=headers)
-                await asyncio.shield(queued)
+                await (await producer.send(topic, value=value, key=key, headers=headers))
         except TimeoutError:
             raise NotStored("ack_timeout") from None
         except KafkaError as exc:
