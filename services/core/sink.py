@@ -174,6 +174,11 @@ class SinkRunner:
         self._producer: AIOKafkaProducer | None = None
         self._loops: list[ConsumeLoop] = []
         self._stop = asyncio.Event()
+        name = sink.name  # every series of this sink exists from the start, at 0
+        for outcome in ("written", "skipped", "deferred", "dead_letter"):
+            EVENTS.labels(name, outcome)
+        for metric in (RETRIES, WRITE_SECONDS, BATCH_SIZE, END_TO_END, DEFERRED_DUE):
+            metric.labels(name)
 
     # ------------------------------------------------------------ outcomes
     async def _send_all(self, sends: list[tuple[str, bytes | None, bytes | None,

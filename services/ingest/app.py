@@ -36,7 +36,7 @@ from ..core.config import KafkaSettings
 from ..core.record import RawDelivery
 from ..core.sources import Source
 from . import metrics
-from .publisher import NotStored, Publisher
+from .publisher import NOT_STORED_REASONS, NotStored, Publisher
 from .settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,15 @@ class WebhookHandler:
         self._bytes = functools.cache(lambda s: metrics.RECEIVED_BYTES.labels(s))
         self._failures = functools.cache(
             lambda s, reason: metrics.PRODUCE_FAILURES.labels(s, reason))
+        # Every series a dashboard or alert rule divides by exists from the start (at 0),
+        # so "no 503s yet" reads as 0, not as "no data".
+        for name in sources:
+            for status in (202, 401, 503):
+                self._requests(name, status)
+            for reason in NOT_STORED_REASONS:
+                self._failures(name, reason)
+            self._ack_latency(name)
+            self._bytes(name)
 
     async def _answer(self, send: Send, source: str, status: int, error: str,
                       extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -23,6 +23,9 @@ from . import metrics
 log = logging.getLogger(__name__)
 
 
+NOT_STORED_REASONS = ("not_connected", "overloaded", "ack_timeout", "kafka_error")
+
+
 class NotStored(Exception):
     """The record was not acknowledged; ``reason`` is a metric label."""
 

@@ -121,6 +121,14 @@ class Normalizer:
         self._dedupe = dedupe
         self._decoder = decoder
         self._produce_timeout_s = produce_timeout_s
+        # Closed label sets: every series exists from the start, at 0.
+        for provider in ADAPTERS:
+            metrics.EVENTS_IN.labels(provider)
+            metrics.DUPLICATES.labels(provider)
+        for reason in errors.REASONS:
+            metrics.DEAD_LETTERS.labels(reason)
+        for cause in ("broker", "database"):
+            metrics.RETRIES.labels(cause)
 
     async def handle(self, records: Sequence[ConsumedRecord]) -> BatchResult:
         """Process one batch; returns only when every output is acknowledged.

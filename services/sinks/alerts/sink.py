@@ -338,6 +338,8 @@ class AlertsSink:
         self.rules = rules if rules is not None else load_rules(settings.rules_file)
         self._extra_labels = settings.extra_labels()
         for rule in self.rules.rules:
+            RULE_HITS.labels(rule.name, rule.severity)  # series exist from the start, at 0
+            SUPPRESSED.labels(rule.name)
             clash = sorted(set(self._extra_labels) & {name for name, _ in rule.labels})
             if clash:
                 raise ConfigError(f"HOOKSTREAM_ALERT_LABELS sets {', '.join(clash)}, which "

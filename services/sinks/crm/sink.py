@@ -30,6 +30,7 @@ from ...core.errors import Retryable
 from ...core.sink import SinkEvent, WriteOutcome
 from .adapters import LRU, CRMAdapter, build_adapter
 from .circuit import CLOSED, CircuitBreaker
+from .http import RETRIES as http_retries
 from .http import CRMRateLimited, CRMRejected, CRMUnavailable
 from .mapping import FINISHED_TYPES, Unmappable, activity
 from .settings import CRMSettings
@@ -57,6 +58,9 @@ class CRMSink:
                                                  settings.circuit_cooldown_s, clock)
         self._clock = clock
         self._done: LRU[str, bool] = LRU(20000)  # event ids written by this process
+        for cause in ("rate_limited", "timeout", "connection_error", "server_error",
+                      "unauthorized", "bad_response"):
+            http_retries.labels(cause)  # series exist from the start, at 0
         self._started = False
 
     def wants(self, event_type: str) -> bool:

@@ -115,6 +115,9 @@ class RecordingsSink:
                  store: RecordingStore | None = None, index: RecordingsIndex | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._settings = settings
+        for outcome in ("stored", "unchanged", "known", "deferred", "recording_unavailable",
+                        "recording_too_large", "recording_url_rejected"):
+            RECORDINGS.labels(outcome)  # series exist from the start, at 0
         self._pg = pg or PostgresSettings()
         self._warehouse = warehouse or WarehouseSettings()
         self.store = store or build_store(settings)
