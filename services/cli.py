@@ -4,6 +4,7 @@
     hookstream topics                   create the documented topics
     hookstream send                     post the providers' sample deliveries, signed
     hookstream dlq list|show|redrive    inspect and re-submit dead letters
+    hookstream replay --from 2h         re-run raw deliveries (hookstream-normalizer replay)
     hookstream summary                  what is on each topic and in the warehouse
     hookstream load                     drive the pipeline with realistic generated traffic
     hookstream bench                    every benchmark beside its bare baseline
@@ -391,6 +392,12 @@ async def _load(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _normalizer_main(argv: list[str]) -> int:
+    from .normalizer.main import main as normalizer_main
+
+    return normalizer_main(argv)
+
+
 # ---------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
     """The benchmarks live in the repository's bench/ (not the installed package)."""
@@ -464,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  help=f"{name} metrics endpoint")
     load_parser.set_defaults(func=cmd_load)
 
+    replay = sub.add_parser("replay", help="re-run raw deliveries of a time range "
+                            "(hookstream-normalizer replay)", add_help=False)
+    replay.add_argument("rest", nargs=argparse.REMAINDER)
+    replay.set_defaults(func=lambda a: _normalizer_main(["replay", *a.rest]))
+
     bench = sub.add_parser("bench", help="run every benchmark beside its bare baseline",
                            description="Ingest, normalizer, warehouse, end to end and memory, "
                            "each printed as a table with ratios against a bare baseline "
@@ -509,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["replay"]:  # the normalizer's own command, options and --help
+        return _normalizer_main(argv)
     args = build_parser().parse_args(argv)
     logs.configure("cli", load(LogSettings, json=False, level="WARNING"))
     try:

@@ -227,7 +227,8 @@ async def _produce_raw(kafka: KafkaSettings, value: bytes, headers: list[tuple[s
         await producer.stop()
 
 
-async def test_every_dead_letter_reason_lands_on_the_dlq(pipeline: Pipeline) -> None:
+async def test_every_dead_letter_reason_lands_on_the_dlq(
+        pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     saaya = next(s for s in samples("saaya") if s.event == "session.ended")
     sarj = next(s for s in samples("sarj") if s.event == "no_answer")
     body = orjson.loads(saaya.body)
@@ -253,6 +254,20 @@ async def test_every_dead_letter_reason_lands_on_the_dlq(pipeline: Pipeline) -> 
     await _produce_raw(pipeline.kafka, cases["unknown_provider"], [
         ("hs-source", b"x"), ("hs-provider", b"vonage"), ("hs-received-at", b"1"),
         ("hs-request-id", b"r1")])
+    # A mapping bug (here: planted for one call id) dead-letters that event only.
+    from hookstream.normalizer.adapters import ADAPTERS
+
+    sarj_adapter = ADAPTERS["sarj"]
+    real_mapping = sarj_adapter.to_canonical
+
+    def buggy(raw: Any, payload: dict[str, Any], *args: Any) -> Any:
+        if payload.get("call_id") == "call_mapping_bug":
+            raise KeyError("planted mapping bug")
+        return real_mapping(raw, payload, *args)
+
+    monkeypatch.setattr(sarj_adapter, "to_canonical", buggy)
+    await via_ingest("mapping_failed", "sarj-main", sarj,
+                     orjson.dumps({**orjson.loads(sarj.body), "call_id": "call_mapping_bug"}))
     # A good delivery after the poison ones: the partition must move on.
     assert (await pipeline.post("sarj-main", sarj)).status_code == 202
 
