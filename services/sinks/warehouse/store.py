@@ -46,24 +46,21 @@ CALL_FIELDS = ("status", "direction", "customer_number", "started_at", "ended_at
                "summary", "outcome", "transcript", "transcript_url", "recording_url",
                "agent_id", "campaign_id", "call_id", "session_id")
 TIMESTAMPS = {"started_at", "ended_at"}
-NEWER = ("(EXCLUDED.state_rank, EXCLUDED.state_at, EXCLUDED.state_event_id)"
-         " > (c.state_rank, c.state_at, c.state_event_id)")
-
 _CALL_COLUMNS = ("call_key", "provider", "source", *CALL_FIELDS, "last_event_type",
                  "state_rank", "state_at", "state_event_id", "first_event_at", "last_event_at")
+# The row is recomputed from all of the call's events (fold_call), so the upsert
+# simply overwrites; recording_location (the recordings sink's) is not touched.
 UPSERT_CALL = (
     f"INSERT INTO calls AS c ({', '.join(_CALL_COLUMNS)}) VALUES "
     f"({', '.join(f'${i}' for i in range(1, len(_CALL_COLUMNS) + 1))}) "
     "ON CONFLICT (call_key) DO UPDATE SET "
-    + ", ".join(
-        f"{f} = CASE WHEN {NEWER} THEN coalesce(EXCLUDED.{f}, c.{f})"
-        f" ELSE coalesce(c.{f}, EXCLUDED.{f}) END" for f in CALL_FIELDS)
-    + ", " + ", ".join(
-        f"{f} = CASE WHEN {NEWER} THEN EXCLUDED.{f} ELSE c.{f} END"
-        for f in ("last_event_type", "state_rank", "state_at", "state_event_id"))
-    + ", first_event_at = least(c.first_event_at, EXCLUDED.first_event_at)"
-    ", last_event_at = greatest(c.last_event_at, EXCLUDED.last_event_at)"
-    ", updated_at = now()"
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CALL_COLUMNS[1:])
+    + ", updated_at = now()"
+)
+# Every stored lifecycle event of the given calls (the new ones included).
+CALL_EVENTS = (
+    "SELECT event FROM events WHERE type = ANY($1::text[])"
+    " AND (call_id = ANY($2::text[]) OR session_id = ANY($2::text[]))"
 )
 
 
@@ -110,33 +107,53 @@ def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def call_row(event: dict[str, Any]) -> tuple[Any, ...] | None:
-    """The ``calls`` upsert arguments for a lifecycle event, or None for other types."""
-    rank = STATE_RANK.get(str(event.get("type")))
+def call_key(event: dict[str, Any]) -> str | None:
+    """``<provider>:<call or session id>`` of a lifecycle event, else None."""
     subject = event.get("call_id") or event.get("session_id")
-    if rank is None or not isinstance(subject, str):
+    if str(event.get("type")) not in STATE_RANK or not isinstance(subject, str):
         return None
+    return f"{event.get('provider')}:{subject}"
+
+
+def _field(name: str, value: Any) -> Any:
+    if name in TIMESTAMPS:
+        return parse_ts(value)
+    if name == "transcript":
+        return None if value is None else event_json(value)
+    if name in ("duration_s", "cost", "sentiment"):
+        return float(value) if isinstance(value, int | float) and not isinstance(
+            value, bool) else None
+    return _text(value)
+
+
+def _precedence(event: dict[str, Any]) -> tuple[int, dt.datetime, str]:
     received = parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
-    state_at = parse_ts(event.get("occurred_at")) or received
-    values: list[Any] = []
-    for name in CALL_FIELDS:
-        value = event.get(name)
-        if name in TIMESTAMPS:
-            value = parse_ts(value)
-        elif name == "transcript":
-            value = None if value is None else event_json(value)
-        elif name in ("duration_s", "cost", "sentiment"):
-            value = float(value) if isinstance(value, int | float) else None
-        else:
-            value = _text(value)
-        values.append(value)
-    return (f"{event.get('provider')}:{subject}", event.get("provider"), event.get("source"),
-            *values, event.get("type"), rank, state_at, event["event_id"], state_at, state_at)
+    return (STATE_RANK[str(event["type"])], parse_ts(event.get("occurred_at")) or received,
+            str(event["event_id"]))
 
 
-def precedence(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    n = len(CALL_FIELDS)
-    return (row[0], row[3 + n + 1], row[3 + n + 2], str(row[3 + n + 3]))
+def fold_call(events: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """One call's row from all its lifecycle events: a pure function of the *set* of
+    events, so every arrival order gives the same row.
+
+    Events are ordered by precedence (lifecycle rank, occurred_at, event id); each
+    field takes the value of the highest-precedence event that has one (a late
+    ``call.updated`` never overwrites what ``call.ended`` said; the analysis fills in
+    what nothing later contradicts); the state columns come from the top event.
+    """
+    ordered = sorted(events, key=_precedence)
+    top = ordered[-1]
+    values = {name: None for name in CALL_FIELDS}
+    for event in ordered:
+        for name in CALL_FIELDS:
+            value = _field(name, event.get(name))
+            if value is not None:
+                values[name] = value
+    rank, state_at, state_event = _precedence(top)
+    times = [_precedence(e)[1] for e in ordered]
+    return (call_key(top), top.get("provider"), top.get("source"),
+            *(values[name] for name in CALL_FIELDS), top.get("type"), rank, state_at,
+            state_event, min(times), max(times))
 
 
 class WarehouseStore:
@@ -208,10 +225,17 @@ class WarehouseStore:
                 " FROM stage_events s JOIN claimed USING (event_id)"
                 " RETURNING event_id::text")
             new_ids = {r[0] for r in fresh}
-            calls = [row for e in events if e["event_id"] in new_ids
-                     if (row := call_row(e)) is not None]
-            if calls:
-                # Lifecycle order within the batch: one upsert per event, oldest first.
-                calls.sort(key=precedence)
-                await conn.executemany(UPSERT_CALL, calls)
+            touched = {key for e in events if e["event_id"] in new_ids
+                       if (key := call_key(e)) is not None}
+            if touched:
+                # Recompute each touched call from all its stored events (this batch's
+                # included): one read, one upsert per call.
+                subjects = sorted({k.split(":", 1)[1] for k in touched})
+                by_call: dict[str, list[dict[str, Any]]] = {}
+                for record in await conn.fetch(CALL_EVENTS, list(STATE_RANK), subjects):
+                    event = orjson.loads(record[0])
+                    key = call_key(event)
+                    if key in touched:
+                        by_call.setdefault(key, []).append(event)
+                await conn.executemany(UPSERT_CALL, [fold_call(v) for v in by_call.values()])
         return len(new_ids)
