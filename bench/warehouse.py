@@ -44,7 +44,9 @@ def make_events(count: int) -> list[dict[str, Any]]:
     base = [orjson.loads(p.read_bytes()) for p in sorted(EXAMPLES.glob("*.json"))]
     out = []
     for n, event in zip(range(count), itertools.cycle(base), strict=False):
-        subject = {"call_id": f"call_b{n // 4}"} if event.get("call_id") else {}
+        # Calls and sessions of about four events each, as real traffic has.
+        subject = ({"call_id": f"call_b{n // 4}"} if event.get("call_id") else
+                   {"session_id": f"ses_b{n // 4}"} if event.get("session_id") else {})
         out.append({**event, **subject, "event_id": str(uuid.uuid4())})
     return out
 
