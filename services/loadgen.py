@@ -67,8 +67,10 @@ def _tweak(sample: Sample, rng: random.Random) -> Sample:
     return dataclasses.replace(sample, body=orjson.dumps(body))
 
 
-def conversations(seed: int = 7) -> Iterator[list[Sample]]:
-    """An endless stream of conversations, each the deliveries one call or session makes."""
+def conversations(seed: int | None = None) -> Iterator[list[Sample]]:
+    """An endless stream of conversations, each the deliveries one call or session makes.
+    A seed repeats a stream exactly; without one every run has ids of its own (a second
+    run on the same stack must be new events, not redeliveries of the first)."""
     rng = random.Random(seed)
     sawt, sarj, saaya = _by_event("sawt"), _by_event("sarj"), _by_event("saaya")
     not_connected = ["no_answer", "user_rejected", "user_unavailable", "automation", "failed"]
@@ -99,7 +101,8 @@ def conversations(seed: int = 7) -> Iterator[list[Sample]]:
         yield [_tweak(fresh_copy(s, tag), rng) for s in picked]
 
 
-def deliveries(redeliver: float, malformed: float, seed: int = 11) -> Iterator[Delivery]:
+def deliveries(redeliver: float, malformed: float, seed: int | None = None
+               ) -> Iterator[Delivery]:
     """Every sample once (fresh ids: each documented event kind is exercised), then
     generated conversations with some redeliveries and a few malformed bodies."""
     rng = random.Random(seed)

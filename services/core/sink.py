@@ -87,6 +87,8 @@ class SinkSettings:
     retry_delays_s: tuple[str, ...] = env(
         "HOOKSTREAM_SINK_RETRY_DELAYS_S", ("5", "30", "120", "600", "1800"),
         "delays before re-offering a parked event, per attempt; past the last: dead letter")
+    group_id: str = env("HOOKSTREAM_SINK_GROUP", "",
+                        "consumer group (empty: hookstream-sink-<name>)")
     http_host: str = env("HOOKSTREAM_SINK_HTTP_HOST", "127.0.0.1",
                          "address of /healthz, /readyz, /metrics")
     http_port: int = env("HOOKSTREAM_SINK_HTTP_PORT", 0,
@@ -169,7 +171,7 @@ class SinkRunner:
         self.sink = sink
         self.kafka = kafka
         self.settings = settings
-        self.group_id = group_id or f"hookstream-sink-{sink.name}"
+        self.group_id = group_id or settings.group_id or f"hookstream-sink-{sink.name}"
         self.retry_topic, self.dlq_topic = sink_topics(kafka, sink.name)
         self._producer: AIOKafkaProducer | None = None
         self._loops: list[ConsumeLoop] = []

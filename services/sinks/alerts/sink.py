@@ -351,6 +351,9 @@ class AlertsSink:
             self.destinations.append(Alertmanager(settings.alertmanager_url))
         if settings.webhook_url:
             self.destinations.append(Webhook(settings.webhook_url, settings.webhook_slack))
+        for destination in self.destinations:  # series exist from the start, at 0
+            for outcome in ("sent", "rejected", "error"):
+                SENT.labels(destination.name, outcome)
         self._client = client
         self._own_client = client is None
         self._started = False
