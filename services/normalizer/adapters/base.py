@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ...core.errors import MAPPING_FAILED, Invalid
 from ...core.events import CanonicalEvent
 from ...core.record import RawDelivery
 
@@ -37,3 +38,60 @@ class Adapter(Protocol):
         inferred: bool,
         event_id: str,
     ) -> CanonicalEvent: ...
+
+
+# Small readers of untrusted payload values, shared by every adapter: a value of
+# the wrong type reads as absent rather than failing the mapping.
+def str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def lower_or_none(value: Any) -> str | None:
+    return value.lower() if isinstance(value, str) else None
+
+
+def num_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def obj_or_empty(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class MappingAdapter:
+    """``to_canonical`` for adapters that implement ``_map``: looks up the canonical
+    type and turns any shape surprise in the payload into ``Invalid(MAPPING_FAILED)``."""
+
+    provider: str
+    canonical_types: dict[str, str]
+
+    def to_canonical(
+        self,
+        raw: RawDelivery,
+        payload: dict[str, Any],
+        event_type: str,
+        version: str | None,
+        inferred: bool,
+        event_id: str,
+    ) -> CanonicalEvent:
+        canonical = self.canonical_types.get(event_type)
+        if canonical is None:
+            raise Invalid(MAPPING_FAILED, f"{self.provider}: no canonical type for {event_type!r}")
+        try:
+            return self._map(raw, payload, event_type, canonical, version, inferred, event_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Invalid(MAPPING_FAILED, f"{self.provider} {event_type}: {exc!r}") from None
+
+    def _map(
+        self,
+        raw: RawDelivery,
+        payload: dict[str, Any],
+        event_type: str,
+        canonical: str,
+        version: str | None,
+        inferred: bool,
+        event_id: str,
+    ) -> CanonicalEvent:
+        raise NotImplementedError

@@ -23,8 +23,13 @@ from typing import Any
 from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, Invalid
 from ...core.events import CanonicalEvent, iso_ms
 from ...core.record import RawDelivery
+from .base import MappingAdapter, num_or_none, obj_or_empty, str_or_none
 
 PROVIDER = "saaya"
+
+_str = str_or_none
+_num = num_or_none
+_obj = obj_or_empty
 
 CANONICAL_TYPES: dict[str, str] = {
     "session.started": "session.started",
@@ -59,21 +64,7 @@ def sentiment_label(score: float) -> str:
     return "neutral"
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-class SaayaAdapter:
+class SaayaAdapter(MappingAdapter):
     provider = PROVIDER
     canonical_types = CANONICAL_TYPES
 
@@ -96,22 +87,6 @@ class SaayaAdapter:
             raise Invalid(MAPPING_FAILED, f"saaya {event_type}: no envelope `id` to dedupe on")
         return event_id
 
-    def to_canonical(
-        self,
-        raw: RawDelivery,
-        payload: dict[str, Any],
-        event_type: str,
-        version: str | None,
-        inferred: bool,
-        event_id: str,
-    ) -> CanonicalEvent:
-        canonical = CANONICAL_TYPES.get(event_type)
-        if canonical is None:
-            raise Invalid(MAPPING_FAILED, f"saaya: no canonical type for {event_type!r}")
-        try:
-            return self._map(raw, payload, event_type, canonical, version, inferred, event_id)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Invalid(MAPPING_FAILED, f"saaya {event_type}: {exc!r}") from None
 
     def _map(
         self,

@@ -26,8 +26,14 @@ import orjson
 from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, Invalid
 from ...core.events import CanonicalEvent, TranscriptTurn, iso_ms
 from ...core.record import RawDelivery
+from .base import MappingAdapter, lower_or_none, num_or_none, obj_or_empty, str_or_none
 
 PROVIDER = "sarj"
+
+_str = str_or_none
+_lower = lower_or_none
+_num = num_or_none
+_obj = obj_or_empty
 
 NOT_CONNECTED = ("no_answer", "user_rejected", "user_unavailable", "automation", "failed")
 CANONICAL_TYPES: dict[str, str] = {
@@ -37,24 +43,6 @@ CANONICAL_TYPES: dict[str, str] = {
 
 ROLES = {"assistant": "agent", "agent": "agent", "bot": "agent", "ai": "agent",
          "user": "customer", "customer": "customer", "human": "customer", "caller": "customer"}
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _lower(value: Any) -> str | None:
-    return value.lower() if isinstance(value, str) else None
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _text(value: Any) -> str:
@@ -84,7 +72,7 @@ def transcript(call_data: dict[str, Any]) -> list[TranscriptTurn] | None:
     return turns
 
 
-class SarjAdapter:
+class SarjAdapter(MappingAdapter):
     provider = PROVIDER
     canonical_types = CANONICAL_TYPES
 
@@ -104,22 +92,6 @@ class SarjAdapter:
             raise Invalid(MAPPING_FAILED, f"sarj {event_type}: no `call_id` to dedupe on")
         return f"{call_id}:{event_type}"
 
-    def to_canonical(
-        self,
-        raw: RawDelivery,
-        payload: dict[str, Any],
-        event_type: str,
-        version: str | None,
-        inferred: bool,
-        event_id: str,
-    ) -> CanonicalEvent:
-        canonical = CANONICAL_TYPES.get(event_type)
-        if canonical is None:
-            raise Invalid(MAPPING_FAILED, f"sarj: no canonical type for {event_type!r}")
-        try:
-            return self._map(raw, payload, event_type, canonical, version, inferred, event_id)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Invalid(MAPPING_FAILED, f"sarj {event_type}: {exc!r}") from None
 
     def _map(
         self,

@@ -62,11 +62,16 @@ from typing import Any
 
 import orjson
 
-from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, Invalid
+from ...core.errors import UNKNOWN_EVENT_TYPE, Invalid
 from ...core.events import CanonicalEvent, TranscriptTurn, iso_ms
 from ...core.record import RawDelivery
+from .base import MappingAdapter, lower_or_none, num_or_none, str_or_none
 
 PROVIDER = "sawt"
+
+_str = str_or_none
+_lower = lower_or_none
+_num = num_or_none
 SEP = "\x1f"  # ASCII unit separator: cannot occur in ids, statuses or timestamps
 
 CANONICAL_TYPES: dict[str, str] = {
@@ -101,20 +106,6 @@ KNOWLEDGE_BASE_TOOL = "knowledge_base"
 
 ROLES = {"agent": "agent", "assistant": "agent", "bot": "agent",
          "customer": "customer", "user": "customer", "caller": "customer"}
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _lower(value: Any) -> str | None:
-    return value.lower() if isinstance(value, str) else None
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 def _part(value: Any) -> str:
@@ -159,7 +150,7 @@ def _text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-class SawtAdapter:
+class SawtAdapter(MappingAdapter):
     provider = PROVIDER
     canonical_types = CANONICAL_TYPES
 
@@ -183,22 +174,6 @@ class SawtAdapter:
             parts.append("transcript" if "transcript_object" in payload else "")
         return SEP.join(_part(p) for p in parts)
 
-    def to_canonical(
-        self,
-        raw: RawDelivery,
-        payload: dict[str, Any],
-        event_type: str,
-        version: str | None,
-        inferred: bool,
-        event_id: str,
-    ) -> CanonicalEvent:
-        canonical = CANONICAL_TYPES.get(event_type)
-        if canonical is None:
-            raise Invalid(MAPPING_FAILED, f"sawt: no canonical type for {event_type!r}")
-        try:
-            return self._map(raw, payload, event_type, canonical, version, inferred, event_id)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Invalid(MAPPING_FAILED, f"sawt {event_type}: {exc!r}") from None
 
     def _map(
         self,
