@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings
@@ -31,7 +30,7 @@ from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
 
 from ..fakes.crm import TOKEN, FakeCRM, example
-from ..support import free_port, serve
+from ..support import caught_up, free_port, serve
 
 RETRY_TOPIC, DLQ_TOPIC = sink_topics(KafkaSettings(), "crm")
 
@@ -85,20 +84,7 @@ class Rig:
 
     async def drained(self, group: str, timeout_s: float = 20) -> None:
         """Wait until ``group`` has committed up to the end of the events topic."""
-        ends = await end_offsets(self.kafka, self.kafka.events_topic)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka.bootstrap)
-        await admin.start()
-        try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                committed = await admin.list_consumer_group_offsets(group)
-                if all(committed.get(tp) is not None and committed[tp].offset >= end
-                       for tp, end in ends.items() if end > 0):
-                    return
-                await asyncio.sleep(0.1)
-        finally:
-            await admin.close()
-        raise AssertionError(f"{group} did not catch up with the events topic")
+        await caught_up(self.kafka, group, self.kafka.events_topic, timeout_s)
 
 
 async def _skip_parked_events_of_other_runs(kafka: KafkaSettings, retry_group: str) -> None:
