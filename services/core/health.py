@@ -67,7 +67,7 @@ async def serve_in_background(health: Health, host: str, port: int) -> asyncio.T
     )
     server = uvicorn.Server(config)
     # The worker owns signal handling; uvicorn must not replace its handlers.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[assignment]
     task = asyncio.create_task(server.serve(), name="health-server")
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
