@@ -404,8 +404,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not (REPO / "bench" / "__main__.py").exists():
         print("hookstream bench: run it from a clone of the repository", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, "-m", "bench", *(["--quick"] if args.quick else [])],
-                           cwd=REPO)
+    extra = ([args.stage] if args.stage else []) + (["--quick"] if args.quick else [])
+    return subprocess.call([sys.executable, "-m", "bench", *extra], cwd=REPO)
 
 
 # ---------------------------------------------------------------- main
@@ -480,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Ingest, normalizer, warehouse, end to end and memory, "
                            "each printed as a table with ratios against a bare baseline "
                            "measured in the same run (bench/; docs/perf/RESULTS.md).")
+    bench.add_argument("stage", nargs="?", choices=["ingest", "normalizer", "warehouse", "e2e"],
+                       help="one stage only (default: all five tables)")
     bench.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     bench.set_defaults(func=cmd_bench)
 
