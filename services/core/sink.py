@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import gc
 import logging
 import signal
@@ -154,8 +155,6 @@ def topic_plan(kafka: KafkaSettings, name: str) -> list[topics.TopicSpec]:
 
 
 def _received_ms(event: dict[str, Any]) -> int | None:
-    import datetime as dt
-
     value = event.get("received_at")
     if not isinstance(value, str):
         return None

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from ..core import health
 from ..core.config import KafkaSettings, PostgresSettings
 from ..core.consumer import ConsumeLoop
+from ..core.errors import Retryable
 from ..core.kafka import make_consumer, scan, start_producer
 from ..core.postgres import DATABASE_ERRORS, create_pool
 from ..core.schemas import SchemaRegistry
@@ -132,8 +133,6 @@ async def replay(
 
 
 async def _handle_with_retry(normalizer: Normalizer, records: Sequence[Any]) -> Any:
-    from ..core.errors import Retryable
-
     delay = 0.5
     for attempt in range(8):
         try:

@@ -19,6 +19,7 @@ import orjson
 
 from ...core import migrate
 from ...core.config import PostgresSettings
+from ...core.postgres import create_pool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -183,8 +184,6 @@ class WarehouseStore:
 
     @staticmethod
     async def create_pool(pg: PostgresSettings, schema: str) -> asyncpg.Pool:
-        from ...core.postgres import create_pool
-
         admin = await asyncpg.connect(pg.dsn)
         try:
             await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
