@@ -30,7 +30,6 @@ import dataclasses
 import datetime as dt
 import gc
 import logging
-import signal
 import sys
 import time
 from collections import Counter
@@ -45,7 +44,7 @@ from prometheus_client import Gauge, Histogram
 
 from . import dlq, health, logs, topics
 from .config import ConfigError, KafkaSettings, LogSettings, env, help_epilog, load
-from .consumer import ConsumeLoop
+from .consumer import ConsumeLoop, stop_on_signals
 from .errors import Retryable
 from .kafka import make_consumer, start_producer
 
@@ -393,10 +392,7 @@ def sink_main(
         return 2
 
     async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         built = build()
         sink = await built if asyncio.iscoroutine(built) else built
         await SinkRunner(sink, kafka, settings).run(stop)  # type: ignore[arg-type]

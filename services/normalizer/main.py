@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from ..core import logs
@@ -16,6 +15,7 @@ from ..core.config import (
     help_epilog,
     load,
 )
+from ..core.consumer import stop_on_signals
 from ..core.times import parse_time
 from .service import replay, run
 from .settings import NormalizerSettings
@@ -64,11 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run(settings, kafka, pg, stop)
+        await run(settings, kafka, pg, stop_on_signals())
 
     asyncio.run(serve())
     return 0
