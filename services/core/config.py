@@ -129,6 +129,9 @@ class KafkaSettings:
     request_timeout_ms: int = env(
         "HOOKSTREAM_KAFKA_REQUEST_TIMEOUT_MS", 10000, "Kafka request timeout (ms)"
     )
+    compression: str = env(
+        "HOOKSTREAM_KAFKA_COMPRESSION", "none",
+        "producer batch compression: none, gzip, snappy, lz4 or zstd")
 
 
 @dataclasses.dataclass(frozen=True)

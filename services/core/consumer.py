@@ -13,6 +13,7 @@ records. SIGTERM finishes the current batch, commits, and leaves the group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -27,7 +28,8 @@ from .errors import Retryable
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Sequence[Any]], Awaitable[Any]]
+# Called with the records of a batch, or with what ``prepare`` made of them.
+Handler = Callable[[Any], Awaitable[Any]]
 
 # Not a readiness check: a consumer waiting out a database outage is alive and must
 # not be restarted or taken out of rotation; SREs alert on this gauge instead.
@@ -41,9 +43,11 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, lock: asyncio.Lock, group: str) -> None:
         self._lock = lock
         self._group = group
+        self.revocations = 0  # a fetched batch from before a revocation is never started
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:  # the batch in progress finishes and commits first
+            self.revocations += 1
             for tp in revoked:
                 try:
                     CONSUMER_LAG.remove(self._group, tp.topic, str(tp.partition))
@@ -55,7 +59,24 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
                                                "partitions": sorted(p.partition for p in assigned)})
 
 
+Batch = dict[TopicPartition, list[Any]]
+
+
+async def _identity(records: Sequence[Any]) -> Any:
+    return records
+
+
 class ConsumeLoop:
+    """Fetch, prepare, handle, commit; one batch's handling overlaps the next one's
+    fetch and ``prepare``.
+
+    ``prepare`` must be pure (CPU work without side effects, e.g. decoding): it
+    runs on batch N+1 while batch N's ``handler`` waits for acknowledgements, so
+    a batch may be prepared and then dropped (after a failure or a rebalance)
+    and fetched again. Side effects stay strictly in order: a handler starts
+    only after the previous batch was handled and committed.
+    """
+
     def __init__(
         self,
         consumer: AIOKafkaConsumer,
@@ -66,50 +87,88 @@ class ConsumeLoop:
         max_batch: int,
         poll_timeout_ms: int = 200,
         backoff_max_s: float = 30.0,
+        prepare: Callable[[Sequence[Any]], Awaitable[Any]] = _identity,
     ) -> None:
         self._consumer = consumer
         self._topic = topic
         self._group = group
         self._handler = handler
+        self._prepare = prepare
         self._max_batch = max_batch
         self._poll_timeout_ms = poll_timeout_ms
         self._backoff_max_s = backoff_max_s
         self._lock = asyncio.Lock()
+        self._listener = _DrainOnRevoke(self._lock, group)
         self.started = False
         self.healthy = True  # False while a batch keeps failing
 
     def subscribe(self) -> None:
-        self._consumer.subscribe([self._topic], listener=_DrainOnRevoke(self._lock, self._group))
+        self._consumer.subscribe([self._topic], listener=self._listener)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.started = True
         backoff = 0.5
-        while not stop.is_set():
-            batch = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms,
-                                                 max_records=self._max_batch)
-            if not batch:
-                await self._update_lag()
-                continue
-            async with self._lock:
-                records = [r for partition in batch.values() for r in partition]
-                try:
-                    await self._handler(records)
-                except Retryable as exc:
-                    self.healthy = False
-                    CONSUMER_RETRYING.labels(self._group).set(1)
-                    delay = backoff * (0.5 + random.random() / 2)  # jitter
-                    log.warning("batch failed; retrying", extra={
-                        "group": self._group, "error": str(exc), "retry_in_s": round(delay, 2)})
-                    for tp, partition in batch.items():
-                        self._consumer.seek(tp, partition[0].offset)
-                    backoff = min(backoff * 2, self._backoff_max_s)
-                    await _sleep_unless(stop, delay)
+        inflight: tuple[Batch, asyncio.Task[None]] | None = None
+        try:
+            while not stop.is_set():
+                batch: Batch = await self._consumer.getmany(
+                    timeout_ms=self._poll_timeout_ms, max_records=self._max_batch)
+                revocations = self._listener.revocations
+                # Prepared while the previous batch's handler awaits its acks.
+                prepared = await self._prepare(_records(batch)) if batch else None
+                if inflight is not None:
+                    previous, task = inflight
+                    inflight = None
+                    try:
+                        await task
+                    except Retryable as exc:
+                        self.healthy = False
+                        CONSUMER_RETRYING.labels(self._group).set(1)
+                        delay = backoff * (0.5 + random.random() / 2)  # jitter
+                        log.warning("batch failed; retrying", extra={
+                            "group": self._group, "error": str(exc),
+                            "retry_in_s": round(delay, 2)})
+                        self._rewind(previous, batch)  # the failed batch and the fetched one
+                        backoff = min(backoff * 2, self._backoff_max_s)
+                        await _sleep_unless(stop, delay)
+                        continue
+                    self.healthy = True
+                    CONSUMER_RETRYING.labels(self._group).set(0)
+                    backoff = 0.5
+                    await self._update_lag()
+                if not batch:
+                    await self._update_lag()
                     continue
-                self.healthy = True
-                CONSUMER_RETRYING.labels(self._group).set(0)
-                backoff = 0.5
-                await self._commit({tp: p[-1].offset + 1 for tp, p in batch.items()})
-            await self._update_lag()
+                await self._lock.acquire()  # released by the task, after its commit
+                if self._listener.revocations != revocations:
+                    # Partitions changed hands since the fetch: the new assignment
+                    # reads from committed offsets; this batch is not ours to start.
+                    self._lock.release()
+                    self._rewind(batch, {})
+                    continue
+                inflight = (batch, asyncio.create_task(self._handle(batch, prepared)))
+        finally:
+            if inflight is not None:  # drain: the batch in progress finishes and commits
+                with contextlib.suppress(Retryable):
+                    await inflight[1]
+
+    async def _handle(self, batch: Batch, prepared: Any) -> None:
+        try:
+            await self._handler(prepared)
+            await self._commit({tp: p[-1].offset + 1 for tp, p in batch.items()})
+        finally:
+            self._lock.release()
+
+    def _rewind(self, *batches: Batch) -> None:
+        """Seek every partition of these batches back to its earliest fetched record."""
+        first: dict[TopicPartition, int] = {}
+        for batch in batches:
+            for tp, records in batch.items():
+                first[tp] = min(first.get(tp, records[0].offset), records[0].offset)
+        assigned = self._consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
@@ -130,6 +189,10 @@ class ConsumeLoop:
                 continue
             CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
                 max(0, end - position))
+
+
+def _records(batch: Batch) -> list[Any]:
+    return [r for partition in batch.values() for r in partition]
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

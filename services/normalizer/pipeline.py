@@ -25,6 +25,7 @@ from ..core import dlq, errors
 from ..core.config import KafkaSettings
 from ..core.errors import Invalid, Retryable
 from ..core.events import CanonicalEvent, event_id
+from ..core.kafka import Outgoing, publish_batched
 from ..core.postgres import DATABASE_ERRORS
 from ..core.record import H_RECEIVED_AT, RawDelivery
 from ..core.schemas import SchemaRegistry
@@ -35,6 +36,7 @@ from .dedupe import DedupeStore
 log = logging.getLogger(__name__)
 
 STAGE = "normalizer"
+DECODE_SLICE = 50  # records decoded between yields to the event loop (about 1 ms)
 H_EVENT_TYPE = "hs-event-type"
 
 
@@ -61,6 +63,15 @@ class DeadLetter:
     reason: str
     detail: str
     provider: str
+
+
+@dataclasses.dataclass(slots=True)
+class DecodedBatch:
+    records: Sequence[ConsumedRecord]
+    events: list[CanonicalEvent]
+    received_ms: dict[str, int]  # event id -> ingest receive time
+    dead: list[DeadLetter]
+    decode_seconds: float
 
 
 @dataclasses.dataclass
@@ -144,18 +155,35 @@ class Normalizer:
         Raises ``Retryable`` on a broker or database failure: nothing of the
         batch may be committed then, and retrying it is safe (dedupe, ids).
         """
+        return await self.complete(await self.decode_batch(records))
+
+    async def decode_batch(self, records: Sequence[ConsumedRecord]) -> DecodedBatch:
+        """The pure half of ``handle``: decode every record (no I/O, no side effects),
+        so the consume loop can run it while the previous batch awaits its acks.
+
+        It yields to the event loop every ``DECODE_SLICE`` records: each step of the
+        previous batch (dedupe lookup, publish, acks, mark, commit) then proceeds
+        as soon as its reply arrives instead of after the whole decode."""
         started = time.perf_counter()
         events: list[CanonicalEvent] = []
         received_ms: dict[str, int] = {}
         dead: list[DeadLetter] = []
-        for record in records:
+        for n, record in enumerate(records, 1):
+            if n % DECODE_SLICE == 0:
+                await asyncio.sleep(0)
             try:
                 event = self._decoder.decode(record)
                 events.append(event)
                 received_ms[event.event_id] = int(dlq.header(record.headers, H_RECEIVED_AT) or 0)
             except Invalid as exc:
                 dead.append(DeadLetter(record, exc.reason, exc.detail, _provider_of(record)))
+        return DecodedBatch(records, events, received_ms, dead, time.perf_counter() - started)
 
+    async def complete(self, batch: DecodedBatch) -> BatchResult:
+        """The side-effect half of ``handle``: dedupe, publish, await acks, mark."""
+        started = time.perf_counter() - batch.decode_seconds
+        records, events, received_ms, dead = (batch.records, batch.events, batch.received_ms,
+                                               batch.dead)
         # Drop duplicates: within the batch, then against the dedupe record.
         unique: dict[str, CanonicalEvent] = {}
         duplicates: list[CanonicalEvent] = []
@@ -214,34 +242,30 @@ class Normalizer:
             metrics.DEAD_LETTERS.labels(reason).inc(n)
 
     async def _publish(self, events: list[CanonicalEvent], dead: list[DeadLetter]) -> None:
-        """Queue every output, then await all acks together (aiokafka #528)."""
+        """Queue every output as whole batches, then await all acks together (aiokafka #528)."""
+        topic = self._kafka.events_topic
+        outgoing = [
+            Outgoing(topic, event.to_json(), subject.encode() if (subject := event.subject_id)
+                     else None, [
+                         (H_EVENT_TYPE, event.type.encode()),
+                         ("hs-provider", event.provider.encode()),
+                         ("hs-source", event.source.encode()),
+                         ("hs-event-id", event.event_id.encode()),
+                         ("content-type", b"application/json"),
+                     ])
+            for event in events
+        ]
+        outgoing += [
+            Outgoing(self._kafka.dlq_topic, letter.record.value, letter.record.key,
+                     dlq.dead_letter_headers(
+                         letter.record.headers, reason=letter.reason, stage=STAGE,
+                         detail=letter.detail, topic=letter.record.topic,
+                         partition=letter.record.partition, offset=letter.record.offset))
+            for letter in dead
+        ]
         try:
             async with asyncio.timeout(self._produce_timeout_s):
-                futures = []
-                for event in events:
-                    subject = event.subject_id
-                    futures.append(await self._producer.send(
-                        self._kafka.events_topic,
-                        value=event.to_json(),
-                        key=subject.encode() if subject else None,
-                        headers=[
-                            (H_EVENT_TYPE, event.type.encode()),
-                            ("hs-provider", event.provider.encode()),
-                            ("hs-source", event.source.encode()),
-                            ("hs-event-id", event.event_id.encode()),
-                            ("content-type", b"application/json"),
-                        ],
-                    ))
-                for letter in dead:
-                    r = letter.record
-                    futures.append(await self._producer.send(
-                        self._kafka.dlq_topic,
-                        value=r.value,
-                        key=r.key,
-                        headers=dlq.dead_letter_headers(
-                            r.headers, reason=letter.reason, stage=STAGE, detail=letter.detail,
-                            topic=r.topic, partition=r.partition, offset=r.offset),
-                    ))
+                futures = await publish_batched(self._producer, outgoing)
                 # asyncio.wait (unlike gather under a timeout) never cancels the
                 # futures: aiokafka keeps its batch bookkeeping intact on a timeout.
                 if futures:
@@ -251,4 +275,3 @@ class Normalizer:
         except (KafkaError, TimeoutError) as exc:
             metrics.RETRIES.labels("broker").inc()
             raise Retryable(f"publish failed: {exc!r}") from exc
-

@@ -74,7 +74,8 @@ async def run(settings: NormalizerSettings, kafka: KafkaSettings, pg: PostgresSe
             consumer = make_consumer(kafka, settings.group_id,
                                      max_poll_records=settings.max_batch)
             loop = ConsumeLoop(consumer, kafka.raw_topic, settings.group_id,
-                               normalizer.handle, max_batch=settings.max_batch,
+                               normalizer.complete, prepare=normalizer.decode_batch,
+                               max_batch=settings.max_batch,
                                poll_timeout_ms=settings.poll_timeout_ms,
                                backoff_max_s=settings.retry_backoff_max_s)
             loop.subscribe()
