@@ -227,16 +227,21 @@ class Normalizer:
     ) -> None:
         """Metrics, aggregated per batch: one label lookup per distinct label set."""
         now_ms = time.time_ns() // 1_000_000
-        counts_in = Counter(_provider_of(r) for r in records)
         counts_out: Counter[tuple[str, str]] = Counter()
+        observe = metrics.RECEIVE_TO_PUBLISH.observe
         for event in published:
             counts_out[(event.provider, event.type)] += 1
-            metrics.RECEIVE_TO_PUBLISH.observe(max(0, now_ms - received_ms[event.event_id]) / 1000)
+            observe(max(0, now_ms - received_ms[event.event_id]) / 1000)
+        counts_dup = Counter(e.provider for e in duplicates)
+        # Every record came out as exactly one of: published, duplicate, dead letter.
+        counts_in = counts_dup + Counter(d.provider for d in dead)
+        for (provider, _), n in counts_out.items():
+            counts_in[provider] += n
         for provider, n in counts_in.items():
             metrics.EVENTS_IN.labels(provider).inc(n)
         for (provider, kind), n in counts_out.items():
             metrics.EVENTS_OUT.labels(provider, kind).inc(n)
-        for provider, n in Counter(e.provider for e in duplicates).items():
+        for provider, n in counts_dup.items():
             metrics.DUPLICATES.labels(provider).inc(n)
         for reason, n in Counter(d.reason for d in dead).items():
             metrics.DEAD_LETTERS.labels(reason).inc(n)
