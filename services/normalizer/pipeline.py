@@ -207,7 +207,7 @@ class Normalizer:
             metrics.RETRIES.labels("database").inc()
             raise Retryable(f"dedupe mark failed: {exc!r}") from exc
 
-        self._count(records, unique.values(), duplicates, dead, received_ms)
+        self._count(unique.values(), duplicates, dead, received_ms)
         for letter in dead:
             log.warning("dead-lettered", extra={
                 "reason": letter.reason, "detail": letter.detail[:300],
@@ -219,7 +219,6 @@ class Normalizer:
 
     @staticmethod
     def _count(
-        records: Sequence[ConsumedRecord],
         published: Iterable[CanonicalEvent],
         duplicates: list[CanonicalEvent],
         dead: list[DeadLetter],
