@@ -2,7 +2,7 @@
 (or ``hookstream bench``). Needs the stack up (``deploy/local/stack up``) and wrk + hey
 (``apt-get install wrk hey``) for the ingest table.
 
-    python -m bench [--quick]
+    python -m bench [stage] [--quick] [--rounds N]
 """
 
 from __future__ import annotations
@@ -41,22 +41,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", nargs="?", choices=list(STAGES),
                         help="one stage only (default: all)")
     parser.add_argument("--quick", action="store_true",
-                        help="short runs (a smoke test of the suite, not figures to quote)")
+                        help="short runs, one round (a smoke test of the suite, not figures "
+                             "to quote)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds per stage; figures are medians over them "
+                             "(default 3, or 1 with --quick)")
     args = parser.parse_args(argv)
     logs.configure("bench", load(LogSettings, level="WARNING", json=False))
     quick = args.quick
+    rounds = args.rounds or (1 if quick else 3)
     print(f"hookstream benchmarks, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
           f"machine: {machine()}\n", flush=True)
     code = 0
     for name in [args.stage] if args.stage else STAGES:
         if name == "ingest":
-            code |= ingest.main(["--seconds", "3" if quick else "10"])
+            code |= ingest.main(["--seconds", "3" if quick else "10",
+                                 "--rounds", str(rounds)])
         elif name == "normalizer":
-            print(asyncio.run(normalizer.bench(3000 if quick else 20000)))
+            print(asyncio.run(normalizer.bench(3000 if quick else 20000, rounds)))
         elif name == "warehouse":
-            print(asyncio.run(warehouse.bench(3000 if quick else 20000, 500)))
+            print(asyncio.run(warehouse.bench(3000 if quick else 20000, 500, rounds)))
         else:
-            print(asyncio.run(e2e.bench(300 if quick else 1000, 5 if quick else 30)))
+            print(asyncio.run(e2e.bench(300 if quick else 1000, 5 if quick else 30, rounds)))
         print(f"goal: {STAGES[name]}\n", flush=True)
     return code
 

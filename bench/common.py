@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,6 +45,25 @@ async def fill_topic(kafka: KafkaSettings, topic: str, deliveries: list[RawDeliv
             await f
     finally:
         await producer.stop()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """The median of the rounds, with their range when there was more than one."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def rounds_note(rounds: int, ratios: bool = True) -> str:
+    if rounds == 1:
+        return "1 round"
+    note = f"median of {rounds} rounds (range in brackets)"
+    return note + ("; each ratio is taken within its round, baseline and ours measured "
+                   "back to back" if ratios else "")
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:

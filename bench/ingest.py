@@ -8,7 +8,7 @@ Servers (each pinned to CPU 0 with taskset, the load generator to CPU 1):
 Load: 2 KB signed Saaya-shaped deliveries. ``wrk`` at a fixed concurrency (req/s,
 p99), then ``hey`` at fixed offered rates (p99 at 1,000 and 3,000 req/s).
 
-    python -m bench.ingest [--seconds 10] [--connections 64]
+    python -m bench.ingest [--seconds 10] [--connections 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from hookstream.core.config import KafkaSettings, load
 from hookstream.core.samples import samples
 from hookstream.core.sources import load_sources
 
-from .common import table
+from .common import median, rounds_note, spread, table
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = REPO / "deploy" / "local" / "sources.toml"
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rates", default="1000,3000")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     for tool in ("wrk", "hey"):
         if not shutil.which(tool):
@@ -163,23 +164,38 @@ def main(argv: list[str] | None = None) -> int:
                                                   "--port", "8182"], 8182, None),
         ("(c) hookstream-ingest", ["hookstream-ingest", "--port", "8183"], 8183, "/readyz"),
     ]
+    # All three servers up at once (each pinned to CPU 0; an idle one costs nothing),
+    # measured in turn within each round, so every round has its own baseline.
+    results: dict[str, list[tuple[float, float, list[tuple[float, float, int]], int]]] = {
+        label: [] for label, *_ in servers}
+    with contextlib.ExitStack() as running:
+        for _label, cmd, port, ready in servers:
+            running.enter_context(server(cmd, port, env, ready or "/v1/webhooks/x"))
+        for n in range(args.rounds):
+            for label, _cmd, port, _ready in servers:
+                url = f"http://127.0.0.1:{port}/v1/webhooks/saaya-main"
+                if n == 0:
+                    run_wrk(url, body, headers, 2, args.connections)  # warm-up
+                rate, p99, errors = run_wrk(url, body, headers, args.seconds, args.connections)
+                fixed = [run_hey(url, body, headers, args.seconds, r) for r in rates]
+                results[label].append((rate, p99, fixed, errors))
+            print(f"  round {n + 1} of {args.rounds} measured", file=sys.stderr)
+    base = results[servers[0][0]]
     rows: list[list[str]] = []
-    base_rate = 0.0
-    for label, cmd, port, ready in servers:
-        url = f"http://127.0.0.1:{port}/v1/webhooks/saaya-main"
-        with server(cmd, port, env, ready or "/v1/webhooks/x"):
-            run_wrk(url, body, headers, 2, args.connections)  # warm-up
-            rate, p99, errors = run_wrk(url, body, headers, args.seconds, args.connections)
-            fixed = [run_hey(url, body, headers, args.seconds, r) for r in rates]
-        base_rate = base_rate or rate
-        row = [label, f"{rate:,.0f}", f"{rate / base_rate:.2f}", f"{p99:.1f}"]
-        row += [f"{p:.1f} ({a:,.0f}/s)" for a, p, _ in fixed]
-        row.append(str(errors + sum(e for _, _, e in fixed)))
+    for label, measured in results.items():
+        row = [label, spread([m[0] for m in measured]),
+               "1.00" if measured is base else spread(
+                   [m[0] / b[0] for m, b in zip(measured, base, strict=True)], "{:.2f}"),
+               spread([m[1] for m in measured], "{:.1f}")]
+        for i in range(len(rates)):
+            row.append(f"{spread([m[2][i][1] for m in measured], '{:.1f}')} "
+                       f"({median([m[2][i][0] for m in measured]):,.0f}/s)")
+        row.append(str(sum(m[3] + sum(e for _, _, e in m[2]) for m in measured)))
         rows.append(row)
-        print(f"  measured {label}", file=sys.stderr)
     print(table(
         f"ingest: {len(body)}-byte signed Saaya deliveries; server pinned to 1 CPU; "
-        f"wrk -c{args.connections} for {args.seconds}s; hey at fixed rates",
+        f"wrk -c{args.connections} for {args.seconds}s; hey at fixed rates; "
+        f"{rounds_note(args.rounds)}",
         ["server", "req/s", "ratio", "p99 ms", *[f"p99 ms @{r}/s" for r in rates], "non-202"],
         rows))
     return 0

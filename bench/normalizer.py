@@ -4,7 +4,7 @@ Both read the same pre-filled raw topic (mixed providers, every event distinct),
 in the same run, with the same producer settings (acks=all, idempotent), each
 from its own consumer group into its own output topic, committing per batch.
 
-    python -m bench.normalizer [--messages 20000]
+    python -m bench.normalizer [--messages 20000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import dataclasses
 import gc
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import orjson
@@ -27,13 +29,13 @@ from hookstream.core.schemas import SchemaRegistry
 from hookstream.normalizer.dedupe import DedupeStore
 from hookstream.normalizer.pipeline import Decoder, Normalizer
 
-from .common import fill_topic, table, unique_deliveries
+from .common import fill_topic, rounds_note, spread, table, unique_deliveries
 
 BATCH = 1000
 
 
 async def _consume_all(kafka: KafkaSettings, group: str, topic: str, total: int,
-                       handle) -> float:  # type: ignore[no-untyped-def]
+                       handle: Callable[[list[Any]], Awaitable[None]]) -> float:
     consumer = make_consumer(kafka, group, max_poll_records=BATCH)
     consumer.subscribe([topic])
     await consumer.start()
@@ -91,7 +93,7 @@ async def _run_service_loop(kafka: KafkaSettings, group: str, topic: str, total:
     return clock["ended"] - clock["started"]
 
 
-async def bench(messages: int) -> str:
+async def bench(messages: int, rounds: int = 3) -> str:
     kafka = load(KafkaSettings)
     run_id = uuid.uuid4().hex[:8]
     raw = f"bench.raw.{run_id}"
@@ -106,7 +108,9 @@ async def bench(messages: int) -> str:
     producer = make_producer(kafka, "bench", linger_ms=5)
     await producer.start()
     pool = await asyncpg.create_pool(load(PostgresSettings).dsn, min_size=1, max_size=4)
-    table_name = f"bench_dedupe_{run_id}"
+    bare_s: list[float] = []
+    norm_s: list[float] = []
+    out = {"published": 0, "dead": 0, "dup": 0}
     try:
         # (a) bare loop: parse each body, produce it (same key), await the batch's acks.
         async def bare(records) -> None:  # type: ignore[no-untyped-def]
@@ -117,42 +121,49 @@ async def bench(messages: int) -> str:
                                                    key=r.key))
             await asyncio.gather(*futures)
 
-        bare_s = await _consume_all(kafka, f"bench-bare-{run_id}", raw, messages, bare)
-
-        # (b) the normalizer: decode, validate, map, dedupe (PostgreSQL), publish, mark.
-        dedupe = DedupeStore(pool, 3600, 200_000, table_name)
-        await dedupe.migrate()
-        normalizer = Normalizer(kafka, producer, dedupe, Decoder(SchemaRegistry()))
-        out = {"published": 0, "dead": 0, "dup": 0}
-
-        norm_s = await _run_service_loop(kafka, f"bench-normalizer-{run_id}", raw, messages,
-                                         normalizer, out)
+        for n in range(rounds):
+            bare_s.append(await _consume_all(kafka, f"bench-bare-{run_id}-{n}", raw, messages,
+                                             bare))
+            # (b) the normalizer: decode, validate, map, dedupe (PostgreSQL), publish, mark;
+            # a fresh dedupe table each round, so every event is new to it.
+            table_name = f"bench_dedupe_{run_id}_{n}"
+            dedupe = DedupeStore(pool, 3600, 200_000, table_name)
+            await dedupe.migrate()
+            normalizer = Normalizer(kafka, producer, dedupe, Decoder(SchemaRegistry()))
+            out = {"published": 0, "dead": 0, "dup": 0}
+            try:
+                norm_s.append(await _run_service_loop(
+                    kafka, f"bench-normalizer-{run_id}-{n}", raw, messages, normalizer, out))
+            finally:
+                await pool.execute(f"DROP TABLE IF EXISTS {table_name}")
+            assert out["published"] == messages, out  # every distinct event came out once
     finally:
-        await pool.execute(f"DROP TABLE IF EXISTS {table_name}")
         await pool.close()
         await producer.stop()
 
-    bare_rate, norm_rate = messages / bare_s, messages / norm_s
-    assert out["published"] == messages, out  # every distinct event came out once
+    bare_rates = [messages / s for s in bare_s]
+    norm_rates = [messages / s for s in norm_s]
+    ratios = [n / b for n, b in zip(norm_rates, bare_rates, strict=True)]
     return table(
         f"normalizer throughput ({messages} mixed-provider deliveries, 3 partitions, "
-        "acks=all, batches of up to 1000)",
+        f"acks=all, batches of up to {BATCH}; {rounds_note(rounds)})",
         ["loop", "seconds", "events/s", "ratio"],
-        [["bare aiokafka consume -> orjson -> produce", f"{bare_s:.2f}", f"{bare_rate:,.0f}",
-          "1.00"],
-         ["hookstream normalizer (validate, map, dedupe, publish)", f"{norm_s:.2f}",
-          f"{norm_rate:,.0f}", f"{norm_rate / bare_rate:.2f}"]],
-    ) + f"\n  normalizer output: {out['published']} published, {out['dup']} duplicates, " \
-        f"{out['dead']} dead letters"
+        [["bare aiokafka consume -> orjson -> produce", spread(bare_s, "{:.2f}"),
+          spread(bare_rates), "1.00"],
+         ["hookstream normalizer (validate, map, dedupe, publish)", spread(norm_s, "{:.2f}"),
+          spread(norm_rates), spread(ratios, "{:.2f}")]],
+    ) + f"\n  normalizer output (last round): {out['published']} published, " \
+        f"{out['dup']} duplicates, {out['dead']} dead letters"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.normalizer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     logs.configure("bench", load(LogSettings, level="WARNING", json=False))
-    print(asyncio.run(bench(args.messages)))
+    print(asyncio.run(bench(args.messages, args.rounds)))
     return 0
 
 

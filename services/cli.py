@@ -404,7 +404,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not (REPO / "bench" / "__main__.py").exists():
         print("hookstream bench: run it from a clone of the repository", file=sys.stderr)
         return 2
-    extra = ([args.stage] if args.stage else []) + (["--quick"] if args.quick else [])
+    extra = ([args.stage] if args.stage else []) + (["--quick"] if args.quick else []) + (
+        ["--rounds", str(args.rounds)] if args.rounds else [])
     return subprocess.call([sys.executable, "-m", "bench", *extra], cwd=REPO)
 
 
@@ -479,10 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run every benchmark beside its bare baseline",
                            description="Ingest, normalizer, warehouse, end to end and memory, "
                            "each printed as a table with ratios against a bare baseline "
-                           "measured in the same run (bench/; docs/perf/RESULTS.md).")
+                           "measured in the same run, medians over rounds "
+                           "(bench/; docs/perf/RESULTS.md).")
     bench.add_argument("stage", nargs="?", choices=["ingest", "normalizer", "warehouse", "e2e"],
                        help="one stage only (default: all five tables)")
-    bench.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    bench.add_argument("--quick", action="store_true", help="short runs, one round (smoke test)")
+    bench.add_argument("--rounds", type=int, help="rounds per stage; figures are their medians "
+                       "(default 3, or 1 with --quick)")
     bench.set_defaults(func=cmd_bench)
 
     summary = sub.add_parser("summary", help="count what is on each topic and in the warehouse",
