@@ -1,6 +1,6 @@
 """All benchmarks, each beside its bare baseline in the same run: ``python -m bench``
-(or ``hookstream bench``). Needs the stack up (``deploy/local/stack up``) and wrk + hey
-(``apt-get install wrk hey``) for the ingest table.
+(or ``hookstream bench``). Needs the stack up (``deploy/local/stack up``) and wrk
+(``apt-get install wrk``) for the ingest table.
 
     python -m bench [stage] [--quick] [--rounds N]
 """

@@ -5,8 +5,11 @@ Servers (each pinned to CPU 0 with taskset, the load generator to CPU 1):
   (b) (a) plus one aiokafka ``send_and_wait`` (acks=all, idempotent) per request;
   (c) hookstream-ingest: source lookup, limits, Standard Webhooks HMAC check over the
       raw body, publish with metadata headers, 202 after the broker's ack.
-Load: 2 KB signed Saaya-shaped deliveries. ``wrk`` at a fixed concurrency (req/s,
-p99), then ``hey`` at fixed offered rates (p99 at 1,000 and 3,000 req/s).
+Load: 2 KB signed Saaya-shaped deliveries, each distinct (its own event id, which
+is the raw record's key, and its own ``webhook-id``), as real traffic is: ``wrk``
+at a fixed concurrency cycling through pre-signed requests (req/s, p99), then an
+open-loop generator (bench.blast, its own process on CPU 1) at fixed offered rates,
+p99 counted from each request's scheduled send time (1,000 and 3,000 req/s).
 
     python -m bench.ingest [--seconds 10] [--connections 64] [--rounds 3]
 """
@@ -32,9 +35,10 @@ import orjson
 
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings, load
-from hookstream.core.samples import samples
+from hookstream.core.samples import fresh_copy, samples
 from hookstream.core.sources import load_sources
 
+from .blast import blast, build_request
 from .common import median, rounds_note, spread, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,19 +54,25 @@ def local_env() -> dict[str, str]:
     return env
 
 
-def delivery(size: int = 2048) -> tuple[bytes, dict[str, str]]:
-    """A Saaya session.ended padded to ``size`` bytes, signed for saaya-main."""
+def deliveries(count: int, size: int = 2048, tag: str = "") -> list[tuple[bytes, dict[str, str]]]:
+    """``count`` distinct Saaya session.ended deliveries padded to ``size`` bytes, each
+    with its own event id (the raw record's key, so they spread over partitions as
+    real traffic does) and its own ``webhook-id``, signed now for saaya-main."""
     sample = next(s for s in samples("saaya") if s.event == "session.ended")
-    body = orjson.loads(sample.body)
-    body["data"]["metadata"] = {"note": ""}
-    raw = orjson.dumps(body)
-    body["data"]["metadata"]["note"] = "x" * max(0, size - len(raw))
-    payload = orjson.dumps(body)
-    env = local_env()
-    source = load_sources(SOURCES, env)["saaya-main"]
-    headers = {"Content-Type": "application/json",
-               **source.verifier.sign(payload, time.time(), "msg_bench")}
-    return payload, headers
+    source = load_sources(SOURCES, local_env())["saaya-main"]
+    tag = tag or uuid.uuid4().hex[:8]
+    now = time.time()
+    out = []
+    for n in range(count):
+        body = orjson.loads(fresh_copy(sample, f"{tag}{n:07d}").body)
+        body["data"]["metadata"] = {"note": ""}
+        raw = orjson.dumps(body)
+        body["data"]["metadata"]["note"] = "x" * max(0, size - len(raw))
+        payload = orjson.dumps(body)
+        headers = {"Content-Type": "application/json",
+                   **source.verifier.sign(payload, now, f"msg_{tag}{n:07d}")}
+        out.append((payload, headers))
+    return out
 
 
 @contextlib.contextmanager
@@ -84,23 +94,40 @@ def server(cmd: list[str], port: int, env: dict[str, str], ready: str) -> Iterat
         proc.wait(30)
 
 
-def run_wrk(url: str, body: bytes, headers: dict[str, str], seconds: int,
+def _lua_string(text: str) -> str:
+    level = "=" * 3
+    while f"]{level}]" in text:
+        level += "="
+    return f"[{level}[{text}]{level}]"
+
+
+def run_wrk(url: str, requests: list[tuple[bytes, dict[str, str]]], seconds: int,
             connections: int) -> tuple[float, float, int]:
+    """Closed-loop load: ``wrk`` cycling through the pre-signed deliveries."""
+    path = "/" + url.split("/", 3)[3]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        lua_body = body.decode().replace("\\", "\\\\").replace('"', '\\"')
-        script.write('wrk.method = "POST"\n')
-        script.write(f'wrk.body = "{lua_body}"\n')
-        for k, v in headers.items():
-            script.write(f'wrk.headers["{k}"] = "{v}"\n')
+        script.write("local reqs = {}\n")
+        for body, headers in requests:
+            host = url.split("/")[2]
+            lua_headers = ", ".join(f"[ {_lua_string(k)} ] = {_lua_string(v)}"
+                                    for k, v in {"Host": host, **headers}.items())
+            script.write(f"reqs[#reqs + 1] = wrk.format(\"POST\", {_lua_string(path)}, "
+                         f"{{{lua_headers}}}, {_lua_string(body.decode())})\n")
         script.write("""
+local i = 0
+request = function() i = i % #reqs + 1 return reqs[i] end
 local non202 = 0
 response = function(status, headers, body) if status ~= 202 then non202 = non202 + 1 end end
 done = function(summary, latency, requests) io.write(string.format("non202 %d\\n", non202)) end
 """)
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
            url]
-    out = subprocess.run(["taskset", "-c", "1", *cmd] if shutil.which("taskset") else cmd,
-                         capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(["taskset", "-c", "1", *cmd] if shutil.which("taskset") else cmd,
+                          capture_output=True, text=True, check=True)
+    os.unlink(script.name)
+    if done.stderr.strip():  # a script error: wrk would go on with bare GETs
+        raise RuntimeError(f"wrk: {done.stderr.strip()[:500]}")
+    out = done.stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"non202 (\d+)", out)
@@ -116,23 +143,25 @@ def _ms(text: str) -> float:
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_hey(url: str, body: bytes, headers: dict[str, str], seconds: int, rate: int
-            ) -> tuple[float, float, int]:
-    workers = 50
-    with tempfile.NamedTemporaryFile("wb", delete=False) as handle:
-        handle.write(body)
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", str(rate / workers),
-           "-m", "POST", "-D", handle.name]
-    for k, v in headers.items():
-        cmd += ["-H", f"{k}: {v}"]
-    cmd.append(url)
+def run_fixed_rate(port: int, seconds: int, rate: int) -> tuple[float, float, int]:
+    """Open-loop load at ``rate``/s from a separate process on CPU 1 (bench.blast over
+    distinct pre-signed deliveries); p99 counted from each request's scheduled time."""
+    cmd = [sys.executable, "-m", "bench.ingest", "--fixed-rate-worker", str(rate),
+           "--port", str(port), "--seconds", str(seconds)]
     out = subprocess.run(["taskset", "-c", "1", *cmd] if shutil.which("taskset") else cmd,
-                         capture_output=True, text=True, check=True).stdout
-    achieved = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p99 = float(re.search(r"99% in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
-    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
-    errors = sum(int(n) for code, n in codes.items() if code != "202")
-    return achieved, p99, errors
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    result = orjson.loads(out.strip().splitlines()[-1])
+    return result["achieved"], result["p99"], result["errors"]
+
+
+def _fixed_rate_worker(port: int, rate: int, seconds: int) -> None:
+    requests = [build_request("127.0.0.1", port, "/v1/webhooks/saaya-main", headers, body)
+                for body, headers in deliveries(rate * seconds)]
+    result = asyncio.run(blast("127.0.0.1", port, requests, rate, connections=64))
+    lat = sorted(result.latencies_ms)
+    print(orjson.dumps({"achieved": len(requests) / result.elapsed_s,
+                        "p99": lat[int(len(lat) * 0.99)],
+                        "errors": len(requests) - result.statuses[202]}).decode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,14 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rates", default="1000,3000")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--distinct", type=int, default=2000,
+                        help="distinct signed deliveries wrk cycles through")
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--fixed-rate-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for tool in ("wrk", "hey"):
-        if not shutil.which(tool):
-            print(f"bench.ingest: `{tool}` is not installed (apt-get install wrk hey)",
-                  file=sys.stderr)
-            return 2
+    if args.fixed_rate_worker:  # the open-loop generator's own process (run_fixed_rate)
+        _fixed_rate_worker(args.port, args.fixed_rate_worker, args.seconds)
+        return 0
+    if not shutil.which("wrk"):
+        print("bench.ingest: `wrk` is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
     rates = [int(r) for r in args.rates.split(",")]
-    body, headers = delivery()
     # A topic of the benchmark's own: its deliveries never reach a running pipeline.
     raw_topic = f"bench.ingest.{uuid.uuid4().hex[:8]}"
     kafka = load(KafkaSettings)
@@ -174,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(args.rounds):
             for label, _cmd, port, _ready in servers:
                 url = f"http://127.0.0.1:{port}/v1/webhooks/saaya-main"
+                # Signed afresh for each run: timestamps stay inside the tolerance.
                 if n == 0:
-                    run_wrk(url, body, headers, 2, args.connections)  # warm-up
-                rate, p99, errors = run_wrk(url, body, headers, args.seconds, args.connections)
-                fixed = [run_hey(url, body, headers, args.seconds, r) for r in rates]
+                    run_wrk(url, deliveries(200), 2, args.connections)  # warm-up
+                rate, p99, errors = run_wrk(url, deliveries(args.distinct), args.seconds,
+                                            args.connections)
+                fixed = [run_fixed_rate(port, args.seconds, r) for r in rates]
                 results[label].append((rate, p99, fixed, errors))
             print(f"  round {n + 1} of {args.rounds} measured", file=sys.stderr)
     base = results[servers[0][0]]
@@ -193,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         row.append(str(sum(m[3] + sum(e for _, _, e in m[2]) for m in measured)))
         rows.append(row)
     print(table(
-        f"ingest: {len(body)}-byte signed Saaya deliveries; server pinned to 1 CPU; "
-        f"wrk -c{args.connections} for {args.seconds}s; hey at fixed rates; "
+        f"ingest: {len(deliveries(1)[0][0])}-byte signed Saaya deliveries, each distinct; "
+        f"server pinned to 1 CPU; wrk -c{args.connections} for {args.seconds}s; open-loop "
+        "fixed rates (p99 from the scheduled send); "
         f"{rounds_note(args.rounds)}",
         ["server", "req/s", "ratio", "p99 ms", *[f"p99 ms @{r}/s" for r in rates], "non-202"],
         rows))
