@@ -113,6 +113,10 @@ class SinkEvent:
         return str(self.event.get("type", ""))
 
 
+# A parsed batch: (events the sink wants, malformed records, how many were skipped).
+ParsedBatch = tuple[list[SinkEvent], list[SinkEvent], int]
+
+
 @dataclasses.dataclass
 class WriteOutcome:
     """What did not get written; everything else in the batch was."""
@@ -273,8 +277,7 @@ class SinkRunner:
             combined.failed.extend(single.failed)
         return combined
 
-    def _parse(self, records: Sequence[Any], attempt_of: Callable[[Any], int]
-               ) -> tuple[list[SinkEvent], list[SinkEvent], int]:
+    def _parse(self, records: Sequence[Any], attempt_of: Callable[[Any], int]) -> ParsedBatch:
         wanted: list[SinkEvent] = []
         malformed: list[SinkEvent] = []
         skipped = 0
@@ -299,7 +302,15 @@ class SinkRunner:
 
     # ------------------------------------------------------------ handlers
     async def handle_main(self, records: Sequence[Any]) -> None:
-        wanted, malformed, skipped = self._parse(records, lambda r: 0)
+        await self.offer_parsed(await self.parse_main(records))
+
+    async def parse_main(self, records: Sequence[Any]) -> ParsedBatch:
+        """The pure half of ``handle_main`` (the consume loop runs it on the next batch
+        while this one is being written)."""
+        return self._parse(records, lambda r: 0)
+
+    async def offer_parsed(self, parsed: ParsedBatch) -> None:
+        wanted, malformed, skipped = parsed
         if skipped:
             EVENTS.labels(self.sink.name, "skipped").inc(skipped)
         await self._offer(wanted, malformed)
@@ -340,13 +351,14 @@ class SinkRunner:
         self._producer = await start_producer(self.kafka, f"sink-{self.sink.name}")
         consumers = []
         try:
-            for topic, handler, group in (
-                (self.kafka.events_topic, self.handle_main, self.group_id),
-                (self.retry_topic, self.handle_retry, f"{self.group_id}-retry"),
+            for topic, handler, prepare, group in (
+                (self.kafka.events_topic, self.offer_parsed, self.parse_main, self.group_id),
+                (self.retry_topic, self.handle_retry, None, f"{self.group_id}-retry"),
             ):
                 consumer = make_consumer(self.kafka, group,
                                          max_poll_records=self.settings.max_batch)
                 loop = ConsumeLoop(consumer, topic, group, handler,
+                                   **({"prepare": prepare} if prepare else {}),
                                    max_batch=self.settings.max_batch,
                                    poll_timeout_ms=self.settings.poll_timeout_ms,
                                    backoff_max_s=self.settings.backoff_max_s)
