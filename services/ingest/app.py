@@ -227,7 +227,6 @@ def build_app(
         ack_timeout_s=settings.ack_timeout_s,
         max_in_flight=settings.max_in_flight,
         max_in_flight_bytes=settings.max_in_flight_bytes,
-        linger_ms=settings.linger_ms,
         probe_interval_s=settings.probe_interval_s,
     )
     checks = health.Health()

@@ -1,10 +1,21 @@
-"""The raw-topic publisher: bounded, time-limited, durable produces.
+"""The raw-topic publisher: bounded, time-limited, durable produces, coalesced.
 
 aiokafka has no ``buffer.memory`` limit and its idempotent producer can wait
 forever while the broker is unreachable (aiokafka #1101), so every produce is
 bounded twice: by an in-flight budget (count and bytes; over it, shed load) and
 by ``ack_timeout_s`` (past it, report "not stored"). A produce given up on may
 still reach the broker later; the normalizer's dedupe absorbs that duplicate.
+
+Records of concurrent requests are coalesced per partition: each partition has
+one flusher task that takes every record waiting for it, appends them to one
+closed batch (``create_batch``/``send_batch``) and resolves their requests when
+the broker acknowledges that batch; records arriving meanwhile form the next
+batch. That is the same pipelining aiokafka's accumulator does (one batch in
+flight per partition, the next one filling), without its per-record Python
+path (``send()``: metadata wait, partition lists, accumulator round, a
+``RecordMetadata`` per record) and without a timer per request: the flusher
+enforces the deadline once per batch, from its oldest record
+(docs/perf/README.md has the measurements).
 """
 
 from __future__ import annotations
@@ -14,10 +25,10 @@ import logging
 import time
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from ..core.config import KafkaSettings
-from ..core.kafka import make_producer
+from ..core.kafka import make_producer, partition_for
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -34,6 +45,19 @@ class NotStored(Exception):
         self.reason = reason
 
 
+class _PartitionQueue:
+    """Records waiting for one partition's next batch, and their requests' futures."""
+
+    __slots__ = ("flusher", "oldest", "records", "waiters", "wake")
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.oldest = 0.0  # loop time the oldest waiting record was queued
+        self.wake = asyncio.Event()
+        self.flusher: asyncio.Task[None] | None = None
+
+
 class Publisher:
     def __init__(
         self,
@@ -42,20 +66,20 @@ class Publisher:
         ack_timeout_s: float,
         max_in_flight: int,
         max_in_flight_bytes: int,
-        linger_ms: int = 2,
         probe_interval_s: float = 5.0,
     ) -> None:
         self._kafka = kafka
         self._ack_timeout_s = ack_timeout_s
         self._max_in_flight = max_in_flight
         self._max_in_flight_bytes = max_in_flight_bytes
-        self._linger_ms = linger_ms
         self._probe_interval_s = probe_interval_s
         self._producer: AIOKafkaProducer | None = None
         self._in_flight = 0
         self._in_flight_bytes = 0
         self._broker_ok = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._partitions: dict[str, list[int]] = {}
+        self._queues: dict[tuple[str, int], _PartitionQueue] = {}
 
     @property
     def ready(self) -> bool:
@@ -68,7 +92,7 @@ class Publisher:
     async def _supervise(self) -> None:
         backoff = 0.5
         while self._producer is None:
-            producer = make_producer(self._kafka, "ingest", linger_ms=self._linger_ms)
+            producer = make_producer(self._kafka, "ingest")
             try:
                 await asyncio.wait_for(producer.start(), timeout=10)
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -83,10 +107,14 @@ class Publisher:
         while True:  # readiness probe: can we still reach the cluster?
             await asyncio.sleep(self._probe_interval_s)
             try:
-                await asyncio.wait_for(
+                cluster = await asyncio.wait_for(
                     self._producer.client.fetch_all_metadata(), timeout=self._probe_interval_s
                 )
                 self._set_broker_ok(True)
+                for topic in self._partitions:  # partitions added to the topic since
+                    found = cluster.partitions_for_topic(topic)
+                    if found:
+                        self._partitions[topic] = sorted(found)
             except (KafkaError, OSError, TimeoutError):
                 self._set_broker_ok(False)
 
@@ -117,12 +145,20 @@ class Publisher:
         self._in_flight_bytes += size
         metrics.IN_FLIGHT.inc()
         try:
-            # asyncio.timeout (not wait_for) adds no task per request. send() returns
-            # once queued (it may wait for metadata or a full batch); the future
-            # resolves on the broker's ack. A timeout cancels only this record's
-            # future, which aiokafka skips when the batch completes.
-            async with asyncio.timeout(self._ack_timeout_s):
-                await (await producer.send(topic, value=value, key=key, headers=headers))
+            partitions = self._partitions.get(topic)
+            if partitions is None:  # once per topic; the readiness probe refreshes it
+                async with asyncio.timeout(self._ack_timeout_s):
+                    partitions = sorted(await producer.partitions_for(topic))
+                self._partitions[topic] = partitions
+            queue = self._queue(topic, partition_for(key, partitions))
+            loop = asyncio.get_running_loop()
+            acked: asyncio.Future[None] = loop.create_future()
+            if not queue.records:
+                queue.oldest = loop.time()
+            queue.records.append((key, value, headers))
+            queue.waiters.append(acked)
+            queue.wake.set()
+            await acked  # the flusher resolves it: ack, TimeoutError or KafkaError
         except TimeoutError:
             raise NotStored("ack_timeout") from None
         except KafkaError as exc:
@@ -133,6 +169,60 @@ class Publisher:
             self._in_flight_bytes -= size
             metrics.IN_FLIGHT.dec()
 
+    def _queue(self, topic: str, partition: int) -> _PartitionQueue:
+        queue = self._queues.get((topic, partition))
+        if queue is None:
+            queue = self._queues[(topic, partition)] = _PartitionQueue()
+            queue.flusher = asyncio.create_task(self._flush_forever(topic, partition, queue),
+                                                name=f"flush-{topic}-{partition}")
+        return queue
+
+    async def _flush_forever(self, topic: str, partition: int, queue: _PartitionQueue) -> None:
+        while True:
+            await queue.wake.wait()
+            queue.wake.clear()
+            if not queue.records:
+                continue
+            records, waiters, oldest = queue.records, queue.waiters, queue.oldest
+            queue.records, queue.waiters = [], []
+            try:
+                # One deadline for the batch, from its oldest record: no record
+                # waits longer than ack_timeout_s, even behind a stuck batch.
+                async with asyncio.timeout_at(oldest + self._ack_timeout_s):
+                    await self._send(topic, partition, records)
+            except (TimeoutError, KafkaError) as exc:
+                _fail(waiters, exc)
+            except asyncio.CancelledError:  # stop(): these requests are answered too
+                _fail(waiters, KafkaConnectionError("shutting down"))
+                raise
+            except Exception as exc:  # never leave a request hanging; never die
+                log.exception("flush failed", extra={"topic": topic, "partition": partition})
+                _fail(waiters, KafkaError(repr(exc)))
+            else:
+                for waiter in waiters:
+                    if not waiter.done():  # a request cancelled meanwhile has moved on
+                        waiter.set_result(None)
+
+    async def _send(self, topic: str, partition: int,
+                    records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise KafkaConnectionError("producer stopped")
+        acks = []
+        batch = producer.create_batch()
+        for key, value, headers in records:
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                # Full (max_batch_size): send it and start the next one.
+                batch.close()
+                acks.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value, headers=headers)
+        # Closed: the sender takes it at once instead of waiting out linger_ms.
+        batch.close()
+        acks.append(await producer.send_batch(batch, topic, partition=partition))
+        for ack in acks:
+            await ack
+
     async def stop(self, timeout_s: float) -> None:
         """Flush what is queued, then close the producer, within ``timeout_s`` in all.
 
@@ -141,15 +231,30 @@ class Publisher:
         """
         if self._supervisor is not None:
             self._supervisor.cancel()
+        deadline = time.monotonic() + timeout_s
+        # Requests still waiting get their answer (ack or deadline) before the
+        # producer goes; uvicorn has already stopped taking new ones.
+        while self._in_flight and time.monotonic() < deadline - timeout_s / 2:
+            await asyncio.sleep(0.01)
+        for queue in self._queues.values():  # any left are answered "not stored"
+            if queue.flusher is not None:
+                queue.flusher.cancel()
+            _fail(queue.waiters, KafkaConnectionError("shutting down"))
         producer, self._producer = self._producer, None
         if producer is None:
             return
-        deadline = time.monotonic() + timeout_s
         try:
-            await asyncio.wait_for(producer.flush(), timeout=timeout_s * 0.8)
+            await asyncio.wait_for(producer.flush(),
+                                   timeout=max(0.1, (deadline - time.monotonic()) * 0.8))
         except (TimeoutError, KafkaError):
             log.warning("flush did not finish before the shutdown timeout")
         await _stop_quietly(producer, max(0.5, deadline - time.monotonic()))
+
+
+def _fail(waiters: list[asyncio.Future[None]], error: BaseException) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(error)
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, timeout_s: float) -> None:

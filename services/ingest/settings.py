@@ -43,9 +43,6 @@ class IngestSettings:
         "HOOKSTREAM_INGEST_SHUTDOWN_TIMEOUT_S", 15.0,
         "on SIGTERM: longest wait for in-flight requests and produces to drain",
     )
-    linger_ms: int = env(
-        "HOOKSTREAM_INGEST_LINGER_MS", 2, "producer linger: batches concurrent deliveries"
-    )
     probe_interval_s: float = env(
         "HOOKSTREAM_INGEST_PROBE_INTERVAL_S", 5.0, "how often readiness re-checks the broker"
     )

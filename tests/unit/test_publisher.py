@@ -16,8 +16,24 @@ from hookstream.ingest.publisher import NotStored, Publisher
 HEADERS = [("hs-source", b"s")]
 
 
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.closed = False
+
+    def append(self, *, timestamp: Any, key: bytes | None, value: bytes | None,
+               headers: Any) -> object:
+        assert not self.closed
+        self.records.append({"value": value, "key": key, "headers": headers})
+        return object()
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeProducer:
-    """``send`` queues and returns a future; the test decides whether it ever resolves."""
+    """The batch API the publisher uses (``create_batch``/``send_batch``); each submitted
+    batch returns a future, and the test decides whether it ever resolves."""
 
     def __init__(self, *, resolve: bool = False, error: Exception | None = None,
                  send_delay_s: float = 0.0, send_error: Exception | None = None) -> None:
@@ -26,15 +42,24 @@ class FakeProducer:
         self.send_delay_s = send_delay_s
         self.send_error = send_error
         self.sent: list[dict[str, Any]] = []
+        self.batches: list[FakeBatch] = []
         self.futures: list[asyncio.Future[Any]] = []
 
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
-                   headers: Any = None) -> asyncio.Future[Any]:
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int
+                         ) -> asyncio.Future[Any]:
+        assert batch.closed  # sent at once, never left open for linger
         if self.send_delay_s:
             await asyncio.sleep(self.send_delay_s)
         if self.send_error is not None:
             raise self.send_error
-        self.sent.append({"topic": topic, "value": value, "key": key, "headers": headers})
+        self.batches.append(batch)
+        self.sent += [{"topic": topic, "partition": partition, **r} for r in batch.records]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.error is not None:
             future.set_exception(self.error)
@@ -70,8 +95,8 @@ async def test_acknowledged_publish_returns_and_passes_arguments() -> None:
     producer = FakeProducer(resolve=True)
     publisher = make(producer=producer)
     await publisher.publish("raw", b"value", b"key", HEADERS)
-    assert producer.sent == [{"topic": "raw", "value": b"value", "key": b"key",
-                              "headers": HEADERS}]
+    assert producer.sent == [{"topic": "raw", "partition": 0, "value": b"value",
+                              "key": b"key", "headers": HEADERS}]
     assert publisher._in_flight == 0 and publisher._in_flight_bytes == 0
 
 
@@ -196,3 +221,58 @@ async def test_stop_without_producer_is_a_no_op() -> None:
     publisher = make(producer=None)
     await publisher.stop(0.1)
     assert publisher._producer is None
+
+
+async def test_concurrent_publishes_share_one_batch_and_each_gets_its_ack() -> None:
+    producer = FakeProducer(resolve=True)
+    publisher = make(producer=producer, max_in_flight=100)
+    await asyncio.gather(*(publisher.publish("raw", f"v{n}".encode(), None, HEADERS)
+                           for n in range(20)))
+    # Queued in the same loop iteration: one batch, in arrival order.
+    assert len(producer.batches) == 1
+    assert [r["value"] for r in producer.sent] == [f"v{n}".encode() for n in range(20)]
+    assert publisher._in_flight == 0
+
+
+async def test_records_arriving_during_a_flush_form_the_next_batch() -> None:
+    producer = FakeProducer()
+    publisher = make(producer=producer, max_in_flight=100, ack_timeout_s=2)
+    first = asyncio.create_task(publisher.publish("raw", b"a", None, HEADERS))
+    await asyncio.sleep(0.01)  # the first batch is out, its ack pending
+    later = [asyncio.create_task(publisher.publish("raw", b"b", None, HEADERS))
+             for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert len(producer.batches) == 1  # one batch in flight per partition
+    producer.futures[0].set_result(object())
+    await first
+    await asyncio.sleep(0.01)
+    assert len(producer.batches) == 2 and len(producer.batches[1].records) == 3
+    assert not any(t.done() for t in later)  # each waits for its own batch's ack
+    producer.futures[1].set_result(object())
+    await asyncio.gather(*later)
+
+
+async def test_a_cancelled_request_does_not_disturb_its_batch() -> None:
+    producer = FakeProducer()
+    publisher = make(producer=producer, max_in_flight=100, ack_timeout_s=2)
+    keep = asyncio.create_task(publisher.publish("raw", b"keep", None, HEADERS))
+    gone = asyncio.create_task(publisher.publish("raw", b"gone", None, HEADERS))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    producer.futures[0].set_result(object())
+    await keep  # acknowledged despite its neighbour's cancellation
+    assert gone.cancelled() and publisher._in_flight == 0
+
+
+async def test_stop_answers_requests_still_waiting() -> None:
+    producer = FakeProducer()  # never acknowledges
+    publisher = make(producer=producer, ack_timeout_s=30)
+    pending = asyncio.create_task(publisher.publish("raw", b"v", None, HEADERS))
+    await asyncio.sleep(0.01)
+    producer.flush = lambda: asyncio.sleep(0)  # type: ignore[attr-defined]
+    producer.stop = lambda: asyncio.sleep(0)  # type: ignore[attr-defined]
+    await publisher.stop(0.2)
+    with pytest.raises(NotStored) as info:
+        await asyncio.wait_for(pending, 1)
+    assert info.value.reason == "kafka_error"
