@@ -74,6 +74,9 @@ class Outgoing:
     headers: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
 
 
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
+
+
 async def publish_batched(producer: AIOKafkaProducer, records: Iterable[Outgoing],
                           max_record_bytes: int | None = None) -> list[asyncio.Future[Any]]:
     """Queue many records as whole per-partition batches; returns one future per batch.
@@ -86,8 +89,7 @@ async def publish_batched(producer: AIOKafkaProducer, records: Iterable[Outgoing
     """
     limit = max_record_bytes or producer._max_request_size
     partitions: dict[str, list[int]] = {}
-    builders: dict[tuple[str, int], Any] = {}
-    futures: list[asyncio.Future[Any]] = []
+    by_partition: dict[tuple[str, int], list[Record]] = {}
     for record in records:
         size = len(record.value or b"") + len(record.key or b"")
         if size > limit:  # as send() does: the broker would refuse it, forever
@@ -97,27 +99,32 @@ async def publish_batched(producer: AIOKafkaProducer, records: Iterable[Outgoing
             all_partitions = partitions[record.topic] = sorted(
                 await producer.partitions_for(record.topic))
         tp = (record.topic, partition_for(record.key, all_partitions))
-        builder = builders.get(tp)
-        if builder is None:
-            builder = builders[tp] = producer.create_batch()
-        if builder.append(timestamp=None, key=record.key, value=record.value,
-                          headers=record.headers) is None:  # full: send it, start another
-            futures.append(await _submit(producer, builder, *tp))
-            builder = builders[tp] = producer.create_batch()
-            builder.append(timestamp=None, key=record.key, value=record.value,
-                           headers=record.headers)
-    for (topic, partition), builder in builders.items():
-        futures.append(await _submit(producer, builder, topic, partition))
+        by_partition.setdefault(tp, []).append((record.key, record.value, record.headers))
+    futures: list[asyncio.Future[Any]] = []
+    for (topic, partition), batch in by_partition.items():
+        futures += await submit_batches(producer, topic, partition, batch)
     return futures
 
 
-async def _submit(producer: AIOKafkaProducer, builder: Any, topic: str,
-                  partition: int) -> asyncio.Future[Any]:
-    # Closed, the batch is complete: the sender takes it without waiting out
-    # linger_ms, and no send() elsewhere can append records to it.
-    builder.close()
-    future: asyncio.Future[Any] = await producer.send_batch(builder, topic, partition=partition)
-    return future
+async def submit_batches(producer: AIOKafkaProducer, topic: str, partition: int,
+                         records: Iterable[Record]) -> list[asyncio.Future[Any]]:
+    """Append records, in order, to batches of up to ``max_batch_size`` for one partition
+    and submit each with ``send_batch``; returns one acknowledgement future per batch.
+
+    Each batch is closed before it is submitted: the sender takes a complete batch
+    without waiting out ``linger_ms``, and no ``send()`` elsewhere can add to it.
+    """
+    futures: list[asyncio.Future[Any]] = []
+    batch = producer.create_batch()
+    for key, value, headers in records:
+        if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            batch.close()  # full: send it and start the next one
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(timestamp=None, key=key, value=value, headers=headers)
+    batch.close()
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 def make_consumer(

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from ..core.config import KafkaSettings
-from ..core.kafka import make_producer, partition_for
+from ..core.kafka import Record, make_producer, partition_for, submit_batches
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class _PartitionQueue:
     __slots__ = ("flusher", "oldest", "records", "waiters", "wake")
 
     def __init__(self) -> None:
-        self.records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        self.records: list[Record] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.oldest = 0.0  # loop time the oldest waiting record was queued
         self.wake = asyncio.Event()
@@ -203,24 +203,11 @@ class Publisher:
                     if not waiter.done():  # a request cancelled meanwhile has moved on
                         waiter.set_result(None)
 
-    async def _send(self, topic: str, partition: int,
-                    records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+    async def _send(self, topic: str, partition: int, records: list[Record]) -> None:
         producer = self._producer
         if producer is None:
             raise KafkaConnectionError("producer stopped")
-        acks = []
-        batch = producer.create_batch()
-        for key, value, headers in records:
-            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                # Full (max_batch_size): send it and start the next one.
-                batch.close()
-                acks.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(timestamp=None, key=key, value=value, headers=headers)
-        # Closed: the sender takes it at once instead of waiting out linger_ms.
-        batch.close()
-        acks.append(await producer.send_batch(batch, topic, partition=partition))
-        for ack in acks:
+        for ack in await submit_batches(producer, topic, partition, records):
             await ack
 
     async def stop(self, timeout_s: float) -> None:
