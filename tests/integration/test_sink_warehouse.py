@@ -248,3 +248,41 @@ async def test_sink_dead_letters_are_visible_and_redrivable(warehouse: Warehouse
         again = await read_topic(warehouse.kafka, dead_topic, 2)
         assert len(again) == 2
     assert await warehouse.count() == 1
+
+
+async def test_one_event_per_id_within_a_batch_and_across_spellings(
+        warehouse: Warehouse) -> None:
+    pool = await WarehouseStore.create_pool(PostgresSettings(), warehouse.schema)
+    try:
+        store = WarehouseStore(pool)
+        await store.migrate()
+        event = fresh(canonical_examples()[0])
+        shouted = {**event, "event_id": event["event_id"].upper()}  # the same uuid
+        assert await store.write([event, event, shouted]) == 1
+        assert await store.write([shouted]) == 0  # stored: skipped, nothing changes
+        assert await warehouse.count() == 1
+    finally:
+        await pool.close()
+
+
+async def test_two_writers_racing_on_one_batch_store_it_once(warehouse: Warehouse) -> None:
+    # A rebalance overlap: two sink replicas write the same events at once. One
+    # commits; the other fails on event_ids' primary key (a retryable database
+    # error for the sink) and its retry finds everything stored.
+    pools = [await WarehouseStore.create_pool(PostgresSettings(), warehouse.schema)
+             for _ in range(2)]
+    try:
+        stores = [WarehouseStore(p) for p in pools]
+        await stores[0].migrate()
+        events = [fresh(e) for e in canonical_examples()]
+        results = await asyncio.gather(*(s.write(events) for s in stores),
+                                       return_exceptions=True)
+        written = [r for r in results if isinstance(r, int)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert written == [len(events)]
+        assert len(failed) == 1 and isinstance(failed[0], asyncpg.UniqueViolationError)
+        assert await stores[1].write(events) == 0  # the retry
+        assert await warehouse.count() == len(events)
+    finally:
+        for pool in pools:
+            await pool.close()

@@ -1,10 +1,11 @@
 """Writes canonical events into PostgreSQL: idempotent, batched, call state monotonic.
 
-Per batch, in one transaction: ``COPY`` the events into a session-temporary
-staging table, claim their ids in ``event_ids`` (``ON CONFLICT DO NOTHING``),
-append only the claimed ones to ``events``, then fold them into ``calls`` in
-lifecycle order. A replayed or redelivered event claims nothing and changes
-nothing. ``COPY`` has no ``ON CONFLICT``, hence the staging table.
+Per batch, in one transaction: look up which event ids are already stored,
+``COPY`` only the new ones into ``event_ids`` (the claim: its primary key is
+the authority for "once") and ``events``, then recompute the touched calls
+from their stored lifecycle events. A replayed or redelivered event is skipped
+and changes nothing. Two writers racing on one id cannot both succeed: the
+second ``COPY`` fails on the primary key and its batch is retried.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ UPSERT_CALL = (
     "ON CONFLICT (call_key) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CALL_COLUMNS[1:])
     + ", updated_at = now()"
+)
+# For each id of a batch, in order: its canonical text and whether it is stored.
+KNOWN_IDS = (
+    "SELECT t.id::text AS id, e.event_id IS NOT NULL AS known"
+    " FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)"
+    " LEFT JOIN event_ids e ON e.event_id = t.id ORDER BY t.n"
 )
 # Every stored lifecycle event of the given calls (the new ones included).
 CALL_EVENTS = (
@@ -207,25 +214,29 @@ class WarehouseStore:
         if not months <= self._months:
             await self.ensure_partitions(months)
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS stage_events"
-                " (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            await conn.copy_records_to_table("stage_events", records=rows,
-                                             columns=EVENT_COLUMNS,
-                                             timeout=self._copy_timeout_s)
-            cols = ", ".join(EVENT_COLUMNS)
-            fresh = await conn.fetch(
-                "WITH claimed AS ("
-                " INSERT INTO event_ids (event_id, received_at)"
-                " SELECT DISTINCT ON (event_id) event_id, received_at FROM stage_events"
-                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id)"
-                f" INSERT INTO events ({cols})"
-                f" SELECT DISTINCT ON (s.event_id) {', '.join('s.' + c for c in EVENT_COLUMNS)}"
-                " FROM stage_events s JOIN claimed USING (event_id)"
-                " RETURNING event_id::text")
-            new_ids = {r[0] for r in fresh}
-            touched = {key for e in events if e["event_id"] in new_ids
-                       if (key := call_key(e)) is not None}
+            # Which ids are already stored, in the database's canonical form (so two
+            # spellings of one uuid are one event): one lookup, then only new rows
+            # are copied, straight into event_ids (the claim) and events.
+            known = await conn.fetch(KNOWN_IDS, [r[0] for r in rows])
+            fresh: list[tuple[Any, ...]] = []
+            new_ids: set[str] = set()
+            touched: set[str] = set()
+            for row, event, found in zip(rows, events, known, strict=True):
+                if found["known"] or found["id"] in new_ids:
+                    continue  # stored before, or earlier in this batch
+                new_ids.add(found["id"])
+                fresh.append(row)
+                if (key := call_key(event)) is not None:
+                    touched.add(key)
+            if fresh:
+                # A concurrent writer of the same id makes this COPY fail on the
+                # primary key; the batch is retried and finds the id stored.
+                await conn.copy_records_to_table("event_ids", records=[r[:2] for r in fresh],
+                                                 columns=("event_id", "received_at"),
+                                                 timeout=self._copy_timeout_s)
+                await conn.copy_records_to_table("events", records=fresh,
+                                                 columns=EVENT_COLUMNS,
+                                                 timeout=self._copy_timeout_s)
             if touched:
                 # Recompute each touched call from all its stored events (this batch's
                 # included): one read, one upsert per call.
