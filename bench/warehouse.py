@@ -5,7 +5,8 @@ provider, distinct event ids), in batches of the sink's size:
 
 1. bare: ``copy_records_to_table`` of the rows into a plain table (no staging,
    no uniqueness, no call state) — the floor of what PostgreSQL can take;
-2. store: ``WarehouseStore.write`` (staged COPY, event-id claim, append, call upserts);
+2. store: ``WarehouseStore.write`` (stored-id lookup, COPY into event_ids and events,
+   call recompute and upserts);
 3. sink: the whole sink worker draining a pre-filled canonical topic (Kafka consume,
    parse, write, commit).
 
@@ -88,7 +89,7 @@ async def _one_round(admin: asyncpg.Connection, pg: PostgresSettings, kafka: Kaf
                                               records=rows[i:i + batch], columns=EVENT_COLUMNS)
         out["bare"] = time.perf_counter() - started
 
-        # 2. the store: staged, idempotent, call state; then the same rows again.
+        # 2. the store: idempotent, call state; then the same rows again.
         pool = await WarehouseStore.create_pool(pg, schemas[1])
         store = WarehouseStore(pool)
         await store.migrate()
@@ -149,7 +150,7 @@ async def bench(count: int, batch: int, rounds: int = 3) -> str:
                  f"{avg_bytes:.0f}-byte JSONB, batches of {batch}; {rounds_note(rounds)})",
                  ["writer", "seconds", "rows/s", "ratio"],
                  [row("bare copy_records_to_table", "bare"),
-                  row("WarehouseStore.write (staged COPY + claim + calls)", "store"),
+                  row("WarehouseStore.write (id lookup, 2 COPYs, calls)", "store"),
                   row("  the same rows replayed (all duplicates)", "replay"),
                   row("hookstream-sink-warehouse (Kafka -> PostgreSQL, commit)", "sink")])
 
