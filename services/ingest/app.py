@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import time
@@ -235,6 +236,10 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await publisher.start()
+        # Everything built so far (sources, app, clients) lives for the whole run:
+        # out of the cyclic collector's full passes, which otherwise stall every
+        # request in flight for ~20 ms now and then (measured at 3,000 req/s).
+        gc.freeze()
         log.info("ingest started", extra={"sources": sorted(sources), "topic": kafka.raw_topic})
         try:
             yield
