@@ -87,13 +87,13 @@ class ConsumeLoop:
         max_batch: int,
         poll_timeout_ms: int = 200,
         backoff_max_s: float = 30.0,
-        prepare: Callable[[Sequence[Any]], Awaitable[Any]] = _identity,
+        prepare: Callable[[Sequence[Any]], Awaitable[Any]] | None = None,
     ) -> None:
         self._consumer = consumer
         self._topic = topic
         self._group = group
         self._handler = handler
-        self._prepare = prepare
+        self._prepare = prepare or _identity
         self._max_batch = max_batch
         self._poll_timeout_ms = poll_timeout_ms
         self._backoff_max_s = backoff_max_s

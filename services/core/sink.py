@@ -357,8 +357,7 @@ class SinkRunner:
             ):
                 consumer = make_consumer(self.kafka, group,
                                          max_poll_records=self.settings.max_batch)
-                loop = ConsumeLoop(consumer, topic, group, handler,
-                                   **({"prepare": prepare} if prepare else {}),
+                loop = ConsumeLoop(consumer, topic, group, handler, prepare=prepare,
                                    max_batch=self.settings.max_batch,
                                    poll_timeout_ms=self.settings.poll_timeout_ms,
                                    backoff_max_s=self.settings.backoff_max_s)

@@ -27,7 +27,7 @@ from ..core.errors import Invalid, Retryable
 from ..core.events import CanonicalEvent, event_id
 from ..core.kafka import Outgoing, publish_batched
 from ..core.postgres import DATABASE_ERRORS
-from ..core.record import H_RECEIVED_AT, RawDelivery
+from ..core.record import RawDelivery
 from ..core.schemas import SchemaRegistry
 from . import metrics
 from .adapters import ADAPTERS, Adapter
@@ -90,6 +90,10 @@ class Decoder:
         self._adapters: dict[str, Adapter] = ADAPTERS
 
     def decode(self, record: ConsumedRecord) -> CanonicalEvent:
+        return self.decode_delivery(record)[0]
+
+    def decode_delivery(self, record: ConsumedRecord) -> tuple[CanonicalEvent, RawDelivery]:
+        """The event, and the delivery it came from (its metadata, parsed once)."""
         try:
             raw = RawDelivery.from_kafka(record.headers, record.value)
         except (KeyError, ValueError) as exc:
@@ -115,7 +119,7 @@ class Decoder:
         key = adapter.dedupe_key(event_type, payload)
         try:
             return adapter.to_canonical(raw, payload, event_type, version, inferred,
-                                        event_id(raw.provider, key))
+                                        event_id(raw.provider, key)), raw
         except Invalid:
             raise
         except Exception as exc:  # a mapping bug must dead-letter, not stop the partition
@@ -172,9 +176,9 @@ class Normalizer:
             if n % DECODE_SLICE == 0:
                 await asyncio.sleep(0)
             try:
-                event = self._decoder.decode(record)
+                event, raw = self._decoder.decode_delivery(record)
                 events.append(event)
-                received_ms[event.event_id] = int(dlq.header(record.headers, H_RECEIVED_AT) or 0)
+                received_ms[event.event_id] = raw.received_at_ms
             except Invalid as exc:
                 dead.append(DeadLetter(record, exc.reason, exc.detail, _provider_of(record)))
         return DecodedBatch(records, events, received_ms, dead, time.perf_counter() - started)

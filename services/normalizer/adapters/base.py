@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ...core.errors import MAPPING_FAILED, Invalid
-from ...core.events import CanonicalEvent
+from ...core.events import CanonicalEvent, iso_ms
 from ...core.record import RawDelivery
 
 
@@ -61,8 +61,11 @@ def obj_or_empty(value: Any) -> dict[str, Any]:
 
 
 class MappingAdapter:
-    """``to_canonical`` for adapters that implement ``_map``: looks up the canonical
-    type and turns any shape surprise in the payload into ``Invalid(MAPPING_FAILED)``."""
+    """``to_canonical`` for adapters that implement ``_fields``: looks up the canonical
+    type, fills the envelope fields every provider shares (ids, source, types,
+    receive time, the payload whole, version), and turns any shape surprise in the
+    payload into ``Invalid(MAPPING_FAILED)``. ``_fields`` returns the rest: the
+    provider's typed fields, ``occurred_at`` always included."""
 
     provider: str
     canonical_types: dict[str, str]
@@ -80,18 +83,21 @@ class MappingAdapter:
         if canonical is None:
             raise Invalid(MAPPING_FAILED, f"{self.provider}: no canonical type for {event_type!r}")
         try:
-            return self._map(raw, payload, event_type, canonical, version, inferred, event_id)
+            return CanonicalEvent(
+                event_id=event_id,
+                provider=self.provider,
+                source=raw.source,
+                type=canonical,
+                provider_type=event_type,
+                received_at=iso_ms(raw.received_at_ms),
+                data=payload,
+                provider_version=version,
+                type_inferred=inferred,
+                request_id=raw.request_id,
+                **self._fields(payload, event_type),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise Invalid(MAPPING_FAILED, f"{self.provider} {event_type}: {exc!r}") from None
 
-    def _map(
-        self,
-        raw: RawDelivery,
-        payload: dict[str, Any],
-        event_type: str,
-        canonical: str,
-        version: str | None,
-        inferred: bool,
-        event_id: str,
-    ) -> CanonicalEvent:
+    def _fields(self, payload: dict[str, Any], event_type: str) -> dict[str, Any]:
         raise NotImplementedError

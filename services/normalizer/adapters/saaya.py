@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, Invalid
-from ...core.events import CanonicalEvent, iso_ms
 from ...core.record import RawDelivery
 from .base import MappingAdapter, num_or_none, obj_or_empty, str_or_none
 
@@ -88,33 +87,14 @@ class SaayaAdapter(MappingAdapter):
         return event_id
 
 
-    def _map(
-        self,
-        raw: RawDelivery,
-        payload: dict[str, Any],
-        event_type: str,
-        canonical: str,
-        version: str | None,
-        inferred: bool,
-        event_id: str,
-    ) -> CanonicalEvent:
+    def _fields(self, payload: dict[str, Any], event_type: str) -> dict[str, Any]:
         data = _obj(payload.get("data"))
         duration_ms = _num(data.get("durationMs"))
         cost = _num(_obj(data.get("cost")).get("totalUsd"))
         sentiment = _num(_obj(data.get("sentiment")).get("avg"))
         error = _obj(data.get("error"))
-        return CanonicalEvent(
-            event_id=event_id,
-            provider=PROVIDER,
-            source=raw.source,
-            type=canonical,
-            provider_type=event_type,
-            received_at=iso_ms(raw.received_at_ms),
+        return dict(
             occurred_at=_str(payload.get("createdAt")),
-            data=payload,
-            provider_version=version,
-            type_inferred=inferred,
-            request_id=raw.request_id,
             session_id=_str(data.get("sessionId")),
             agent_id=_str(data.get("agentId")),
             campaign_id=_str(data.get("campaignId")),

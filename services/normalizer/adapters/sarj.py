@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, Invalid
-from ...core.events import CanonicalEvent, TranscriptTurn, iso_ms
+from ...core.events import TranscriptTurn
 from ...core.record import RawDelivery
 from .base import MappingAdapter, lower_or_none, num_or_none, obj_or_empty, str_or_none
 
@@ -93,32 +93,13 @@ class SarjAdapter(MappingAdapter):
         return f"{call_id}:{event_type}"
 
 
-    def _map(
-        self,
-        raw: RawDelivery,
-        payload: dict[str, Any],
-        event_type: str,
-        canonical: str,
-        version: str | None,
-        inferred: bool,
-        event_id: str,
-    ) -> CanonicalEvent:
+    def _fields(self, payload: dict[str, Any], event_type: str) -> dict[str, Any]:
         inner = _obj(payload.get("payload"))
         call_data = _obj(inner.get("call_data"))
         started_at = _str(call_data.get("started_at")) or _str(inner.get("call_started"))
         ended_at = _str(call_data.get("ended_at"))
-        return CanonicalEvent(
-            event_id=event_id,
-            provider=PROVIDER,
-            source=raw.source,
-            type=canonical,
-            provider_type=event_type,
-            received_at=iso_ms(raw.received_at_ms),
+        return dict(
             occurred_at=ended_at if event_type == "complete" else None,
-            data=payload,
-            provider_version=version,
-            type_inferred=inferred,
-            request_id=raw.request_id,
             call_id=_str(payload.get("call_id")),
             status=_lower(call_data.get("status")),
             direction=_lower(call_data.get("direction")),

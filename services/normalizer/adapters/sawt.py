@@ -63,7 +63,7 @@ from typing import Any
 import orjson
 
 from ...core.errors import UNKNOWN_EVENT_TYPE, Invalid
-from ...core.events import CanonicalEvent, TranscriptTurn, iso_ms
+from ...core.events import TranscriptTurn
 from ...core.record import RawDelivery
 from .base import MappingAdapter, lower_or_none, num_or_none, str_or_none
 
@@ -175,16 +175,7 @@ class SawtAdapter(MappingAdapter):
         return SEP.join(_part(p) for p in parts)
 
 
-    def _map(
-        self,
-        raw: RawDelivery,
-        payload: dict[str, Any],
-        event_type: str,
-        canonical: str,
-        version: str | None,
-        inferred: bool,
-        event_id: str,
-    ) -> CanonicalEvent:
+    def _fields(self, payload: dict[str, Any], event_type: str) -> dict[str, Any]:
         direction = _lower(payload.get("direction"))
         customer_number = None
         if direction == "inbound":
@@ -214,18 +205,8 @@ class SawtAdapter(MappingAdapter):
                 transcript.append(TranscriptTurn(ROLES.get(role, role), _text(turn.get("text"))))
 
         cost = _num(payload.get("call_cost"))
-        return CanonicalEvent(
-            event_id=event_id,
-            provider=PROVIDER,
-            source=raw.source,
-            type=canonical,
-            provider_type=event_type,
-            received_at=iso_ms(raw.received_at_ms),
+        return dict(
             occurred_at=occurred_at,
-            data=payload,
-            provider_version=version,
-            type_inferred=inferred,
-            request_id=raw.request_id,
             call_id=_str(payload.get("call_id")),
             agent_id=_str(payload.get("agent_id")),
             status=_lower(payload.get("call_status")),
