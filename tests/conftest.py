@@ -12,12 +12,26 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
 
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings, load
 
 from .support import local_secrets
 from .support import stack as run_stack
+
+# Property-based fuzzing (hypothesis): the default profile keeps the README's test
+# command fast; HYPOTHESIS_PROFILE=long runs many more examples per property
+# (docs/security.md, "Fuzzing"). Derandomized in CI so a run is reproducible; the
+# failures hypothesis finds are kept as named @example regressions.
+settings.register_profile(
+    "default", max_examples=60, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "long", max_examples=3000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 STRICT = os.environ.get("CI", "").lower() in {"1", "true"} or os.environ.get(
     "HOOKSTREAM_NO_SKIP") == "1"
