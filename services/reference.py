@@ -42,5 +42,20 @@ def render() -> str:
     return "\n".join(parts)
 
 
+def write_readme(path: str = "README.md") -> None:
+    """Replace the README's section between the markers with :func:`render`."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{head}{START}\n{render()}{END}{tail}")
+
+
 if __name__ == "__main__":
-    print(render(), end="")
+    import sys
+
+    if sys.argv[1:] == ["--write"]:  # python -m hookstream.reference --write
+        write_readme()
+    else:
+        print(render(), end="")

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings, load
 

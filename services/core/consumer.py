@@ -8,12 +8,21 @@ an exponential backoff with jitter, which pauses this consumer only.
 Rebalances wait for the batch in progress (``on_partitions_revoked`` takes the
 same lock), so a partition is never handed over with processed-but-uncommitted
 records. SIGTERM finishes the current batch, commits, and leaves the group.
+
+Per-record isolation: if ``prepare`` or ``handle`` raises anything other than
+``Retryable`` (a bug, or an input nobody foresaw), the batch is handled again
+one record at a time, and each record that still raises is handed to
+``dead_letter`` (reason ``internal_error``, with the exception) so that the
+partition moves on. No single record can stop a consumer: the loop ends only
+on ``stop`` or on a fatal error of its own (``dead_letter`` itself failing for
+a reason other than ``Retryable``), and then says so in a CRITICAL log line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -22,19 +31,25 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
-from .errors import Retryable
+from .errors import Retryable, describe
 
 log = logging.getLogger(__name__)
 
 # Called with the records of a batch, or with what ``prepare`` made of them.
 Handler = Callable[[Any], Awaitable[Any]]
+# Called with one record and what it raised; returns once the dead letter is acked
+# (raises ``Retryable`` when it could not be stored).
+DeadLetterer = Callable[[Any, BaseException], Awaitable[None]]
 
 # Not a readiness check: a consumer waiting out a database outage is alive and must
 # not be restarted or taken out of rotation; SREs alert on this gauge instead.
 CONSUMER_RETRYING = Gauge("hookstream_consumer_retrying",
                           "1 while the consumer keeps retrying a failing batch", ["group"])
+CONSUMER_ISOLATED = Counter("hookstream_consumer_isolated_records_total",
+                            "Records dead-lettered because handling them raised unexpectedly "
+                            "(reason internal_error)", ["group"])
 CONSUMER_LAG = Gauge("hookstream_consumer_lag", "Records between the committed position and "
                      "the partition's end", ["group", "topic", "partition"])
 
@@ -88,12 +103,17 @@ class ConsumeLoop:
         poll_timeout_ms: int = 200,
         backoff_max_s: float = 30.0,
         prepare: Callable[[Sequence[Any]], Awaitable[Any]] | None = None,
+        dead_letter: DeadLetterer | None = None,
     ) -> None:
+        """Without ``dead_letter``, an unexpected exception is fatal (tests only: every
+        service passes one)."""
         self._consumer = consumer
         self._topic = topic
         self._group = group
         self._handler = handler
         self._prepare = prepare or _identity
+        self._dead_letter = dead_letter
+        CONSUMER_ISOLATED.labels(group)
         self._max_batch = max_batch
         self._poll_timeout_ms = poll_timeout_ms
         self._backoff_max_s = backoff_max_s
@@ -115,7 +135,7 @@ class ConsumeLoop:
                     timeout_ms=self._poll_timeout_ms, max_records=self._max_batch)
                 revocations = self._listener.revocations
                 # Prepared while the previous batch's handler awaits its acks.
-                prepared = await self._prepare(_records(batch)) if batch else None
+                prepared = await self._prepare_batch(batch) if batch else None
                 if inflight is not None:
                     previous, task = inflight
                     inflight = None
@@ -147,17 +167,51 @@ class ConsumeLoop:
                     self._rewind(batch, {})
                     continue
                 inflight = (batch, asyncio.create_task(self._handle(batch, prepared)))
+        except Exception:
+            log.critical("consumer stopping on a fatal error", exc_info=True,
+                         extra={"group": self._group, "topic": self._topic})
+            raise
         finally:
             if inflight is not None:  # drain: the batch in progress finishes and commits
                 with contextlib.suppress(Retryable):
                     await inflight[1]
 
+    async def _prepare_batch(self, batch: Batch) -> Any:
+        try:
+            return await self._prepare(_records(batch))
+        except Exception as exc:  # the handler's turn isolates the record that raised
+            return _Unprepared(exc)
+
     async def _handle(self, batch: Batch, prepared: Any) -> None:
         try:
-            await self._handler(prepared)
+            try:
+                if isinstance(prepared, _Unprepared):
+                    raise prepared.error
+                await self._handler(prepared)
+            except Retryable:
+                raise
+            except Exception as exc:
+                if self._dead_letter is None:
+                    raise
+                log.error("batch raised; handling its records one by one", extra={
+                    "group": self._group, "error": describe(exc)[:500],
+                    "records": sum(len(p) for p in batch.values())})
+                await self._one_by_one(_records(batch), self._dead_letter)
             await self._commit({tp: p[-1].offset + 1 for tp, p in batch.items()})
         finally:
             self._lock.release()
+
+    async def _one_by_one(self, records: Sequence[Any], dead_letter: DeadLetterer) -> None:
+        """Each record alone; whichever still raises is dead-lettered (handlers are
+        idempotent per record, so the ones handled before the failure repeat safely)."""
+        for record in records:
+            try:
+                await self._handler(await self._prepare([record]))
+            except Retryable:
+                raise
+            except Exception as exc:
+                CONSUMER_ISOLATED.labels(self._group).inc()
+                await dead_letter(record, exc)
 
     def _rewind(self, *batches: Batch) -> None:
         """Seek every partition of these batches back to its earliest fetched record."""
@@ -189,6 +243,13 @@ class ConsumeLoop:
                 continue
             CONSUMER_LAG.labels(self._group, tp.topic, str(tp.partition)).set(
                 max(0, end - position))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Unprepared:
+    """What ``prepare`` raised on a batch: its handling isolates records one by one."""
+
+    error: Exception
 
 
 def _records(batch: Batch) -> list[Any]:

@@ -18,11 +18,22 @@ UNKNOWN_EVENT_TYPE = "unknown_event_type"
 UNKNOWN_VERSION = "unknown_version"
 SCHEMA_VIOLATION = "schema_violation"
 MAPPING_FAILED = "mapping_failed"
+TOO_DEEP = "too_deep"  # nesting beyond the normalizer's cap (HOOKSTREAM_NORMALIZER_MAX_DEPTH)
+TOO_LARGE = "too_large"  # a body beyond HOOKSTREAM_NORMALIZER_MAX_BODY_BYTES
+# Anything else one record raised: a bug or an input nobody foresaw. The record is
+# dead-lettered with the exception's type and message, and the partition moves on.
+INTERNAL_ERROR = "internal_error"
 
 REASONS = (
     INVALID_UTF8, MALFORMED_JSON, NOT_AN_OBJECT, MISSING_METADATA, UNKNOWN_PROVIDER,
-    UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, SCHEMA_VIOLATION, MAPPING_FAILED,
+    UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, SCHEMA_VIOLATION, MAPPING_FAILED, TOO_DEEP,
+    TOO_LARGE, INTERNAL_ERROR,
 )
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an unexpected exception, for a dead letter's detail."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Invalid(Exception):

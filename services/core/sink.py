@@ -45,7 +45,7 @@ from prometheus_client import Gauge, Histogram
 from . import dlq, health, logs, topics
 from .config import ConfigError, KafkaSettings, LogSettings, env, help_epilog, load
 from .consumer import ConsumeLoop, stop_on_signals
-from .errors import Retryable
+from .errors import INTERNAL_ERROR, Retryable, describe
 from .kafka import make_consumer, start_producer
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,15 @@ class SinkRunner:
                 skipped += 1
         return wanted, malformed, skipped
 
+    async def dead_letter(self, record: Any, exc: BaseException) -> None:
+        """One record whose handling raised unexpectedly (the consume loop isolated it):
+        the sink's dead-letter topic, reason ``internal_error``, with the exception."""
+        await self._send_all([self._dead(SinkEvent({}, record), INTERNAL_ERROR, describe(exc))])
+        EVENTS.labels(self.sink.name, "dead_letter").inc()
+        log.error("dead-lettered after an unexpected error", extra={
+            "sink": self.sink.name, "error": describe(exc)[:300],
+            "origin": f"{record.topic}/{record.partition}/{record.offset}"})
+
     # ------------------------------------------------------------ handlers
     async def handle_main(self, records: Sequence[Any]) -> None:
         await self.offer_parsed(await self.parse_main(records))
@@ -358,6 +367,7 @@ class SinkRunner:
                 consumer = make_consumer(self.kafka, group,
                                          max_poll_records=self.settings.max_batch)
                 loop = ConsumeLoop(consumer, topic, group, handler, prepare=prepare,
+                                   dead_letter=self.dead_letter,
                                    max_batch=self.settings.max_batch,
                                    poll_timeout_ms=self.settings.poll_timeout_ms,
                                    backoff_max_s=self.settings.backoff_max_s)

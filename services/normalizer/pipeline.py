@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 STAGE = "normalizer"
 DECODE_SLICE = 50  # records decoded between yields to the event loop (about 1 ms)
 H_EVENT_TYPE = "hs-event-type"
+# Caps on what one delivery may be (HOOKSTREAM_NORMALIZER_MAX_DEPTH / _MAX_BODY_BYTES).
+# The depth stays far below orjson's serialisation limit (255 levels; the envelope
+# adds two) and keeps every later stage's recursion shallow.
+DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_BODY_BYTES = 1_048_576
 
 
 class ConsumedRecord(Protocol):
@@ -70,6 +75,7 @@ class DecodedBatch:
     records: Sequence[ConsumedRecord]
     events: list[CanonicalEvent]
     received_ms: dict[str, int]  # event id -> ingest receive time
+    encoded: dict[str, bytes]  # event id -> the event's JSON, serialised while decoding
     dead: list[DeadLetter]
     decode_seconds: float
 
@@ -84,10 +90,14 @@ class BatchResult:
 class Decoder:
     """Bytes and headers to a CanonicalEvent; every failure is ``Invalid``."""
 
-    def __init__(self, registry: SchemaRegistry, saaya_versions: Sequence[str] = ()) -> None:
+    def __init__(self, registry: SchemaRegistry, saaya_versions: Sequence[str] = (), *,
+                 max_depth: int = DEFAULT_MAX_DEPTH,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self._registry = registry
         self._saaya_versions = set(saaya_versions)
         self._adapters: dict[str, Adapter] = ADAPTERS
+        self._max_depth = max_depth
+        self._max_body_bytes = max_body_bytes
 
     def decode(self, record: ConsumedRecord) -> CanonicalEvent:
         return self.decode_delivery(record)[0]
@@ -101,16 +111,27 @@ class Decoder:
         adapter = self._adapters.get(raw.provider)
         if adapter is None:
             raise Invalid(errors.UNKNOWN_PROVIDER, f"no adapter for provider {raw.provider!r}")
+        body = raw.body
+        if len(body) > self._max_body_bytes:
+            raise Invalid(errors.TOO_LARGE,
+                          f"body of {len(body)} bytes, over the cap of {self._max_body_bytes}")
         try:
-            text = raw.body.decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise Invalid(errors.INVALID_UTF8, str(exc)) from None
         try:
             payload: Any = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
+            if str(exc).startswith("depth limit exceeded"):  # orjson stops at 1024 levels
+                raise Invalid(errors.TOO_DEEP, str(exc)) from None
             raise Invalid(errors.MALFORMED_JSON, str(exc)) from None
         if not isinstance(payload, dict):
             raise Invalid(errors.NOT_AN_OBJECT, f"body is a JSON {type(payload).__name__}")
+        # Fewer brackets than the cap cannot nest deeper than it: the exact walk runs
+        # only for the rare body with many containers (two C-speed counts otherwise).
+        if (body.count(b"{") + body.count(b"[") > self._max_depth
+                and nesting_exceeds(payload, self._max_depth)):
+            raise Invalid(errors.TOO_DEEP, f"JSON nested deeper than {self._max_depth} levels")
         event_type, version, inferred = adapter.identify(raw, payload)
         if (version is not None and raw.provider == "saaya" and self._saaya_versions
                 and version not in self._saaya_versions):
@@ -124,6 +145,20 @@ class Decoder:
             raise
         except Exception as exc:  # a mapping bug must dead-letter, not stop the partition
             raise Invalid(errors.MAPPING_FAILED, repr(exc)) from None
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest deeper than ``limit`` (the root container is
+    level 1). Iterative: a hostile body cannot exhaust the interpreter's stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = container.values() if isinstance(container, dict) else container
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
+    return False
 
 
 def _provider_of(record: ConsumedRecord) -> str:
@@ -171,17 +206,27 @@ class Normalizer:
         started = time.perf_counter()
         events: list[CanonicalEvent] = []
         received_ms: dict[str, int] = {}
+        encoded: dict[str, bytes] = {}
         dead: list[DeadLetter] = []
         for n, record in enumerate(records, 1):
             if n % DECODE_SLICE == 0:
                 await asyncio.sleep(0)
             try:
                 event, raw = self._decoder.decode_delivery(record)
-                events.append(event)
-                received_ms[event.event_id] = raw.received_at_ms
+                # Serialised here, per record, so that whatever one event makes orjson
+                # raise dead-letters that event instead of failing the whole batch.
+                encoded[event.event_id] = event.to_json()
             except Invalid as exc:
                 dead.append(DeadLetter(record, exc.reason, exc.detail, _provider_of(record)))
-        return DecodedBatch(records, events, received_ms, dead, time.perf_counter() - started)
+                continue
+            except Exception as exc:  # per-record isolation: never out of the stage
+                dead.append(DeadLetter(record, errors.INTERNAL_ERROR, errors.describe(exc),
+                                       _provider_of(record)))
+                continue
+            events.append(event)
+            received_ms[event.event_id] = raw.received_at_ms
+        return DecodedBatch(records, events, received_ms, encoded, dead,
+                            time.perf_counter() - started)
 
     async def complete(self, batch: DecodedBatch) -> BatchResult:
         """The side-effect half of ``handle``: dedupe, publish, await acks, mark."""
@@ -203,7 +248,7 @@ class Normalizer:
             raise Retryable(f"dedupe lookup failed: {exc!r}") from exc
         duplicates.extend(unique.pop(i) for i in already)
 
-        await self._publish(list(unique.values()), dead)
+        await self._publish([(e, batch.encoded[e.event_id]) for e in unique.values()], dead)
         try:
             await self._dedupe.mark(list(unique))
         except DATABASE_ERRORS as exc:
@@ -249,11 +294,23 @@ class Normalizer:
         for reason, n in Counter(d.reason for d in dead).items():
             metrics.DEAD_LETTERS.labels(reason).inc(n)
 
-    async def _publish(self, events: list[CanonicalEvent], dead: list[DeadLetter]) -> None:
+    async def dead_letter(self, record: ConsumedRecord, exc: BaseException) -> None:
+        """Dead-letter one record whose handling raised (the consume loop's isolation):
+        reason ``internal_error`` with the exception, the raw bytes and headers."""
+        letter = DeadLetter(record, errors.INTERNAL_ERROR, errors.describe(exc),
+                            _provider_of(record))
+        await self._publish([], [letter])
+        self._count((), [], [letter], {})
+        log.error("dead-lettered after an unexpected error", extra={
+            "reason": letter.reason, "detail": letter.detail[:300],
+            "origin": f"{record.topic}/{record.partition}/{record.offset}"})
+
+    async def _publish(self, events: list[tuple[CanonicalEvent, bytes]],
+                       dead: list[DeadLetter]) -> None:
         """Queue every output as whole batches, then await all acks together (aiokafka #528)."""
         topic = self._kafka.events_topic
         outgoing = [
-            Outgoing(topic, event.to_json(), subject.encode() if (subject := event.subject_id)
+            Outgoing(topic, value, subject.encode() if (subject := event.subject_id)
                      else None, [
                          (H_EVENT_TYPE, event.type.encode()),
                          ("hs-provider", event.provider.encode()),
@@ -261,7 +318,7 @@ class Normalizer:
                          ("hs-event-id", event.event_id.encode()),
                          ("content-type", b"application/json"),
                      ])
-            for event in events
+            for event, value in events
         ]
         outgoing += [
             Outgoing(self._kafka.dlq_topic, letter.record.value, letter.record.key,

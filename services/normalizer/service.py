@@ -40,7 +40,8 @@ async def normalizer_parts(
                              settings.dedupe_table)
         await dedupe.migrate()
         producer = await start_producer(kafka, "normalizer")
-        decoder = Decoder(SchemaRegistry(), settings.saaya_versions)
+        decoder = Decoder(SchemaRegistry(), settings.saaya_versions,
+                          max_depth=settings.max_depth, max_body_bytes=settings.max_body_bytes)
         yield (Normalizer(kafka, producer, dedupe, decoder, settings.produce_timeout_s),
                dedupe, pool, producer)
     finally:
@@ -75,6 +76,7 @@ async def run(settings: NormalizerSettings, kafka: KafkaSettings, pg: PostgresSe
                                      max_poll_records=settings.max_batch)
             loop = ConsumeLoop(consumer, kafka.raw_topic, settings.group_id,
                                normalizer.complete, prepare=normalizer.decode_batch,
+                               dead_letter=normalizer.dead_letter,
                                max_batch=settings.max_batch,
                                poll_timeout_ms=settings.poll_timeout_ms,
                                backoff_max_s=settings.retry_backoff_max_s)

@@ -26,6 +26,12 @@ class NormalizerSettings:
     saaya_versions: tuple[str, ...] = env(
         "HOOKSTREAM_SAAYA_VERSIONS", (),
         "Saaya envelope versions accepted (comma list; empty: every version with schemas)")
+    max_depth: int = env("HOOKSTREAM_NORMALIZER_MAX_DEPTH", 64,
+                         "deepest JSON nesting accepted (objects and arrays; the root is 1); "
+                         "deeper bodies are dead-lettered too_deep")
+    max_body_bytes: int = env("HOOKSTREAM_NORMALIZER_MAX_BODY_BYTES", 1_048_576,
+                              "largest body accepted (keep >= every source's max_body_bytes); "
+                              "larger ones are dead-lettered too_large")
     retry_backoff_max_s: float = env("HOOKSTREAM_NORMALIZER_RETRY_BACKOFF_MAX_S", 30.0,
                                      "longest pause between retries of a failing batch")
     http_host: str = env("HOOKSTREAM_NORMALIZER_HTTP_HOST", "127.0.0.1",
