@@ -37,6 +37,7 @@ from .mapping import (
     merge,
     timestamp,
     title,
+    web_url,
 )
 from .settings import CRMSettings
 
@@ -125,8 +126,9 @@ def call_properties(record: dict[str, Any]) -> dict[str, str]:
     status = call_status(record)
     if status:
         props["hs_call_status"] = status
-    if record.get("recording_url"):
-        props["hs_call_recording_url"] = str(record["recording_url"])
+    recording = web_url(record.get("recording_url"))
+    if recording:
+        props["hs_call_recording_url"] = recording
     phone = record.get("phone")
     if phone and direction == "INBOUND":
         props["hs_call_from_number"] = str(phone)

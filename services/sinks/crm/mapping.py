@@ -26,6 +26,10 @@ _TEXT = ("provider", "call_id", "session_id", "agent_id", "campaign_id", "direct
          "status", "outcome", "customer_number", "started_at", "ended_at", "summary",
          "sentiment_label", "transcript_url", "recording_url")
 _NUMBERS = ("duration_s", "sentiment")
+# Fields that become links in the CRM: kept only when web_url() accepts them.
+_URLS = ("transcript_url", "recording_url")
+_WEB_URL = re.compile(r"https?://[^\x00-\x20\x7f/?#@]+(?:[/?#][^\x00-\x20\x7f]*)?",
+                      re.IGNORECASE)
 
 
 class Unmappable(ValueError):
@@ -67,6 +71,15 @@ def normalize_phone(raw: str | None, default_country_code: str = "") -> str | No
     return "+" + digits
 
 
+def web_url(value: Any) -> str | None:
+    """``value`` when it is an absolute http(s) URL with a host and no whitespace or
+    control characters, else None. ``format: uri`` also passes ``javascript:``,
+    ``data:`` and ``file:`` URLs, which must never become a link in the CRM."""
+    if isinstance(value, str) and _WEB_URL.fullmatch(value):
+        return value
+    return None
+
+
 def call_key(event: dict[str, Any]) -> str:
     provider = event.get("provider")
     subject = event.get("call_id") or event.get("session_id")
@@ -106,6 +119,9 @@ def activity(event: dict[str, Any], *, transcript_max_chars: int = 20000,
     key = call_key(event)
     # The schema already guarantees these types; anything else is dropped, never rendered.
     fields: dict[str, Any] = {k: event[k] for k in _TEXT if isinstance(event.get(k), str)}
+    for name in _URLS:
+        if name in fields and web_url(fields[name]) is None:
+            del fields[name]  # not an http(s) URL: never a link in the CRM
     fields.update({k: float(event[k]) for k in _NUMBERS
                    if isinstance(event.get(k), int | float) and not isinstance(event[k], bool)})
     turns = _transcript(event.get("transcript"), transcript_max_chars)
@@ -221,7 +237,7 @@ def body_html(record: dict[str, Any]) -> str:
     if record.get("duration_s") is not None:
         parts.append(f"<p><strong>Duration:</strong> {float(record['duration_s']):g} s</p>")
     for name, label in (("transcript_url", "Transcript"), ("recording_url", "Recording")):
-        url = record.get(name)
+        url = web_url(record.get(name))
         if url:
             parts.append(f'<p><strong>{label}:</strong> <a href="{esc(str(url))}">'
                          f"{esc(str(url))}</a></p>")
