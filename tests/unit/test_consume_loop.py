@@ -176,7 +176,7 @@ async def test_stop_drains_the_batch_in_progress_and_commits_it() -> None:
     assert consumer.committed == [{TP0: 2}]
 
 
-async def test_a_handler_bug_is_not_swallowed() -> None:
+async def test_a_handler_bug_without_a_dead_letter_hook_is_fatal() -> None:
     consumer = FakeConsumer({TP0: 2})
 
     async def handler(records: Sequence[Rec]) -> None:
@@ -186,3 +186,103 @@ async def test_a_handler_bug_is_not_swallowed() -> None:
     with pytest.raises(ZeroDivisionError):
         await asyncio.wait_for(loop.run(asyncio.Event()), 5)
     assert consumer.committed == []
+
+
+class Poison(Exception):
+    pass
+
+
+async def test_one_raising_record_is_dead_lettered_and_the_partition_moves_on() -> None:
+    """The poison pill of issue 11: a record whose handling raises (orjson's recursion
+    limit, a bug) must not stop the consumer; it is dead-lettered with the exception,
+    every other record of its batch is handled, and the offsets move past it."""
+    consumer = FakeConsumer({TP0: 5, TP1: 2})
+    handled: list[tuple[int, int]] = []
+    dead: list[tuple[tuple[int, int], str]] = []
+
+    async def handler(records: Sequence[Rec]) -> None:
+        if any(r.tp == TP0 and r.offset == 2 for r in records):
+            raise Poison("recursion limit reached")
+        handled.extend(offsets(records))
+
+    async def dead_letter(record: Rec, exc: BaseException) -> None:
+        dead.append(((record.tp.partition, record.offset), repr(exc)))
+
+    stop = asyncio.Event()
+    loop = ConsumeLoop(consumer, "t", "g", handler, max_batch=4, poll_timeout_ms=1,
+                       dead_letter=dead_letter)
+    await run_until(loop, stop, lambda: len(handled) >= 6)
+    assert dead == [((0, 2), "Poison('recursion limit reached')")]
+    assert sorted(handled) == [(0, 0), (0, 1), (0, 3), (0, 4), (1, 0), (1, 1)]
+    final: dict[TopicPartition, int] = {}
+    for commit in consumer.committed:
+        final.update(commit)
+    assert final == {TP0: 5, TP1: 2}
+
+
+async def test_a_prepare_that_raises_isolates_the_record_too() -> None:
+    consumer = FakeConsumer({TP0: 3})
+    handled: list[int] = []
+    dead: list[int] = []
+
+    async def prepare(records: Sequence[Rec]) -> Sequence[Rec]:
+        if any(r.offset == 1 for r in records):
+            raise RecursionError("maximum recursion depth exceeded")
+        return records
+
+    async def handler(records: Sequence[Rec]) -> None:
+        handled.extend(r.offset for r in records)
+
+    async def dead_letter(record: Rec, exc: BaseException) -> None:
+        assert isinstance(exc, RecursionError)
+        dead.append(record.offset)
+
+    stop = asyncio.Event()
+    loop = ConsumeLoop(consumer, "t", "g", handler, max_batch=3, poll_timeout_ms=1,
+                       prepare=prepare, dead_letter=dead_letter)
+    await run_until(loop, stop, lambda: len(handled) >= 2 and consumer.committed)
+    assert (handled, dead) == ([0, 2], [1])
+    assert consumer.committed[-1] == {TP0: 3}
+
+
+async def test_a_dead_letter_that_cannot_be_stored_retries_the_batch() -> None:
+    """Retryable from the dead-letter hook (the broker is down): nothing is committed,
+    the batch is read again, and the record is dead-lettered once it can be."""
+    consumer = FakeConsumer({TP0: 2})
+    attempts: list[int] = []
+    dead: list[int] = []
+
+    async def handler(records: Sequence[Rec]) -> None:
+        if any(r.offset == 0 for r in records):
+            raise Poison
+
+    async def dead_letter(record: Rec, exc: BaseException) -> None:
+        attempts.append(record.offset)
+        if len(attempts) == 1:
+            raise Retryable("broker down")
+        dead.append(record.offset)
+
+    stop = asyncio.Event()
+    loop = ConsumeLoop(consumer, "t", "g", handler, max_batch=2, poll_timeout_ms=1,
+                       backoff_max_s=0.01, dead_letter=dead_letter)
+    await run_until(loop, stop, lambda: bool(consumer.committed))
+    assert dead == [0]
+    assert consumer.committed == [{TP0: 2}]
+
+
+async def test_a_failing_dead_letter_hook_is_fatal_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    consumer = FakeConsumer({TP0: 1})
+
+    async def handler(records: Sequence[Rec]) -> None:
+        raise Poison
+
+    async def dead_letter(record: Rec, exc: BaseException) -> None:
+        raise ValueError("producer closed")
+
+    loop = ConsumeLoop(consumer, "t", "g", handler, max_batch=1, poll_timeout_ms=1,
+                       dead_letter=dead_letter)
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(loop.run(asyncio.Event()), 5)
+    assert consumer.committed == []
+    assert any(r.levelname == "CRITICAL" and "fatal" in r.getMessage() for r in caplog.records)

@@ -88,3 +88,47 @@ def test_every_sample_decodes_with_a_stable_event_id(decoder: Decoder) -> None:
         first = decoder.decode(record(sample.provider, sample.body, rk))
         again = decoder.decode(record(sample.provider, sample.body, rk))
         assert first.event_id == again.event_id
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """``{"a": {"a": ... 1 ...}}`` with ``levels`` objects."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value  # type: ignore[no-any-return]
+
+
+def poison_body(levels: int = 300) -> bytes:
+    """Issue 11's poison pill: a valid Sarj.ai ``failed`` delivery with an extra field
+    nested ~300 levels deep. orjson parses it (limit 1024) and the schema allows
+    unknown fields, but re-serialising it raised (orjson stops at 255)."""
+    deep = b'{"a":' * levels + b"1" + b"}" * levels  # orjson.dumps itself stops at 255
+    return b'{"call_id":"x","payload":{"type":"failed","x":' + deep + b"}}"
+
+
+def test_the_poison_delivery_is_too_deep(decoder: Decoder) -> None:
+    assert reason_of(decoder, record("sarj", poison_body())) == errors.TOO_DEEP
+
+
+def test_nesting_beyond_orjsons_own_limit_is_too_deep_not_malformed(decoder: Decoder) -> None:
+    body = b'{"call_id":"x","payload":{"type":"failed","x":' + b"[" * 1100 + b"]" * 1100 + b"}}"
+    assert reason_of(decoder, record("sarj", body)) == errors.TOO_DEEP
+
+
+def test_depth_cap_is_exact_and_configurable() -> None:
+    capped = Decoder(SchemaRegistry(), max_depth=8)
+    # root(1) > payload(2) > x(3) > five more levels = 8: accepted; one more: too deep.
+    ok = orjson.dumps({"call_id": "x", "payload": {"type": "failed", "x": nested(6)}})
+    deep = orjson.dumps({"call_id": "x", "payload": {"type": "failed", "x": nested(7)}})
+    assert capped.decode(record("sarj", ok)).type == "call.not_connected"
+    assert reason_of(capped, record("sarj", deep)) == errors.TOO_DEEP
+    # Many shallow containers (more brackets than the cap) are not deep.
+    wide = orjson.dumps({"call_id": "x", "payload": {"type": "failed",
+                                                     "x": [{"a": [1]} for _ in range(50)]}})
+    assert capped.decode(record("sarj", wide)).type == "call.not_connected"
+
+
+def test_a_body_over_the_size_cap_is_too_large() -> None:
+    capped = Decoder(SchemaRegistry(), max_body_bytes=100)
+    body = orjson.dumps({"call_id": "x", "payload": {"type": "failed", "pad": "p" * 200}})
+    assert reason_of(capped, record("sarj", body)) == errors.TOO_LARGE
