@@ -43,7 +43,8 @@ from .settings import IngestSettings
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/webhooks/"
-MAX_HEADER_VALUE_CHARS = 256  # routing key / event id headers copied onto the record
+MAX_HEADER_VALUE_CHARS = 256  # every request header copied onto the record (truncated)
+MAX_CONTENT_LENGTH_DIGITS = 18  # more digits is more than any body limit: 413 unparsed
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -81,13 +82,15 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _copied_header(headers: Headers, name: str | None) -> str | None:
-    if name is None:
-        return None
-    value = headers.get(name)
+def _copied(value: str | None) -> str | None:
+    """A request header's value as copied onto the record: ASCII, truncated, or None."""
     if value is None or not value.isascii():
         return None
     return value[:MAX_HEADER_VALUE_CHARS]
+
+
+def _copied_header(headers: Headers, name: str | None) -> str | None:
+    return None if name is None else _copied(headers.get(name))
 
 
 async def _respond(send: Send, status: int, body: bytes,
@@ -147,9 +150,12 @@ class WebhookHandler:
             return await self._answer(send, name, 415, "unsupported content type")
         declared = headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            # ASCII digits only ("\xb2".isdigit(), and int() refuses it), and few enough
+            # for int() (it refuses over 4300 digits): never a 500.
+            if not (declared.isascii() and declared.isdigit()):
                 return await self._answer(send, name, 400, "invalid content-length")
-            if int(declared) > source.max_body_bytes:
+            if (len(declared) > MAX_CONTENT_LENGTH_DIGITS
+                    or int(declared) > source.max_body_bytes):
                 return await self._answer(send, name, 413, "body too large")
 
         # Cheap checks first: a wrong path secret or address never gets its body read.
@@ -180,7 +186,7 @@ class WebhookHandler:
             received_at_ms=time.time_ns() // 1_000_000,
             request_id=os.urandom(16).hex(),  # 128 random bits; uuid4 costs 4x more
             body=body,
-            content_type=content_type,
+            content_type=_copied(content_type),
             routing_key=_copied_header(headers, source.routing_key_header),
             event_id=_copied_header(headers, source.event_id_header),
         )

@@ -182,6 +182,14 @@ async def test_sawt_routing_key_truncated(client, fake) -> None:
     assert call.header("hs-routing-key") == b"k" * MAX_HEADER_VALUE_CHARS
 
 
+async def test_content_type_truncated_like_other_copied_headers(client, fake) -> None:
+    content_type = "application/json; charset=utf-8; x=" + "a" * 5000
+    response = await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY,
+                                 headers={**sawt_headers(), "Content-Type": content_type})
+    call = assert_accepted(response, fake)
+    assert call.header("content-type") == content_type[:MAX_HEADER_VALUE_CHARS].encode()
+
+
 async def test_sawt_bearer_and_basic(client, fake) -> None:
     r1 = await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY,
                            headers={**JSON, "X-Webhook-Secret": f"Bearer {SAWT_SECRET}"})

@@ -32,6 +32,13 @@ from .base import (
     secrets_from,
     top_level_string,
 )
+from .bounds import (
+    MAX_HEX_SIGNATURE_CHARS,
+    MAX_ID_CHARS,
+    MAX_SIGNATURES_CHARS,
+    MAX_TIMESTAMP_DIGITS,
+    bounded,
+)
 
 SCHEMES = ("standard-webhooks", "hex")
 DEFAULT_TOLERANCE_S = 300
@@ -61,23 +68,23 @@ class SaayaVerifier:
         return self._verify_standard(headers, body, now)
 
     def _verify_hex(self, headers: HeaderMap, body: bytes) -> bool:
-        value = headers.get(self.signature_header.lower())
-        if not value:
+        value = bounded(headers.get(self.signature_header.lower()), MAX_HEX_SIGNATURE_CHARS)
+        if value is None:
             return False
         given = value.strip().removeprefix("sha256=").lower().encode()
         expected = [hmac.new(k, body, hashlib.sha256).hexdigest().encode() for k in self.keys]
         return any_digest_matches([given], expected)
 
     def _verify_standard(self, headers: HeaderMap, body: bytes, now: float) -> bool:
-        msg_id = headers.get("webhook-id")
-        timestamp = headers.get("webhook-timestamp")
-        signatures = headers.get("webhook-signature")
-        if not msg_id or not timestamp or not signatures:
+        # Bounded before any arithmetic: a 309-digit timestamp once overflowed float (500).
+        msg_id = bounded(headers.get("webhook-id"), MAX_ID_CHARS)
+        timestamp = bounded(headers.get("webhook-timestamp"), MAX_TIMESTAMP_DIGITS)
+        signatures = bounded(headers.get("webhook-signature"), MAX_SIGNATURES_CHARS)
+        if msg_id is None or timestamp is None or signatures is None:
             return False
-        try:
-            sent_at = int(timestamp)
-        except ValueError:
+        if not timestamp.isdigit():  # ASCII digits only (int() would take " 1_0")
             return False
+        sent_at = int(timestamp)
         if abs(now - sent_at) > self.tolerance_s:
             return False
         signed = f"{msg_id}.{timestamp}.".encode() + body

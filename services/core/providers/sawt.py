@@ -31,6 +31,7 @@ from .base import (
     secrets_from,
     top_level_string,
 )
+from .bounds import MAX_CREDENTIAL_CHARS, bounded
 
 MODES = ("header", "basic", "none")
 DEFAULT_AUTH_HEADER = "X-Webhook-Secret"
@@ -52,19 +53,20 @@ class SawtVerifier:
         if self.mode == "none":
             return True
         if self.mode == "header":
-            value = headers.get(self.header.lower())
-            if not value:
+            value = bounded(headers.get(self.header.lower()), MAX_CREDENTIAL_CHARS)
+            if value is None:
                 return False
             given = value.removeprefix("Bearer ").strip().encode()
             return any_digest_matches([given], list(self.secrets))
-        return self._verify_basic(headers.get("authorization"))
+        return self._verify_basic(bounded(headers.get("authorization"), MAX_CREDENTIAL_CHARS))
 
     def _verify_basic(self, value: str | None) -> bool:
-        if not value or not value.lower().startswith("basic "):
+        # ``value`` is bounded ASCII: base64 never sees non-ASCII text (a ValueError, 500).
+        if value is None or not value.lower().startswith("basic "):
             return False
         try:
             decoded = base64.b64decode(value[6:].strip(), validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):
             return False
         user, sep, password = decoded.partition(b":")
         if not sep:
