@@ -88,10 +88,13 @@ class Env:
             await producer.stop()
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[RecordingsSink]:
+    async def running(self, allow_private: bool = True) -> AsyncIterator[RecordingsSink]:
         stop = asyncio.Event()
-        sink = RecordingsSink(RecordingsSettings(dir=str(self.root)), PostgresSettings(),
-                              WarehouseSettings(schema=self.schema))
+        # The fake bucket is on loopback: allow-listed by address, and private addresses
+        # allowed (tests and development only; production allows public addresses only).
+        settings = RecordingsSettings(dir=str(self.root), allowed_hosts=("127.0.0.1",),
+                                      allow_private_addresses=allow_private)
+        sink = RecordingsSink(settings, PostgresSettings(), WarehouseSettings(schema=self.schema))
         runner = SinkRunner(sink, self.kafka, SinkSettings(poll_timeout_ms=100),
                             group_id=f"test-recordings-{self.run_id}")
         task = asyncio.create_task(runner.run(stop, serve_http=False))
@@ -220,6 +223,23 @@ async def test_recordings_are_stored_recorded_and_redelivery_changes_nothing(env
             assert bucket.hits == {first: 1, second: 1, gone: 2}
     finally:
         await wh_pool.close()
+
+
+async def test_a_loopback_recording_url_is_dead_lettered_not_fetched(env: Env) -> None:
+    """The production setting (public addresses only): a recording_url on loopback, its
+    host even allow-listed, is refused after resolution and dead-lettered; the server
+    behind it never sees a request."""
+    bucket = Bucket()
+    call_id = f"call_{env.run_id}_ssrf"
+    event = call_ended(call_id, bucket.add(call_id, b"internal"))
+    async with serve(bucket.app(), bucket.port), env.running(allow_private=False):
+        await env.produce([event])
+        await until(lambda: dead_letters(env.kafka, event["event_id"]))
+    [dead] = await dead_letters(env.kafka, event["event_id"])
+    assert dlq.header(dead.headers, dlq.H_REASON) == "recording_url_rejected"
+    assert "127.0.0.1" in (dlq.header(dead.headers, dlq.H_DETAIL) or "")
+    assert bucket.hits == {}
+    assert await env.rows() == {}
 
 
 async def _count(env: Env, want: int) -> bool:

@@ -37,13 +37,16 @@ def no_files(directory: Path) -> bool:
     return not any(directory.iterdir())
 
 
-def client(handler: httpx.MockTransport | None = None, allowed: tuple[str, ...] = ()
+SARJ = ("storage.googleapis.com",)  # Sarj.ai's recordings host (an empty list allows none)
+
+
+def client(handler: httpx.MockTransport | None = None, allowed: tuple[str, ...] = SARJ
            ) -> httpx.AsyncClient:
     return fetch.make_client(allowed, 10.0, 4, transport=handler)
 
 
 async def get(transport: httpx.MockTransport, spool: Path, max_bytes: int = 10 * CHUNK,
-              url: str = URL, allowed: tuple[str, ...] = ()) -> fetch.Spooled:
+              url: str = URL, allowed: tuple[str, ...] = SARJ) -> fetch.Spooled:
     async with client(transport, allowed) as c:
         return await fetch.download(c, url, spool, max_bytes=max_bytes, timeout_s=10)
 

@@ -26,6 +26,7 @@ from ..support import REPO
 
 EXAMPLE = orjson.loads((REPO / "schemas/canonical/v1/examples/call.ended.json").read_bytes())
 HOST = "https://storage.googleapis.com/sarj-recordings-prod/org_4412"
+SARJ = ("storage.googleapis.com",)  # the allow-list (empty: every recording refused)
 
 
 class MemoryIndex:
@@ -82,8 +83,9 @@ class Harness:
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     source, index = Source(), MemoryIndex()
     store = LocalDirStore(tmp_path)
-    sink = RecordingsSink(RecordingsSettings(dir=str(tmp_path), max_bytes=10_000), store=store,
-                          index=index, transport=httpx.MockTransport(source.handler))
+    settings = RecordingsSettings(dir=str(tmp_path), allowed_hosts=SARJ, max_bytes=10_000)
+    sink = RecordingsSink(settings, store=store, index=index,
+                          transport=httpx.MockTransport(source.handler))
     await sink.start()
     yield Harness(sink, source, index, store, tmp_path)
     await sink.stop()
@@ -199,8 +201,8 @@ async def test_a_failing_database_retries_the_batch(harness: Harness) -> None:
 
 async def test_the_batch_deadline_parks_what_has_not_started(tmp_path: Path) -> None:
     source, index = Source(), MemoryIndex()
-    sink = RecordingsSink(RecordingsSettings(dir=str(tmp_path), concurrency=1,
-                                             batch_deadline_s=1e-9),
+    sink = RecordingsSink(RecordingsSettings(dir=str(tmp_path), allowed_hosts=SARJ,
+                                             concurrency=1, batch_deadline_s=1e-9),
                           store=LocalDirStore(tmp_path), index=index,
                           transport=httpx.MockTransport(source.handler))
     await sink.start()

@@ -38,8 +38,14 @@ class RecordingsSettings:
         "retry topic (keeps the consumer inside max.poll.interval)")
     allowed_hosts: tuple[str, ...] = env(
         "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS", (),
-        "hosts recordings may be fetched from (exact, or .suffix); empty: any http(s) host. "
-        "Production: storage.googleapis.com")
+        "hosts recordings may be fetched from, redirects included (exact name, or .suffix "
+        "for its subdomains); empty: none, every recording is dead-lettered "
+        "(recording_url_rejected). Sarj.ai: storage.googleapis.com")
+    allow_private_addresses: bool = env(
+        "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES", False,
+        "tests and development only: also fetch from loopback, private and link-local "
+        "addresses (never cloud metadata, multicast or unspecified ones); false: only public "
+        "addresses, checked after DNS resolution on every redirect hop")
     s3_endpoint: str = env("HOOKSTREAM_S3_ENDPOINT", "",
                            "s3 store: endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com "
                            "or http://127.0.0.1:9000 (path-style requests)")
@@ -65,6 +71,11 @@ class RecordingsSettings:
         for name in ("download_timeout_s", "batch_deadline_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"recordings setting {name} must be positive")
+        for host in self.allowed_hosts:
+            if not re.fullmatch(r"\.?[A-Za-z0-9_.:-]+", host) or host.strip(".") == "":
+                raise ConfigError(f"HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS: {host!r} is not a host "
+                                  "name (no scheme, port, path or wildcard; .suffix for "
+                                  "subdomains)")
         if self.store == "local" and not self.dir:
             raise ConfigError("HOOKSTREAM_RECORDINGS_DIR must not be empty")
         if self.store == "s3":

@@ -137,7 +137,16 @@ class RecordingsSink:
         await self.store.start()
         self._client = fetch.make_client(
             self._settings.allowed_hosts, self._settings.download_timeout_s,
-            max_connections=self._settings.concurrency * 2, transport=self._transport)
+            max_connections=self._settings.concurrency * 2, transport=self._transport,
+            allow_private=self._settings.allow_private_addresses)
+        if not self._settings.allowed_hosts:
+            log.warning("HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS is empty: no recording will be "
+                        "fetched, each is dead-lettered (recording_url_rejected); Sarj.ai's "
+                        "recordings are on storage.googleapis.com")
+        if self._settings.allow_private_addresses:
+            log.warning("HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES is on: recordings may "
+                        "be fetched from loopback and private addresses (tests and "
+                        "development only)")
         if self._index is None:
             # The warehouse's migrations (0002 creates ``recordings``), so either sink
             # can start first.
