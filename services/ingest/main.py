@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -12,6 +13,7 @@ from ..core import logs
 from ..core.config import ConfigError, KafkaSettings, LogSettings, help_epilog, load
 from ..core.sources import load_sources
 from .app import build_app
+from .edge import edge_protocol
 from .settings import IngestSettings
 
 log = logging.getLogger("hookstream.ingest")
@@ -31,6 +33,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-config", action="store_true",
                         help="validate the sources file and environment, then exit")
     return parser.parse_args(argv)
+
+
+def server_config(app: Any, settings: IngestSettings) -> uvicorn.Config:
+    """uvicorn's configuration of the public webhook listener."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        # httptools, with a cap on head bytes and header lines and a head deadline.
+        http=edge_protocol(settings.max_header_bytes, settings.max_headers,
+                           settings.header_timeout_s),
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keepalive_timeout_s,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        server_header=False,
+        # X-Forwarded-For is judged per source against its trusted proxies
+        # (core/sources.py); uvicorn must not rewrite the peer address first.
+        proxy_headers=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,23 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     app = build_app(sources, settings, kafka)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.keepalive_timeout_s,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
-        server_header=False,
-        # X-Forwarded-For is judged per source against its trusted proxies
-        # (core/sources.py); uvicorn must not rewrite the peer address first.
-        proxy_headers=False,
-    )
+    config = server_config(app, settings)
     log.info("listening", extra={"host": settings.host, "port": settings.port})
     uvicorn.Server(config).run()
     return 0

@@ -33,3 +33,9 @@ BROKER_READY = Gauge(
     "hookstream_ingest_broker_ready",
     "1 when the producer is connected and the broker answered the last probe",
 )
+REFUSED_HEADS = Counter(
+    "hookstream_ingest_refused_heads_total",
+    "Connections refused at the request head, before any app code: header_bytes and "
+    "header_count (431), head_timeout (408), idle (connected, sent nothing; closed)",
+    ["reason"],
+)

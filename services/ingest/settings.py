@@ -36,6 +36,18 @@ class IngestSettings:
         "HOOKSTREAM_INGEST_LIMIT_CONCURRENCY", 4000,
         "open connections+tasks before uvicorn answers 503 itself",
     )
+    max_header_bytes: int = env(
+        "HOOKSTREAM_INGEST_MAX_HEADER_BYTES", 16384,
+        "largest request head (request line + headers) read before answering 431 and closing",
+    )
+    max_headers: int = env(
+        "HOOKSTREAM_INGEST_MAX_HEADERS", 100,
+        "most header lines in one request before answering 431 and closing",
+    )
+    header_timeout_s: float = env(
+        "HOOKSTREAM_INGEST_HEADER_TIMEOUT_S", 5.0,
+        "deadline for a request head to arrive, from connect or its first byte (408, closed)",
+    )
     keepalive_timeout_s: int = env(
         "HOOKSTREAM_INGEST_KEEPALIVE_TIMEOUT_S", 15, "idle keep-alive connection timeout"
     )
