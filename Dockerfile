@@ -62,6 +62,7 @@ ENV PATH=/opt/hookstream/bin:$PATH \
     HOOKSTREAM_ALERT_RULES_FILE=/etc/hookstream/alerts.toml \
     HOOKSTREAM_RECORDINGS_DIR=/var/lib/hookstream/recordings \
     HOOKSTREAM_INGEST_HOST=0.0.0.0 \
+    HOOKSTREAM_INGEST_ADMIN_HOST=0.0.0.0 \
     HOOKSTREAM_NORMALIZER_HTTP_HOST=0.0.0.0 \
     HOOKSTREAM_SINK_HTTP_HOST=0.0.0.0
 
@@ -74,9 +75,9 @@ RUN for cmd in hookstream hookstream-ingest hookstream-normalizer hookstream-sin
 USER 10001:10001
 WORKDIR /tmp
 
-# ingest 8080; /healthz, /readyz, /metrics: normalizer 8081, sinks 8092 (warehouse),
-# 8093 (alerts), 8094 (crm), 8095 (recordings).
-EXPOSE 8080 8081 8092 8093 8094 8095
+# ingest 8080 (webhooks); /healthz, /readyz, /metrics: ingest 8079 (its admin port),
+# normalizer 8081, sinks 8092 (warehouse), 8093 (alerts), 8094 (crm), 8095 (recordings).
+EXPOSE 8080 8079 8081 8092 8093 8094 8095
 
 # No entrypoint wrapper: the command is the service, and it runs as PID 1 so it
 # receives SIGTERM directly (each service drains, commits and exits on it).

@@ -68,7 +68,8 @@ async def bench(rate: float, seconds: float, rounds: int = 3) -> str:
            "HOOKSTREAM_NORMALIZER_GROUP": f"bench-normalizer-{run_id}",
            "HOOKSTREAM_DEDUPE_TABLE": f"bench_dedupe_{run_id}",
            "HOOKSTREAM_WAREHOUSE_SCHEMA": f"bench_e2e_{run_id}",
-           "HOOKSTREAM_INGEST_PORT": "8281", "HOOKSTREAM_NORMALIZER_HTTP_PORT": "8282",
+           "HOOKSTREAM_INGEST_PORT": "8281", "HOOKSTREAM_INGEST_ADMIN_PORT": "8284",
+           "HOOKSTREAM_NORMALIZER_HTTP_PORT": "8282",
            "HOOKSTREAM_SINK_HTTP_PORT": "8283"}
     for key in ("RAW_TOPIC", "EVENTS_TOPIC", "DLQ_TOPIC"):
         os.environ[f"HOOKSTREAM_{key}"] = env[f"HOOKSTREAM_{key}"]
@@ -77,7 +78,7 @@ async def bench(rate: float, seconds: float, rounds: int = 3) -> str:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, cmd, port in (
-            ("ingest", ["hookstream-ingest"], 8281),
+            ("ingest", ["hookstream-ingest"], 8284),  # its admin port (/readyz)
             ("normalizer", ["hookstream-normalizer"], 8282),
             ("sink-warehouse", ["hookstream-sink-warehouse"], 8283),
         ):

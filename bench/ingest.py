@@ -83,7 +83,8 @@ def server(cmd: list[str], port: int, env: dict[str, str], ready: str) -> Iterat
     try:
         for _ in range(200):
             with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=1)
+                url = ready if ready.startswith("http") else f"http://127.0.0.1:{port}{ready}"
+                urllib.request.urlopen(url, timeout=1)
                 break
             if proc.poll() is not None:
                 raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "exited")
@@ -188,14 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     kafka = load(KafkaSettings)
     asyncio.run(topics.ensure(kafka, [topics.TopicSpec(raw_topic, 6, topics.DAY_MS, "bench")]))
     env = {**local_env(), "HOOKSTREAM_SOURCES_FILE": str(SOURCES),
-           "HOOKSTREAM_LOG_LEVEL": "WARNING", "HOOKSTREAM_RAW_TOPIC": raw_topic}
+           "HOOKSTREAM_LOG_LEVEL": "WARNING", "HOOKSTREAM_RAW_TOPIC": raw_topic,
+           "HOOKSTREAM_INGEST_ADMIN_PORT": "8184"}
     py = sys.executable
     servers = [
         ("(a) bare Starlette, 202, no Kafka", [py, "-m", "bench.servers", "bare", "--port",
                                                "8181"], 8181, None),
         ("(b) bare + send_and_wait per request", [py, "-m", "bench.servers", "kafka",
                                                   "--port", "8182"], 8182, None),
-        ("(c) hookstream-ingest", ["hookstream-ingest", "--port", "8183"], 8183, "/readyz"),
+        ("(c) hookstream-ingest", ["hookstream-ingest", "--port", "8183"], 8183,
+         "http://127.0.0.1:8184/readyz"),  # readiness is on ingest's admin port
     ]
     # All three servers up at once (each pinned to CPU 0; an idle one costs nothing),
     # measured in turn within each round, so every round has its own baseline.

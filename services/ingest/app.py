@@ -8,8 +8,10 @@ normalizer to dead-letter.
 
 The webhook path is served by a pure ASGI handler (no Request object, no
 middleware stack: per-request framework overhead is most of the cost at these
-sizes, see docs/perf/); everything else (health, readiness, metrics, the
-lifespan, 404s) is a regular Starlette app.
+sizes, see docs/perf/); everything else (``/healthz``, the lifespan, 404s) is a
+regular Starlette app. Readiness and metrics are not on this (public) app at all:
+``IngestApp.admin`` serves ``/healthz``, ``/readyz`` and ``/metrics`` on the admin
+listener (``HOOKSTREAM_INGEST_ADMIN_HOST``/``_PORT``, loopback by default).
 """
 
 from __future__ import annotations
@@ -210,11 +212,12 @@ class WebhookHandler:
 class IngestApp:
     """The webhook path straight to :class:`WebhookHandler`; the rest to Starlette."""
 
-    def __init__(self, webhooks: WebhookHandler, rest: Starlette) -> None:
+    def __init__(self, webhooks: WebhookHandler, rest: Starlette, admin: Starlette) -> None:
         self._webhooks = webhooks
         self._rest = rest
         self.state = rest.state
         self.router = rest.router  # its lifespan, for tests and embedding
+        self.admin = admin  # /healthz, /readyz, /metrics: the admin listener's app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
@@ -259,10 +262,15 @@ def build_app(
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, str(exc.detail).lower(), exc.headers)
 
+    # The public port answers /healthz (a load balancer in front checks the listener its
+    # traffic goes to; it says only "ok"); readiness and metrics are on the admin app.
+    public_routes = [r for r in health.routes(checks) if r.path == "/healthz"]
     rest = Starlette(
         exception_handlers={HTTPException: http_error},
-        routes=health.routes(checks),
+        routes=public_routes,
         lifespan=lifespan,
     )
     rest.state.publisher = publisher
-    return IngestApp(WebhookHandler(sources, settings, kafka.raw_topic, publisher), rest)
+    admin = Starlette(exception_handlers={HTTPException: http_error},
+                      routes=health.routes(checks))
+    return IngestApp(WebhookHandler(sources, settings, kafka.raw_topic, publisher), rest, admin)

@@ -1,13 +1,21 @@
-"""``hookstream-ingest``: run the ingest service under uvicorn (uvloop + httptools)."""
+"""``hookstream-ingest``: run the ingest service under uvicorn (uvloop + httptools).
+
+Two listeners in one event loop: the public one (webhooks, and ``/healthz`` for a load
+balancer) with hookstream's head limits (``edge.py``), and the admin one
+(``/healthz``, ``/readyz``, ``/metrics``; loopback unless configured otherwise).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import sys
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from ..core import logs
 from ..core.config import ConfigError, KafkaSettings, LogSettings, help_epilog, load
@@ -58,6 +66,40 @@ def server_config(app: Any, settings: IngestSettings) -> uvicorn.Config:
     )
 
 
+def admin_config(app: Any, settings: IngestSettings) -> uvicorn.Config:
+    """uvicorn's configuration of the admin listener (``app.admin``: health, metrics)."""
+    return uvicorn.Config(
+        app.admin,
+        host=settings.admin_host,
+        port=settings.admin_port,
+        http=edge_protocol(settings.max_header_bytes, settings.max_headers,
+                           settings.header_timeout_s),
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+    )
+
+
+async def serve(app: Any, settings: IngestSettings) -> None:
+    """Run the admin listener, then the public one until it stops (SIGTERM: drained)."""
+    admin = uvicorn.Server(admin_config(app, settings))
+    # The public server owns SIGTERM and SIGINT; the admin one stops when it does.
+    admin.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    admin_task = asyncio.create_task(admin.serve(), name="ingest-admin")
+    while not admin.started:
+        if admin_task.done():  # could not listen: uvicorn logged why
+            admin_task.result()
+            raise RuntimeError("the admin listener stopped during start-up")
+        await asyncio.sleep(0.01)
+    try:
+        await uvicorn.Server(server_config(app, settings)).serve()
+    finally:
+        admin.should_exit = True
+        await admin_task
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {k: v for k, v in
@@ -79,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     app = build_app(sources, settings, kafka)
-    config = server_config(app, settings)
-    log.info("listening", extra={"host": settings.host, "port": settings.port})
-    uvicorn.Server(config).run()
+    log.info("listening", extra={"host": settings.host, "port": settings.port,
+                                 "admin_host": settings.admin_host,
+                                 "admin_port": settings.admin_port})
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(app, settings))
     return 0
 
 

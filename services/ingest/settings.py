@@ -10,7 +10,14 @@ from ..core.config import env
 @dataclasses.dataclass(frozen=True)
 class IngestSettings:
     host: str = env("HOOKSTREAM_INGEST_HOST", "127.0.0.1", "address to listen on")
-    port: int = env("HOOKSTREAM_INGEST_PORT", 8080, "port to listen on")
+    port: int = env("HOOKSTREAM_INGEST_PORT", 8080, "port of the webhook listener (public)")
+    admin_host: str = env(
+        "HOOKSTREAM_INGEST_ADMIN_HOST", "127.0.0.1",
+        "address of the admin listener: /healthz, /readyz, /metrics (never on the public port)",
+    )
+    admin_port: int = env(
+        "HOOKSTREAM_INGEST_ADMIN_PORT", 8079, "port of the admin listener"
+    )
     sources_file: str = env(
         "HOOKSTREAM_SOURCES_FILE", "deploy/local/sources.toml", "the sources file (TOML)"
     )

@@ -66,9 +66,9 @@ def scrape_targets() -> dict[str, int]:
 
 
 def port_env(job: str, port: int) -> dict[str, str]:
-    """The variable that puts ``job``'s /metrics on ``port``."""
-    if job == "hookstream-ingest":
-        return {"HOOKSTREAM_INGEST_PORT": str(port)}
+    """The variables that put ``job``'s /metrics on ``port``."""
+    if job == "hookstream-ingest":  # /metrics on its admin port, not the webhook port
+        return {"HOOKSTREAM_INGEST_ADMIN_PORT": str(port)}
     if job == "hookstream-normalizer":
         return {"HOOKSTREAM_NORMALIZER_HTTP_PORT": str(port)}
     assert job.startswith("hookstream-sink-"), job
@@ -290,12 +290,14 @@ async def test_every_dashboard_panel_has_data(stack: KafkaSettings, tmp_path: Pa
                                        "tests.fakes.crm", "--port", str(FAKE_CRM_PORT),
                                        health="/healthz")
             await pipeline.ready(crm)
+            ingest_port = free_port()  # webhooks; the scraped target is its admin port
             started = [await pipeline.start(job.removeprefix("hookstream-"), port, job,
-                                            env=port_env(job, port))
+                                            env={**port_env(job, port),
+                                                 "HOOKSTREAM_INGEST_PORT": str(ingest_port)})
                        for job, port in targets.items()]
             await asyncio.gather(*(pipeline.ready(s) for s in started))
 
-            ingest_url = f"http://127.0.0.1:{targets['hookstream-ingest']}"
+            ingest_url = f"http://127.0.0.1:{ingest_port}"
             load = await pipeline.start(
                 "load", 0, "hookstream", "load", "--url", ingest_url, "--rate", str(LOAD_RATE),
                 "--seconds", str(LOAD_SECONDS), "--schema", schema, "--drain-timeout-s", "20")

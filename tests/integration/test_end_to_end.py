@@ -138,7 +138,7 @@ async def pipeline(stack: KafkaSettings) -> AsyncIterator[Pipeline]:
     await topics.ensure(kafka, topics.plan(kafka, partitions=3))
     schema = f"test_e2e_{run_id}"
     crm = FakeCRM()
-    crm_port, ingest_port = free_port(), free_port()
+    crm_port, ingest_port, admin_port = free_port(), free_port(), free_port()
     pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
     sink_settings = SinkSettings(poll_timeout_ms=100, retry_delays_s=("1", "2"),
                                  backoff_max_s=1)
@@ -161,10 +161,12 @@ async def pipeline(stack: KafkaSettings) -> AsyncIterator[Pipeline]:
              "crm"),
     ]
     try:
-        async with serve(crm.app, crm_port), serve(
-                build_app(load_sources(SOURCES_FILE), IngestSettings(), kafka), ingest_port):
+        ingest = build_app(load_sources(SOURCES_FILE), IngestSettings(), kafka)
+        async with serve(crm.app, crm_port), serve(ingest, ingest_port), serve(
+                ingest.admin, admin_port):
             url = f"http://127.0.0.1:{ingest_port}"
-            async with httpx.AsyncClient(base_url=url) as client:
+            # Readiness is on ingest's admin listener, not on its webhook port.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}") as client:
                 await until(lambda: _ready(client), 20, "ingest readiness")
             async with running(services):
                 yield Pipeline(kafka, url, schema, run_id, crm, pool)

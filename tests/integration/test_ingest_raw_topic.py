@@ -62,15 +62,19 @@ async def raw_kafka(stack: KafkaSettings) -> KafkaSettings:
 @pytest.fixture(scope="module")
 async def ingest(raw_kafka: KafkaSettings) -> AsyncIterator[tuple[str, dict[str, Source]]]:
     sources = load_sources(SOURCES_FILE)
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     app = build_app(sources, IngestSettings(ack_timeout_s=5.0), raw_kafka)
-    async with serve(app, port):
+    async with serve(app, port), serve(app.admin, admin_port):
         url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=url) as client:
+        # Readiness is on the admin listener; the public one does not serve it.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}") as admin:
             for _ in range(100):  # readiness: the producer connects in the background
-                if (await client.get("/readyz")).status_code == 200:
+                if (await admin.get("/readyz")).status_code == 200:
                     break
                 await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/readyz")).status_code == 404
+            assert (await client.get("/metrics")).status_code == 404
         yield url, sources
 
 
@@ -147,14 +151,16 @@ async def test_broker_down_answers_503_within_the_bound(tmp_path_factory: pytest
         sources = load_sources(SOURCES_FILE)
         settings = IngestSettings(ack_timeout_s=2.0, probe_interval_s=0.5, retry_after_s=3,
                                   shutdown_timeout_s=3.0)
-        app_port = free_port()
+        app_port, admin_port = free_port(), free_port()
         sample = next(samples("sarj"))
         path, headers = signed_request(sources["sarj-main"], sample, time.time(), "m")
-        async with serve(build_app(sources, settings, kafka), app_port):
+        app = build_app(sources, settings, kafka)
+        async with serve(app, app_port), serve(app.admin, admin_port):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app_port}",
-                                         timeout=30) as client:
+                                         timeout=30) as client, httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{admin_port}", timeout=30) as admin:
                 for _ in range(100):
-                    if (await client.get("/readyz")).status_code == 200:
+                    if (await admin.get("/readyz")).status_code == 200:
                         break
                     await asyncio.sleep(0.1)
                 assert (await client.post(path, content=sample.body,
@@ -170,9 +176,9 @@ async def test_broker_down_answers_503_within_the_bound(tmp_path_factory: pytest
                 assert elapsed < settings.ack_timeout_s + 1.0, elapsed
                 # Readiness follows the broker: the probe notices within a few intervals.
                 for _ in range(40):
-                    if (await client.get("/readyz")).status_code == 503:
+                    if (await admin.get("/readyz")).status_code == 503:
                         break
                     await asyncio.sleep(0.25)
-                assert (await client.get("/readyz")).status_code == 503
+                assert (await admin.get("/readyz")).status_code == 503
     finally:
         await asyncio.to_thread(run_stack, "down", "--purge", "kafka", env=env)

@@ -162,11 +162,12 @@ def scripts() -> dict[str, str]:
 
 @functools.cache
 def service_ports() -> dict[str, int]:
-    """Every long-running process (its console script) -> its HTTP port, from the code."""
+    """Every long-running process (its console script) -> the port of its /healthz,
+    /readyz and /metrics, from the code (ingest: its admin port, not the public one)."""
     from hookstream.ingest.settings import IngestSettings
     from hookstream.normalizer.settings import NormalizerSettings
 
-    ports = {"hookstream-ingest": IngestSettings.port,
+    ports = {"hookstream-ingest": IngestSettings.admin_port,
              "hookstream-normalizer": NormalizerSettings.http_port}
     for script in scripts():
         if not script.startswith("hookstream-sink-"):
@@ -334,9 +335,11 @@ def test_dockerfile_builds_one_image_for_every_service() -> None:
     loop = re.search(r"RUN for cmd in ([^;]+);", logical)
     assert loop is not None
     assert set(loop.group(1).split()) == set(scripts())
-    # Every service port is exposed; every ENV setting is a real one.
+    # Every service port is exposed (and ingest's public one); every ENV setting is real.
+    from hookstream.ingest.settings import IngestSettings
+
     exposed = {int(p) for p in re.findall(r"^EXPOSE (.+)$", text, re.M)[0].split()}
-    assert exposed == set(service_ports().values())
+    assert exposed == set(service_ports().values()) | {IngestSettings.port}
     env_block = re.search(r"^ENV PATH=.*?(?=^\S)", logical + "\nX", re.M | re.S)
     assert env_block is not None
     for var in re.findall(r"\b(HOOKSTREAM_[A-Z0-9_]+)=", env_block.group(0)):
@@ -419,8 +422,15 @@ def test_compose_runs_every_hookstream_process_from_the_one_image() -> None:
         assert f"127.0.0.1:{port}/readyz" in test, name
         env = service["environment"]
         if script == "hookstream-ingest":
+            from hookstream.ingest.settings import IngestSettings
+
             assert env["HOOKSTREAM_INGEST_HOST"] == "0.0.0.0"
-            assert env["HOOKSTREAM_INGEST_PORT"] == str(port)
+            assert env["HOOKSTREAM_INGEST_PORT"] == str(IngestSettings.port)
+            assert env["HOOKSTREAM_INGEST_ADMIN_HOST"] == "0.0.0.0"
+            assert env["HOOKSTREAM_INGEST_ADMIN_PORT"] == str(port)
+            # Only the webhook port is published; the admin one stays on compose's network.
+            assert [str(p).rsplit(":", 1)[-1] for p in service["ports"]] == [
+                str(IngestSettings.port)]
         elif script == "hookstream-normalizer":
             assert env["HOOKSTREAM_NORMALIZER_HTTP_HOST"] == "0.0.0.0"
             assert env["HOOKSTREAM_NORMALIZER_HTTP_PORT"] == str(port)
@@ -557,11 +567,13 @@ def test_every_process_is_a_deployment_with_probes_resources_pdb_and_hpa() -> No
         (container,) = pod["containers"]
         assert container["command"] == [script]
         assert container["image"] == "hookstream"
-        assert {"containerPort": port, "name": "http", "protocol": "TCP"} in container["ports"]
+        # Ingest's probes and metrics are on its admin port, never its public one.
+        named = "admin" if script == "hookstream-ingest" else "http"
+        assert {"containerPort": port, "name": named, "protocol": "TCP"} in container["ports"]
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            assert container[probe]["httpGet"]["port"] == "http", f"{script} {probe}"
+            assert container[probe]["httpGet"]["port"] == named, f"{script} {probe}"
         for bound in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][bound]), script
         refs = [next(iter(e.values()))["name"] for e in container["envFrom"]]
@@ -569,7 +581,17 @@ def test_every_process_is_a_deployment_with_probes_resources_pdb_and_hpa() -> No
         annotations = spec["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(port)
         assert services[script]["spec"]["selector"] == labels
-        assert services[script]["spec"]["ports"][0]["port"] == port
+        if script == "hookstream-ingest":  # the Service carries webhooks only
+            from hookstream.ingest.settings import IngestSettings
+
+            assert [(p["name"], p["port"]) for p in services[script]["spec"]["ports"]] == [
+                ("http", IngestSettings.port)]
+            assert {"containerPort": IngestSettings.port, "name": "http",
+                    "protocol": "TCP"} in container["ports"]
+            env = {v["name"]: v.get("value") for v in container.get("env", [])}
+            assert env["HOOKSTREAM_INGEST_ADMIN_PORT"] == str(port)
+        else:
+            assert services[script]["spec"]["ports"][0]["port"] == port
         assert pdbs[script]["spec"]["selector"]["matchLabels"] == labels
         hpa = hpas[script]["spec"]
         assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",

@@ -535,31 +535,61 @@ async def test_not_stored_503_with_retry_after(sources, reason: str) -> None:
 # --- health, readiness, metrics, lifespan ----------------------------------------------
 
 
-async def test_healthz(client) -> None:
-    response = await client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+def make_admin_client(sources: dict[str, Source], fake: FakePublisher) -> httpx.AsyncClient:
+    """The admin listener's app (/healthz, /readyz, /metrics), as main serves it."""
+    app = build_app(sources, SETTINGS, KafkaSettings(), publisher=fake)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.admin),
+                             base_url="http://admin")
 
 
-async def test_readyz_follows_publisher(client, fake) -> None:
+@pytest.fixture
+async def admin(sources, fake) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_admin_client(sources, fake) as c:
+        yield c
+
+
+async def test_healthz(client, admin) -> None:
+    for c in (client, admin):  # public too: a load balancer in front health-checks there
+        response = await c.get("/healthz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_and_metrics_are_not_on_the_public_port(client) -> None:
+    for path in ("/readyz", "/metrics"):
+        response = await client.get(path)
+        assert response.status_code == 404, path
+        assert response.json() == {"error": "not found"}
+        assert "hookstream_ingest" not in response.text
+
+
+async def test_readyz_follows_publisher(admin, fake) -> None:
     fake.set_ready(False)
-    response = await client.get("/readyz")
+    response = await admin.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "not ready", "failing": ["kafka_producer"]}
     fake.set_ready(True)
-    response = await client.get("/readyz")
+    response = await admin.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ready"}
 
 
 async def test_healthz_ok_even_when_not_ready(sources) -> None:
-    async with make_client(sources, FakePublisher(ready=False)) as c:
+    async with make_admin_client(sources, FakePublisher(ready=False)) as c:
         assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/readyz")).status_code == 503
 
 
-async def test_metrics_exposition(client, fake) -> None:
+async def test_admin_app_serves_no_webhooks(admin, fake) -> None:
+    response = await admin.post("/v1/webhooks/sawt-main", content=SAWT_BODY,
+                                headers=sawt_headers())
+    assert response.status_code == 404
+    assert fake.calls == []
+
+
+async def test_metrics_exposition(client, admin, fake) -> None:
     await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY, headers=sawt_headers())
-    response = await client.get("/metrics")
+    response = await admin.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
