@@ -81,8 +81,8 @@ class _Fields(string.Formatter):
             return ""
         try:
             return str(super().format_field(value, format_spec))
-        except (ValueError, TypeError):  # e.g. {sentiment:.2f} on a string
-            return str(value)
+        except (ValueError, TypeError, OverflowError):  # {sentiment:.2f} on a string,
+            return str(value)  # or on an int past float's range
 
 
 _FORMATTER = _Fields()
@@ -141,7 +141,7 @@ class Rule:
     labels: tuple[tuple[str, str], ...] = ()
 
     def matches(self, event: Mapping[str, Any]) -> bool:
-        if event.get("type") not in self.types:
+        if not _is_type(event.get("type"), self.types):
             return False
         for field, allowed in self.where:
             actual = event.get(field)
@@ -166,6 +166,11 @@ class Rule:
         return (self.name, *self.group_values(event))
 
 
+def _is_type(value: Any, types: frozenset[str]) -> bool:
+    """Is ``value`` one of ``types`` (False, not TypeError, for a list or an object)?"""
+    return isinstance(value, str) and value in types
+
+
 def _label_value(value: Any) -> str:
     if value is None:
         return ""
@@ -188,7 +193,7 @@ class Rules:
         return event_type in self.types
 
     def matching(self, event: Mapping[str, Any]) -> list[Rule]:
-        if event.get("type") not in self.types:
+        if not _is_type(event.get("type"), self.types):
             return []
         return [rule for rule in self.rules if rule.matches(event)]
 

@@ -185,6 +185,16 @@ def split_hits(hits: Sequence[Hit], window: RepeatWindow) -> tuple[list[Hit], li
     return send, suppressed
 
 
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (which a Python caller may hold,
+    though orjson never reads one) becomes "?" instead of failing the JSON encoding."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="replace").decode()
+    return text
+
+
 def build_alert(hit: Hit, settings: AlertsSettings, extra_labels: dict[str, str],
                 now: float) -> dict[str, Any]:
     """The Alertmanager v2 ``postableAlert`` of a hit (the webhook gets the same)."""
@@ -192,19 +202,19 @@ def build_alert(hit: Hit, settings: AlertsSettings, extra_labels: dict[str, str]
     labels = {"alertname": rule.alertname, "severity": rule.severity, "rule": rule.name}
     for field in ("provider", "source"):
         if event.get(field):
-            labels[field] = str(event[field])
+            labels[field] = _utf8(str(event[field]))
     for field, value in zip(rule.group_by, rule.group_values(event), strict=True):
         if value:  # an empty label is an absent label in Alertmanager
-            labels[field] = value
+            labels[field] = _utf8(value)
     labels.update(rule.labels)
     labels.update(extra_labels)
-    annotations = {"summary": render(rule.summary, event)}
+    annotations = {"summary": _utf8(render(rule.summary, event))}
     if rule.description:
-        annotations["description"] = render(rule.description, event)
+        annotations["description"] = _utf8(render(rule.description, event))
     for field in ANNOTATED_FIELDS:
         found = event.get(field)
         if found is not None and found != "":
-            annotations["event_type" if field == "type" else field] = str(found)
+            annotations["event_type" if field == "type" else field] = _utf8(str(found))
     alert: dict[str, Any] = {
         "labels": labels,
         "annotations": annotations,
@@ -212,7 +222,7 @@ def build_alert(hit: Hit, settings: AlertsSettings, extra_labels: dict[str, str]
         "endsAt": iso_ms(int((now + settings.resolve_after_s) * 1000)),
     }
     if settings.generator_url:
-        quoted = {k: urllib.parse.quote(str(v), safe="") for k, v in event.items()
+        quoted = {k: urllib.parse.quote(_utf8(str(v)), safe="") for k, v in event.items()
                   if k in FIELDS and v is not None}
         alert["generatorURL"] = render(settings.generator_url, quoted)
     return alert

@@ -21,6 +21,7 @@ See docs/sinks-crm.md.
 from __future__ import annotations
 
 import asyncio
+import math
 import zlib
 from collections import OrderedDict
 from typing import Any, Generic, Protocol, TypeVar
@@ -107,6 +108,17 @@ def _oldest(results: list[dict[str, Any]]) -> dict[str, Any]:
     return min(results, key=order)
 
 
+def _float(value: Any) -> float:
+    """A number of the record as a float; NaN when it is none (absent, not a number, or
+    out of float's range)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
+
+
 def call_properties(record: dict[str, Any]) -> dict[str, str]:
     """HubSpot call properties for the merged call record (all strings)."""
     props: dict[str, str] = {
@@ -118,8 +130,9 @@ def call_properties(record: dict[str, Any]) -> dict[str, str]:
     when = timestamp(record)
     if when:
         props["hs_timestamp"] = when
-    if record.get("duration_s") is not None:
-        props["hs_call_duration"] = str(round(float(record["duration_s"]) * 1000))
+    duration_ms = _float(record.get("duration_s")) * 1000
+    if math.isfinite(duration_ms):  # 1e306 s is a valid number but no duration in ms
+        props["hs_call_duration"] = str(round(duration_ms))
     direction = str(record.get("direction") or "").upper()
     if direction in ("INBOUND", "OUTBOUND"):
         props["hs_call_direction"] = direction

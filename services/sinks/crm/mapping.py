@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 import re
 from typing import Any
+
+import orjson
 
 # The canonical types the CRM sink handles: a call (or voice session) is over.
 FINISHED_TYPES = frozenset({"call.ended", "call.analyzed", "call.not_connected",
@@ -59,13 +62,14 @@ def normalize_phone(raw: str | None, default_country_code: str = "") -> str | No
         return None
     text = raw.strip()
     plus = text.startswith("+")
-    digits = re.sub(r"\D", "", text)
+    # Any decimal digit (Arabic-Indic, fullwidth...) as its ASCII digit.
+    digits = "".join(str(int(c)) for c in text if c.isdecimal())
+    if digits.startswith("00") and not plus:
+        plus, digits = True, digits[2:]
     if len(digits) < 5:
         return None
     if plus:
         return "+" + digits
-    if digits.startswith("00"):
-        return "+" + digits[2:]
     if digits.startswith("0"):
         return f"+{default_country_code}{digits[1:]}" if default_country_code else digits
     return "+" + digits
@@ -107,11 +111,23 @@ def _transcript(turns: Any, max_chars: int) -> list[dict[str, str]] | None:
     return kept
 
 
+def _finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (a bool, an int past
+    float's range)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def activity(event: dict[str, Any], *, transcript_max_chars: int = 20000,
              default_country_code: str = "") -> CallActivity:
     """What ``event`` (one of :data:`FINISHED_TYPES`) tells the CRM."""
     event_type = event.get("type")
-    if event_type not in FINISHED_TYPES:
+    if not isinstance(event_type, str) or event_type not in FINISHED_TYPES:
         raise Unmappable(f"{event_type!r} is not a finished-call type")
     event_id = event.get("event_id")
     if not isinstance(event_id, str) or not event_id:
@@ -122,8 +138,8 @@ def activity(event: dict[str, Any], *, transcript_max_chars: int = 20000,
     for name in _URLS:
         if name in fields and web_url(fields[name]) is None:
             del fields[name]  # not an http(s) URL: never a link in the CRM
-    fields.update({k: float(event[k]) for k in _NUMBERS
-                   if isinstance(event.get(k), int | float) and not isinstance(event[k], bool)})
+    fields.update({k: number for k in _NUMBERS
+                   if (number := _finite(event.get(k))) is not None})
     turns = _transcript(event.get("transcript"), transcript_max_chars)
     if turns is not None:
         fields["transcript"] = turns
@@ -137,6 +153,10 @@ def activity(event: dict[str, Any], *, transcript_max_chars: int = 20000,
     fields["event_ids"] = [event_id]
     raw_phone = event.get("customer_number")
     raw_phone = raw_phone if isinstance(raw_phone, str) and raw_phone else None
+    try:  # everything here is sent as JSON: refuse what cannot be (a lone surrogate)
+        orjson.dumps([fields, key, raw_phone])
+    except orjson.JSONEncodeError as exc:
+        raise Unmappable(f"not encodable as JSON: {exc}") from None
     return CallActivity(
         event_id=event_id, event_type=str(event_type), provider=str(event["provider"]),
         call_key=key, phone=normalize_phone(raw_phone, default_country_code),

@@ -12,11 +12,12 @@ from ...core.errors import Retryable
 from ...core.postgres import TRANSIENT_ERRORS
 from ...core.sink import SinkEvent, WriteOutcome
 from .settings import WarehouseSettings
-from .store import WarehouseStore
+from .store import Unstorable, WarehouseStore
 
 log = logging.getLogger(__name__)
 
 REJECTED = "rejected_by_database"
+UNSTORABLE = "unstorable_event"  # not writable as JSON (too deep, an int past 64 bits)
 
 
 class WarehouseSink:
@@ -57,9 +58,10 @@ class WarehouseSink:
         assert self._store is not None
         try:
             self.rows_written += await self._store.write([_valid(i) for i in items])
-        except (asyncpg.DataError, _MissingId) as exc:
+        except (asyncpg.DataError, _MissingId, Unstorable) as exc:
             if len(items) == 1:
-                outcome.failed.append((items[0], REJECTED, repr(exc)[:500]))
+                reason = UNSTORABLE if isinstance(exc, Unstorable) else REJECTED
+                outcome.failed.append((items[0], reason, repr(exc)[:500]))
                 return
             middle = len(items) // 2
             await self._write_or_split(items[:middle], outcome)

@@ -73,13 +73,16 @@ CALL_EVENTS = (
 
 
 def parse_ts(value: Any) -> dt.datetime | None:
+    """An RFC 3339 time as an aware UTC datetime; None if it is not one, or if it has no
+    UTC equivalent in Python's range (``9999-12-31T23:00:00-05:00``, which asyncpg
+    would refuse to encode, so the whole event would be refused)."""
     if not isinstance(value, str):
         return None
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _clean(value: Any) -> Any:
@@ -93,8 +96,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def event_json(event: dict[str, Any]) -> str:
-    text = orjson.dumps(event)
+class Unstorable(ValueError):
+    """The event cannot be written as JSON: nested deeper than orjson writes (255; a
+    record off the topic may be nested up to 1024), an int past 64 bits or a lone
+    surrogate. The sink dead-letters it."""
+
+
+def event_json(event: Any) -> str:
+    try:
+        text = orjson.dumps(event)
+    except orjson.JSONEncodeError as exc:
+        raise Unstorable(f"event not storable as JSON: {exc}") from None
     if b"\\u0000" in text:
         text = orjson.dumps(_clean(event))
     return text.decode()
@@ -120,7 +132,8 @@ def call_key(event: dict[str, Any]) -> str | None:
     subject = event.get("call_id") or event.get("session_id")
     if str(event.get("type")) not in STATE_RANK or not isinstance(subject, str):
         return None
-    return f"{event.get('provider')}:{subject}"
+    # NUL-free, as the stored event it is read back from (the key is a query argument).
+    return f"{event.get('provider')}:{subject}".replace("\x00", "")
 
 
 def _field(name: str, value: Any) -> Any:
@@ -159,7 +172,7 @@ def fold_call(events: list[dict[str, Any]]) -> tuple[Any, ...]:
                 values[name] = value
     rank, state_at, state_event = _precedence(top)
     times = [_precedence(e)[1] for e in ordered]
-    return (call_key(top), top.get("provider"), top.get("source"),
+    return (call_key(top), _text(top.get("provider")) or "", _text(top.get("source")) or "",
             *(values[name] for name in CALL_FIELDS), top.get("type"), rank, state_at,
             state_event, min(times), max(times))
 
