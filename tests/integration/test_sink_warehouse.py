@@ -286,3 +286,59 @@ async def test_two_writers_racing_on_one_batch_store_it_once(warehouse: Warehous
     finally:
         for pool in pools:
             await pool.close()
+
+
+async def test_hostile_events_are_written_sanitised_or_dead_lettered(
+        warehouse: Warehouse) -> None:
+    """Issue 11 (fuzzing the sinks, tests/unit/test_fuzz_sinks.py), against the real
+    database: one batch holds NUL in a call id and in ``data``, date-times whose UTC
+    instant is past year 9999, a lifecycle event with no source or provider, and an
+    event nested 300 deep (orjson reads it off the topic; orjson cannot write it). The
+    nested one is dead-lettered ``unstorable_event``; every other event is written, the
+    NUL stripped, and the calls are recomputed (none of this batch stalls the sink)."""
+    from hookstream.core import dlq
+    from hookstream.core.sink import sink_topics
+    from hookstream.sinks.warehouse.sink import UNSTORABLE
+
+    by_name = {p.stem: orjson.loads(p.read_bytes()) for p in sorted(EXAMPLES.glob("*.json"))}
+    nul = fresh({**by_name["call.ended.sawt"], "call_id": "call\x00nul", "agent_id": "a\x00",
+                 "data": {"k\x00": "v\x00", "call_id": "call\x00nul"}})
+    far = fresh({**by_name["call.ended.sawt"], "call_id": f"far-{uuid.uuid4().hex[:6]}",
+                 "occurred_at": "9999-12-31T23:59:59-23:59",
+                 "started_at": "0001-01-01T00:00:00+01:00",
+                 "ended_at": "9999-12-31T23:30:00-01:00"})
+    sourceless = {"event_id": str(uuid.uuid4()), "type": "call.ended",
+                  "call_id": f"bare-{uuid.uuid4().hex[:6]}"}
+    good = [fresh(by_name["call.started"]), fresh(by_name["tool.failed"])]
+    deep = fresh(by_name["call.ended.sawt"])
+    deep_bytes = (orjson.dumps({**deep, "data": None})[:-1] + b',"x":' + b'{"a":' * 300
+                  + b"1" + b"}" * 300 + b"}")
+    producer = make_producer(warehouse.kafka, "test")
+    await producer.start()
+    try:
+        await producer.send_and_wait(warehouse.kafka.events_topic, deep_bytes, key=b"deep",
+                                     headers=[("hs-event-type", b"call.ended")])
+    finally:
+        await producer.stop()
+    await warehouse.produce([good[0], nul, far, sourceless, good[1]])
+    _, dead_topic = sink_topics(warehouse.kafka, "warehouse")
+    async with warehouse.running():
+        assert await warehouse.wait_for_rows(5) == 5
+        letters = await read_topic(warehouse.kafka, dead_topic, 1)
+    assert [dlq.header(r.headers, dlq.H_REASON) for r in letters] == [UNSTORABLE]
+    assert letters[0].value == deep_bytes
+    schema = warehouse.schema
+    stored = {r["event_id"]: r for r in await warehouse.pool.fetch(
+        f"SELECT event_id::text, call_id, agent_id, occurred_at, event FROM {schema}.events")}
+    assert set(stored) == {e["event_id"] for e in (*good, nul, far, sourceless)}
+    row = stored[nul["event_id"]]
+    assert (row["call_id"], row["agent_id"]) == ("callnul", "a")
+    assert orjson.loads(row["event"])["data"] == {"k": "v", "call_id": "callnul"}
+    assert stored[far["event_id"]]["occurred_at"] is None
+    calls = {r["call_key"]: r for r in await warehouse.pool.fetch(
+        f"SELECT call_key, provider, source, started_at, ended_at FROM {schema}.calls")}
+    assert "sawt:callnul" in calls
+    assert (calls[f"sawt:{far['call_id']}"]["started_at"],
+            calls[f"sawt:{far['call_id']}"]["ended_at"]) == (None, None)
+    bare = calls[f"None:{sourceless['call_id']}"]
+    assert (bare["provider"], bare["source"]) == ("", "")
