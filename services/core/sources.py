@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,7 +34,10 @@ from typing import Any
 
 from .config import ConfigError
 from .providers import PROVIDERS
+from .providers.base import MIN_SECRET_BYTES as MIN_SECRET_BYTES  # re-exported
 from .providers.base import ProviderSpec, Verifier, any_digest_matches
+
+log = logging.getLogger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -41,6 +45,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_CONTENT_TYPES = ("application/json",)
 MIN_PATH_SECRET_CHARS = 24
+# Every other secret is at least MIN_SECRET_BYTES (16) long, checked where each
+# provider reads it (providers/base.py: secrets_from).
+# The value the shipped manifests put where a real secret belongs: never accepted.
+PLACEHOLDER = "REPLACE_ME"
+# trusted_proxies wider than these prefixes are logged as a warning at start-up:
+# every address in them may name the client in X-Forwarded-For.
+WIDE_PROXY_PREFIX = {4: 16, 6: 48}
 
 # Settings any source may set, with their defaults (documented in docs/sources.md).
 COMMON_KEYS: dict[str, Any] = {
@@ -135,14 +146,52 @@ def _networks(source: str, key: str, values: Any) -> tuple[IPNetwork, ...]:
         raise ConfigError(f"source {source!r}: {key}: {exc}") from None
 
 
+def _every_address(networks: tuple[IPNetwork, ...]) -> bool:
+    """True if the networks together cover all of IPv4 or all of IPv6 (a /0)."""
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    return (any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(v4))
+            or any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(v6)))
+
+
+def _check_networks(name: str, allow: tuple[IPNetwork, ...],
+                    trusted: tuple[IPNetwork, ...]) -> None:
+    """Refuse an allow-list that allows everyone; warn on wide trusted proxies."""
+    if _every_address(allow):
+        raise ConfigError(
+            f"source {name!r}: allow_cidrs {[str(n) for n in allow]} covers every address, "
+            "so it authenticates nothing; list the provider's ranges (or leave it empty "
+            "on a signed source)")
+    if allow and _every_address(trusted):
+        raise ConfigError(
+            f"source {name!r}: trusted_proxies {[str(n) for n in trusted]} trusts every "
+            "address, so any client can name itself in X-Forwarded-For and pass "
+            "allow_cidrs; list only the load balancer's addresses")
+    wide = [str(n) for n in trusted if n.prefixlen < WIDE_PROXY_PREFIX[n.version]]
+    if wide:
+        log.warning(
+            "source %r: trusted_proxies %s are wide (shorter than /%d for IPv4, /%d for "
+            "IPv6): every address in them may set X-Forwarded-For and so choose the client "
+            "address allow_cidrs judges; list only the proxies' own addresses",
+            name, wide, WIDE_PROXY_PREFIX[4], WIDE_PROXY_PREFIX[6])
+
+
 def _env_lookup(environ: Mapping[str, str], source: str) -> Any:
+    """Read a secret's variable; a missing variable or the placeholder is refused."""
+
     def lookup(var: str) -> str:
         try:
-            return environ[var]
+            value = environ[var]
         except KeyError:
             raise ConfigError(
                 f"source {source!r}: environment variable {var} is not set"
             ) from None
+        if PLACEHOLDER in value:
+            raise ConfigError(
+                f"source {source!r}: environment variable {var} holds the placeholder "
+                f"{PLACEHOLDER}: set the real secret"
+            )
+        return value
 
     return lookup
 
@@ -166,16 +215,17 @@ def build_source(
     if isinstance(table.get("path_secrets_env"), list):
         path_vars.extend(str(v) for v in table["path_secrets_env"])
     path_secrets = tuple(lookup(v).encode() for v in path_vars)
-    for secret in path_secrets:
+    for var, secret in zip(path_vars, path_secrets, strict=True):
         if len(secret) < MIN_PATH_SECRET_CHARS or "/" in secret.decode():
             raise ConfigError(
-                f"source {name!r}: a path secret must be at least {MIN_PATH_SECRET_CHARS} "
-                "characters without '/' (use e.g. `python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))'`)"
+                f"source {name!r}: environment variable {var}: a path secret must be at "
+                f"least {MIN_PATH_SECRET_CHARS} characters without '/' (use e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
             )
 
     allow = _networks(name, "allow_cidrs", table.get("allow_cidrs", []))
     trusted = _networks(name, "trusted_proxies", table.get("trusted_proxies", []))
+    _check_networks(name, allow, trusted)
     if not (verifier.authenticates or path_secrets or allow) and not table.get(
         "allow_unauthenticated", False
     ):

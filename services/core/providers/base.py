@@ -47,10 +47,23 @@ class ProviderSpec:
     default_event_id_header: str | None = None
 
 
+# The shortest secret (HMAC key, shared secret, password) a source may use, in bytes
+# of the key itself (a ``whsec_`` secret after base64-decoding). 16 bytes = 128 bits.
+MIN_SECRET_BYTES = 16
+
+
 def secrets_from(
-    source: str, table: Mapping[str, Any], lookup: SecretLookup, key: str
+    source: str,
+    table: Mapping[str, Any],
+    lookup: SecretLookup,
+    key: str,
+    decode: Callable[[bytes], bytes] | None = None,
 ) -> tuple[bytes, ...]:
-    """Read ``<key>_env`` (one variable) or ``<key>s_env`` (a list, for rotation)."""
+    """Read ``<key>_env`` (one variable) or ``<key>s_env`` (a list, for rotation).
+
+    Each value is turned into its key by ``decode`` (default: its bytes) and must
+    then be at least ``MIN_SECRET_BYTES`` long, or the source is refused.
+    """
     names: list[str] = []
     single = table.get(f"{key}_env")
     many = table.get(f"{key}s_env")
@@ -58,10 +71,25 @@ def secrets_from(
         names.append(single)
     if isinstance(many, list):
         names.extend(str(n) for n in many)
-    values = tuple(lookup(name).encode() for name in names)
-    if any(not v for v in values):
-        raise ConfigError(f"source {source!r}: an environment variable in {key}_env is empty")
-    return values
+    values: list[bytes] = []
+    for name in names:
+        raw = lookup(name).encode()
+        if not raw:
+            raise ConfigError(f"source {source!r}: environment variable {name} ({key}_env) "
+                              "is empty")
+        try:
+            value = decode(raw) if decode is not None else raw
+        except ValueError as exc:
+            raise ConfigError(f"source {source!r}: environment variable {name}: {exc}") from None
+        if len(value) < MIN_SECRET_BYTES:
+            decoded = " after base64-decoding" if value is not raw else ""
+            raise ConfigError(
+                f"source {source!r}: environment variable {name} ({key}_env) holds a "
+                f"{len(value)}-byte secret{decoded}; it must be at least {MIN_SECRET_BYTES} "
+                "bytes (use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        values.append(value)
+    return tuple(values)
 
 
 def any_digest_matches(candidates: list[bytes], expected: list[bytes]) -> bool:

@@ -117,11 +117,12 @@ def build_verifier(source: str, table: Mapping[str, Any], lookup: SecretLookup) 
     scheme = str(table.get("signature_scheme", "standard-webhooks"))
     if scheme not in SCHEMES:
         raise ConfigError(f"source {source!r}: signature_scheme must be one of {SCHEMES}")
-    secrets = secrets_from(source, table, lookup, "secret")
-    if not secrets:
+    # The length rule applies to the HMAC key: a whsec_ secret after decoding.
+    keys = secrets_from(source, table, lookup, "secret", decode=_key)
+    if not keys:
         raise ConfigError(f"source {source!r}: saaya needs secret_env or secrets_env")
     return SaayaVerifier(
-        keys=tuple(_key(s) for s in secrets),
+        keys=keys,
         scheme=scheme,
         signature_header=str(table.get("signature_header", DEFAULT_HEX_HEADER)),
         tolerance_s=int(table.get("timestamp_tolerance_s", DEFAULT_TOLERANCE_S)),

@@ -100,7 +100,11 @@ def build_verifier(source: str, table: Mapping[str, Any], lookup: SecretLookup) 
             raise ConfigError(
                 f"source {source!r}: auth=basic needs basic_user_env and basic_password_env"
             )
-        return SawtVerifier("basic", secrets=passwords, user=lookup(user_env).encode())
+        user = lookup(user_env)
+        if not user.strip():
+            raise ConfigError(f"source {source!r}: environment variable {user_env} "
+                              "(basic_user_env) is empty: HTTP Basic needs a user name")
+        return SawtVerifier("basic", secrets=passwords, user=user.encode())
     return SawtVerifier("none")
 
 
