@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
@@ -154,6 +155,34 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- dlq
+# Dead letters hold what an outside sender wrote: before printing any of it, drop
+# terminal escape sequences (ANSI CSI, OSC/DCS/APC strings, 7- and 8-bit forms)
+# and every other control character, so a payload cannot drive the operator's
+# terminal (retitle, clear, fake lines, reorder text). Printable Unicode stays.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI (ESC [ or 8-bit CSI) ... final byte
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"  # strings to ST/BEL
+    r"|\x1b[ -/]*[0-~]?",  # any other ESC sequence, or a lone ESC
+    re.S,
+)
+# C0, DEL, C1, and the bidirectional and zero-width format controls.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_WHITESPACE = re.compile(r"[\t\n\r\x0b\x0c]")
+
+
+def printable(text: str, *, keep_lines: bool = False) -> str:
+    """``text`` without terminal escapes or control characters.
+
+    Tabs and line breaks become spaces (a value stays on its line); with
+    ``keep_lines`` they are kept, for text that is printed through ``repr``.
+    """
+    text = _ESCAPES.sub("", text)
+    if not keep_lines:
+        text = _WHITESPACE.sub(" ", text)
+    return _CONTROLS.sub(lambda m: m.group() if keep_lines and m.group() in "\t\n\r" else "",
+                         text)
+
+
 def _dlq_matches(record: Any, args: argparse.Namespace) -> bool:
     if args.reason and dlq.header(record.headers, dlq.H_REASON) != args.reason:
         return False
@@ -191,7 +220,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
                 dlq.header(r.headers, H_SOURCE) or "?")] += 1
     print(f"{'stage':<14}{'reason':<22}{'source':<16}{'count':>7}")
     for (stage, reason, source), n in sorted(counts.items()):
-        print(f"{stage:<14}{reason:<22}{source:<16}{n:>7}")
+        print(f"{printable(stage):<14}{printable(reason):<22}{printable(source):<16}{n:>7}")
     print(f"{len(records)} dead letter(s) on {_dlq_topic(kafka, args)}")
     return 0
 
@@ -200,15 +229,17 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     kafka = load(KafkaSettings)
     records = asyncio.run(_dlq_records(kafka, args))[-args.limit:]
     for r in records:
-        headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+        # Everything printed below passes through printable(): a sender wrote it.
+        headers = {printable(k): printable(v.decode("utf-8", "replace")) for k, v in r.headers}
         print(f"--- {_dlq_topic(kafka, args)}/{r.partition}/{r.offset}  "
               f"reason={headers.get(dlq.H_REASON)} stage={headers.get(dlq.H_STAGE)} "
               f"origin={headers.get(dlq.H_ORIGIN)}")
         print(f"detail: {headers.get(dlq.H_DETAIL)}")
         print("headers: " + ", ".join(f"{k}={v}" for k, v in headers.items()
                                       if not k.startswith(dlq.PREFIX)))
-        body = (r.value or b"")[:args.bytes]
-        print(f"body ({len(r.value or b'')} bytes): {body.decode('utf-8', 'replace')!r}")
+        body = printable((r.value or b"")[:args.bytes].decode("utf-8", "replace"),
+                         keep_lines=True)
+        print(f"body ({len(r.value or b'')} bytes): {body!r}")
     return 0
 
 
