@@ -466,6 +466,23 @@ def test_compose_files_exist_and_the_sources_load() -> None:
     assert {s.provider.name for s in sources.values()} == {"saaya", "sawt", "sarj"}
 
 
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    """Every published port is bound to 127.0.0.1: the stack is reachable from this machine,
+    not from its network (ingest, Kafka, PostgreSQL, Grafana's admin/admin...)."""
+    published = 0
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            published += 1
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+            else:
+                assert re.fullmatch(r"127\.0\.0\.1:(\d+|\$\{[^}]+\}):\d+(/tcp|/udp)?", str(port)), (
+                    f"{name}: {port!r} is published on every interface; write "
+                    f"\"127.0.0.1:<host port>:<container port>\"")
+        assert "network_mode" not in service or service["network_mode"] != "host", name
+    assert published >= 6
+
+
 # ================================================================== kubernetes
 def kustomization(path: Path) -> dict[str, Any]:
     return load_yaml(path / "kustomization.yaml")  # type: ignore[no-any-return]
@@ -577,7 +594,7 @@ def test_every_process_is_a_deployment_with_probes_resources_pdb_and_hpa() -> No
         for bound in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][bound]), script
         refs = [next(iter(e.values()))["name"] for e in container["envFrom"]]
-        assert refs == ["hookstream-config", "hookstream-secrets"]
+        assert refs == ["hookstream-config"], "secrets come one key at a time (secretKeyRef)"
         annotations = spec["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(port)
         assert services[script]["spec"]["selector"] == labels
@@ -610,9 +627,10 @@ def test_every_process_is_a_deployment_with_probes_resources_pdb_and_hpa() -> No
         for var in container.get("env", []):
             if var["name"].startswith("HOOKSTREAM_"):
                 assert var["name"] in known_env_vars(), f"{script}: {var['name']}"
+        secret = _by_kind("Secret")["hookstream-secrets"]["stringData"]
         environ = {**_by_kind("ConfigMap")["hookstream-config"]["data"],
-                   **_by_kind("Secret")["hookstream-secrets"]["stringData"],
-                   **{v["name"]: v["value"] for v in container.get("env", [])}}
+                   **{v["name"]: v["value"] for v in container.get("env", []) if "value" in v},
+                   **{var: secret[key] for var, (_, key) in secret_key_refs(container).items()}}
         assert settings_problems(script, environ) == []
 
 
@@ -640,6 +658,98 @@ def test_config_and_secret_placeholders() -> None:
     from hookstream.sinks.alerts.rules import loads_rules
 
     assert loads_rules(files["alerts.toml"], "hookstream-files/alerts.toml")
+
+
+# ------------------------------------------------------------------ secrets per workload
+# The settings classes each workload loads (its Secret keys are among their variables).
+SETTINGS_OF = {
+    "hookstream-normalizer": ("PostgresSettings",),
+    "hookstream-sink-warehouse": ("PostgresSettings",),
+    "hookstream-sink-alerts": ("AlertsSettings",),
+    "hookstream-sink-crm": ("CRMSettings",),
+    "hookstream-sink-recordings": ("PostgresSettings", "RecordingsSettings"),
+    "hookstream-migrate": ("PostgresSettings",),
+    "hookstream-topics": (),
+}
+
+
+def settings_vars(*class_names: str) -> set[str]:
+    """The environment variables of the named settings classes."""
+    import dataclasses
+
+    from hookstream.core.config import PostgresSettings
+    from hookstream.sinks.alerts.sink import AlertsSettings
+    from hookstream.sinks.crm.settings import CRMSettings
+    from hookstream.sinks.recordings.settings import RecordingsSettings
+
+    classes: dict[str, Any] = {"PostgresSettings": PostgresSettings,
+                               "AlertsSettings": AlertsSettings, "CRMSettings": CRMSettings,
+                               "RecordingsSettings": RecordingsSettings}
+    return {f.metadata["env"] for name in class_names
+            for f in dataclasses.fields(classes[name]) if f.metadata.get("env")}
+
+
+def workload_containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(workload name, container) of every pod template in ``docs``."""
+    for doc in docs:
+        if doc.get("kind") not in {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}:
+            continue
+        spec = doc["spec"]
+        if doc["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        pod = spec["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            yield doc["metadata"]["name"], container
+
+
+def secret_key_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """variable -> (Secret name, key) of a container's secretKeyRef variables."""
+    return {v["name"]: (v["valueFrom"]["secretKeyRef"]["name"],
+                        v["valueFrom"]["secretKeyRef"]["key"])
+            for v in container.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})}
+
+
+def test_no_workload_gets_a_whole_secret() -> None:
+    """envFrom of a Secret hands every key to every process; each takes its own keys."""
+    secrets: dict[str, set[str]] = {}
+    files = [f for kdir in [K8S / "base", *overlays()] for f in resource_files(kdir)]
+    docs = [d for f in files for d in load_yaml_all(f)]
+    for doc in docs:
+        if doc.get("kind") == "Secret":
+            keys = set(doc.get("stringData", {})) | set(doc.get("data", {}))
+            secrets.setdefault(doc["metadata"]["name"], set()).update(keys)
+    assert "hookstream-secrets" in secrets
+    checked = 0
+    for name, container in workload_containers(docs):
+        for source in container.get("envFrom", []):
+            assert "secretRef" not in source, f"{name}: envFrom of Secret {source}"
+        for var, (secret, key) in secret_key_refs(container).items():
+            checked += 1
+            assert secret in secrets, f"{name}: {var} refers to unknown Secret {secret}"
+            assert key in secrets[secret], f"{name}: {var}: Secret {secret} has no key {key}"
+    assert checked > 0
+
+
+def test_each_workload_gets_only_the_secret_keys_it_reads() -> None:
+    secret = _by_kind("Secret")["hookstream-secrets"]["stringData"]
+    sources = _by_kind("ConfigMap")["hookstream-files"]["data"]["sources.toml"]
+    document = tomllib.loads(sources)
+    ingest_vars: set[str] = set()
+    for table in document["sources"].values():
+        for key, value in table.items():
+            if key.endswith("_env"):
+                ingest_vars.update([value] if isinstance(value, str) else value)
+    used: set[str] = set()
+    workloads = dict(workload_containers(base_resources()))
+    assert set(workloads) == set(service_ports()) | {"hookstream-migrate", "hookstream-topics"}
+    for name, container in workloads.items():
+        wanted = ingest_vars if name == "hookstream-ingest" else (
+            settings_vars(*SETTINGS_OF[name]) & set(secret))
+        refs = secret_key_refs(container)
+        assert {var: key for var, (_, key) in refs.items()} == {v: v for v in wanted}, name
+        assert all(s == "hookstream-secrets" for s, _ in refs.values()), name
+        used |= set(refs)
+    assert used == set(secret), f"Secret keys no workload reads: {set(secret) - used}"
 
 
 def test_prometheus_adapter_serves_the_hpa_metric() -> None:
