@@ -15,7 +15,7 @@ only the names of the environment variables that hold them::
     provider = "sarj"
     path_secret_env = "SARJ_PATH_SECRET"     # URL: /v1/webhooks/sarj-prod/<secret>
     allow_cidrs = ["203.0.113.0/24"]
-    trusted_proxies = ["10.0.0.0/8"]         # only these may set X-Forwarded-For
+    trusted_proxies = ["10.20.0.0/24"]       # only these may set X-Forwarded-For
 
 The settings every source accepts are in ``COMMON_KEYS``; provider-specific
 ones are documented in each provider module (``providers/<name>.py``).
