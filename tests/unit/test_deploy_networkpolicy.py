@@ -1,12 +1,20 @@
-"""The egress NetworkPolicies of deploy/k8s (offline; schema validation of every
-manifest is in test_deploy.py): every hookstream pod is under an egress policy, and
-the recordings sink, which fetches URLs taken from webhook payloads, may reach DNS,
-Kafka, PostgreSQL and public HTTPS only, never the cloud metadata range."""
+"""The NetworkPolicies of deploy/k8s (offline; schema validation of every manifest is
+in test_deploy.py). Egress: every hookstream pod is under an egress policy, and the
+recordings sink, which fetches URLs taken from webhook payloads, may reach DNS, Kafka,
+PostgreSQL and public HTTPS only, never the cloud metadata range. Ingress: every
+hookstream pod is under an ingress policy; ingest's webhook port is open to anyone,
+each pod's admin port (probes, /readyz, /metrics) only to the monitoring namespace,
+and nothing else is reachable, in the base and in the rendered local overlay."""
 
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
 from typing import Any
+
+import pytest
+import yaml
 
 from .test_deploy import K8S, REPO, base_resources, kustomization, load_yaml_all, validate_k8s
 
@@ -52,6 +60,22 @@ def egress_rules(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dic
         if "Egress" in spec.get("policyTypes", []) and _selects(spec["podSelector"], labels):
             rules.extend(spec.get("egress", []))
     return rules
+
+
+def ingress_rules(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The ingress rules of every policy selecting the pod; [] for a selected pod that
+    may be reached on nothing (check ingress_isolated first)."""
+    rules: list[dict[str, Any]] = []
+    for policy in _policies(docs):
+        spec = policy["spec"]
+        if "Ingress" in spec.get("policyTypes", []) and _selects(spec["podSelector"], labels):
+            rules.extend(spec.get("ingress") or [])
+    return rules
+
+
+def ingress_isolated(docs: list[dict[str, Any]], labels: dict[str, str]) -> bool:
+    return any("Ingress" in p["spec"].get("policyTypes", [])
+               and _selects(p["spec"]["podSelector"], labels) for p in _policies(docs))
 
 
 def _ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
@@ -112,6 +136,103 @@ def test_the_recordings_sink_reaches_dns_kafka_postgres_and_public_https_only() 
                     METADATA in ipaddress.ip_network(e) for e in peer["ipBlock"]["except"])
 
 
+WEBHOOK = ("TCP", 8080)
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+# The admin ports networkpolicy.yaml and docs/operations.md name; checked against the
+# Deployments (probes, scrape annotation) below.
+ADMIN_PORTS = {"hookstream-ingest": 8079, "hookstream-normalizer": 8081,
+               "hookstream-sink-warehouse": 8092, "hookstream-sink-alerts": 8093,
+               "hookstream-sink-crm": 8094, "hookstream-sink-recordings": 8095}
+
+
+def _local_overlay() -> list[dict[str, Any]]:
+    """The local overlay rendered by kubectl kustomize, or without kubectl the base's
+    resources plus the overlay's own policies (its patches touch no policy)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return [*base_resources(),
+                *load_yaml_all(K8S / "overlays" / "local" / "networkpolicy-local.yaml")]
+    result = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / "local")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def _deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs
+            if d["kind"] == "Deployment"
+            and d["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "hookstream"}
+
+
+def _container_ports(deployment: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"]
+            for c in deployment["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])}
+
+
+def _from_monitoring_only(peer: dict[str, Any]) -> bool:
+    """The peer is pods of the monitoring namespace, and of no other namespace."""
+    namespaces = peer.get("namespaceSelector")
+    return ("ipBlock" not in peer and namespaces is not None
+            and _selects(namespaces, MONITORING)
+            and not _selects(namespaces, {"kubernetes.io/metadata.name": "hookstream"})
+            and not _selects(namespaces, {"kubernetes.io/metadata.name": "default"}))
+
+
+def test_the_admin_ports_are_the_deployments_probe_and_scrape_ports() -> None:
+    """The admin port of each Deployment (ADMIN_PORTS) is where its probes and the
+    Prometheus annotation point, and ingest's is not its public (Service) port."""
+    deployments = _deployments(base_resources())
+    assert set(deployments) == set(ADMIN_PORTS)
+    for name, deployment in deployments.items():
+        template = deployment["spec"]["template"]
+        named = _container_ports(deployment)
+        assert int(template["metadata"]["annotations"]["prometheus.io/port"]) == ADMIN_PORTS[name]
+        container = template["spec"]["containers"][0]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            port = container[probe]["httpGet"]["port"]
+            assert named.get(port, port) == ADMIN_PORTS[name], (name, probe)
+    ingest = _container_ports(deployments["hookstream-ingest"])
+    assert ingest == {"http": WEBHOOK[1], "admin": ADMIN_PORTS["hookstream-ingest"]}
+    service = next(d for d in base_resources()
+                   if d["kind"] == "Service" and d["metadata"]["name"] == "hookstream-ingest")
+    assert [ingest[p["targetPort"]] for p in service["spec"]["ports"]] == [WEBHOOK[1]]
+
+
+@pytest.mark.parametrize("where", ["base", "local overlay"])
+def test_every_hookstream_pod_is_under_an_ingress_policy(where: str) -> None:
+    docs = base_resources() if where == "base" else _local_overlay()
+    pods = _pods(docs)
+    hookstream = {n: labels for n, labels in pods.items()
+                  if labels.get("app.kubernetes.io/part-of") == "hookstream"}
+    assert set(ADMIN_PORTS) | {"hookstream-topics", "hookstream-migrate"} <= set(hookstream)
+    for name, labels in hookstream.items():
+        assert ingress_isolated(docs, labels), f"{where}: {name}: no ingress policy selects it"
+        for rule in ingress_rules(docs, labels):
+            # A rule without ports would open every port (and a peer-less one to anyone).
+            assert rule.get("ports"), f"{where}: {name}: an ingress rule without ports"
+    for job in ("hookstream-topics", "hookstream-migrate"):
+        assert ingress_rules(docs, hookstream[job]) == [], f"{where}: {job} serves nothing"
+
+
+@pytest.mark.parametrize("where", ["base", "local overlay"])
+def test_admin_ports_only_from_monitoring_and_only_the_webhook_port_is_open(where: str) -> None:
+    docs = base_resources() if where == "base" else _local_overlay()
+    pods = _pods(docs)
+    for name, admin in ADMIN_PORTS.items():
+        rules = ingress_rules(docs, pods[name])
+        open_ports = {p for r in rules if not r.get("from") for p in _ports(r)}
+        monitoring = {p for r in rules if r.get("from") for p in _ports(r)}
+        for rule in rules:
+            for peer in rule.get("from") or []:
+                assert _from_monitoring_only(peer), f"{where}: {name}: ingress from {peer}"
+        # Anyone reaches ingest's webhook port and nothing else of any pod; the monitoring
+        # namespace reaches each pod's admin port and nothing else.
+        assert open_ports == ({WEBHOOK} if name == "hookstream-ingest" else set()), name
+        assert monitoring == {("TCP", admin)}, f"{where}: {name}: {monitoring}"
+        assert ("TCP", admin) not in open_ports
+
+
 def test_the_shipped_configurations_allow_sarj_recording_host() -> None:
     """Empty means "refuse": every shipped configuration of the recordings sink names
     Sarj.ai's recording host, and none allows private addresses."""
@@ -124,8 +245,6 @@ def test_the_shipped_configurations_allow_sarj_recording_host() -> None:
     env = {v["name"]: v.get("value") for v in
            local["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     assert env["HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS"] == "storage.googleapis.com"
-    import yaml
-
     compose = yaml.safe_load((REPO / "deploy/compose/compose.yaml").read_text())
     service = compose["services"]["sink-recordings"]["environment"]
     assert service["HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS"] == "storage.googleapis.com"
