@@ -249,3 +249,22 @@ def test_unit_test_secrets_pass_the_rules() -> None:
         secret = ENV[var]
         key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
         assert len(key) >= MIN_SECRET_BYTES, var
+
+
+# --- hookstream-ingest --check-config and start-up -------------------------------------
+
+
+def test_check_config_fails_naming_source_and_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from hookstream.ingest import main as ingest_main
+
+    sources = tmp_path / "sources.toml"
+    sources.write_text('[sources.saaya-main]\nprovider = "saaya"\n'
+                       'secret_env = "SAAYA_EMPTY_KEY"\n')
+    monkeypatch.setenv("SAAYA_EMPTY_KEY", "whsec_")
+    for argv in (["--check-config"], []):  # start-up reads the same file the same way
+        assert ingest_main.main([*argv, "--sources", str(sources)]) == 2
+        err = capsys.readouterr().err
+        assert "configuration error" in err
+        assert "'saaya-main'" in err and "SAAYA_EMPTY_KEY" in err
