@@ -369,6 +369,10 @@ WH_OFFSET_PAST_9999 = _example("call.ended.sawt", occurred_at="9999-12-31T23:59:
 # Warehouse: NUL in a call id was stripped from the row but not from the call key the
 # calls are recomputed by: text[] argument with NUL, 22021, the event dead-lettered.
 WH_NUL_IN_CALL_ID = _example("call.ended.sawt", call_id="call\x00nul")
+# ... and a call id of only NUL: the write path keyed it "saaya:", the stored event none
+# (found by the long profile).
+WH_ONLY_NUL_CALL_ID = _example("call.analyzed", provider="saaya", call_id="\x00",
+                               session_id=None)
 # Warehouse: a lifecycle event without source/provider folded into a calls row with
 # NULL in NOT NULL columns: NotNullViolation, retried forever (not a DataError).
 WH_NO_SOURCE = {"event_id": "8f0a1d7e-4c3b-5a29-9e1f-0b2c3d4e5f60", "type": "call.ended",
@@ -496,6 +500,7 @@ def _serialisable(event: dict[str, Any]) -> bool:
 @example(WH_INT_PAST_64_BITS)
 @example(WH_OFFSET_PAST_9999)
 @example(WH_NUL_IN_CALL_ID)
+@example(WH_ONLY_NUL_CALL_ID)
 def test_warehouse_valid_event_is_stored_or_refused(event: dict[str, Any]) -> None:
     stored = warehouse_accepts_or_refuses(event)
     if _serialisable(event):
@@ -772,6 +777,8 @@ def test_warehouse_call_key_with_nul_in_call_id_matches_the_stored_event() -> No
     stored = orjson.loads(row[-1])
     assert call_key(WH_NUL_IN_CALL_ID) == call_key(stored) == "sawt:callnul"
     assert fold_call([stored])[0] == "sawt:callnul"
+    assert call_key(WH_ONLY_NUL_CALL_ID) is None
+    assert call_key(orjson.loads(event_row(WH_ONLY_NUL_CALL_ID)[-1])) is None
 
 
 def test_warehouse_call_row_without_source_or_provider_is_not_null() -> None:

@@ -129,10 +129,11 @@ def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
 
 def call_key(event: dict[str, Any]) -> str | None:
     """``<provider>:<call or session id>`` of a lifecycle event, else None."""
-    subject = event.get("call_id") or event.get("session_id")
-    if str(event.get("type")) not in STATE_RANK or not isinstance(subject, str):
+    # NUL-free, as the stored event it is read back from (the key is a query argument):
+    # a call id of only NUL is no call id.
+    subject = _text(event.get("call_id")) or _text(event.get("session_id"))
+    if str(event.get("type")) not in STATE_RANK or not subject:
         return None
-    # NUL-free, as the stored event it is read back from (the key is a query argument).
     return f"{event.get('provider')}:{subject}".replace("\x00", "")
 
 
