@@ -15,7 +15,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from murmurhash2 import murmurhash2
 
 from .config import KafkaSettings
@@ -62,6 +69,21 @@ def make_producer(settings: KafkaSettings, role: str, **overrides: Any) -> AIOKa
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+# Errors after which an idempotent producer never delivers again: the broker no longer
+# knows its sequence numbers or epoch (e.g. after a broker restart). The Java client
+# bumps its epoch; aiokafka ends its sender task for good. The only way on is a new
+# producer (a new producer id), re-sending what was in flight; dedupe absorbs repeats.
+FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+
+
+def producer_wedged(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer's sender task has ended: nothing sent on it will ever be
+    delivered (aiokafka ends it on ``FATAL_PRODUCER_ERRORS``; later sends just wait)."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    return task is not None and bool(task.done())
 
 
 @dataclasses.dataclass(slots=True)

@@ -238,6 +238,7 @@ def build_app(
         max_in_flight=settings.max_in_flight,
         max_in_flight_bytes=settings.max_in_flight_bytes,
         probe_interval_s=settings.probe_interval_s,
+        reset_after_s=settings.producer_reset_after_s,
     )
     checks = health.Health()
     checks.add_check("kafka_producer", lambda: publisher.ready)

@@ -33,6 +33,13 @@ BROKER_READY = Gauge(
     "hookstream_ingest_broker_ready",
     "1 when the producer is connected and the broker answered the last probe",
 )
+PRODUCER_RESETS = Counter(
+    "hookstream_ingest_producer_resets_total",
+    "Producers replaced by a new one (a new producer id), by reason: fatal_error "
+    "(OutOfOrderSequenceNumber, UnknownProducerId, ...), wedged (its sender ended), "
+    "failing (produces kept failing for HOOKSTREAM_INGEST_PRODUCER_RESET_AFTER_S)",
+    ["reason"],
+)
 REFUSED_HEADS = Counter(
     "hookstream_ingest_refused_heads_total",
     "Connections refused at the request head, before any app code: header_bytes and "

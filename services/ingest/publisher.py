@@ -16,19 +16,38 @@ path (``send()``: metadata wait, partition lists, accumulator round, a
 ``RecordMetadata`` per record) and without a timer per request: the flusher
 enforces the deadline once per batch, from its oldest record
 (docs/perf/README.md has the measurements).
+
+Producer recovery: after a broker restart, aiokafka's idempotent producer can be
+left with sequence numbers or an epoch the broker no longer knows; its sender
+then ends for good and every later send waits forever (``core.kafka``
+``FATAL_PRODUCER_ERRORS``). The supervisor replaces such a producer with a new
+one (a new producer id) at once, and any producer whose produces keep failing
+for ``reset_after_s``. A batch that failed that way is re-sent on the new
+producer while its deadline lasts, so its requests can still be answered 202.
+Readiness is false while no producer is connected, the last probe failed, or
+produces fail with none succeeding since.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from ..core.config import KafkaSettings
-from ..core.kafka import Record, make_producer, partition_for, submit_batches
+from ..core.kafka import (
+    FATAL_PRODUCER_ERRORS,
+    Record,
+    make_producer,
+    partition_for,
+    producer_wedged,
+    submit_batches,
+)
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -67,8 +86,16 @@ class Publisher:
         max_in_flight: int,
         max_in_flight_bytes: int,
         probe_interval_s: float = 5.0,
+        reset_after_s: float = 10.0,
+        producer_factory: Callable[[], AIOKafkaProducer] | None = None,
     ) -> None:
         self._kafka = kafka
+        self._reset_after_s = reset_after_s
+        self._new_producer = producer_factory or (lambda: make_producer(kafka, "ingest"))
+        self._failing_since: float | None = None  # loop time of the first failure since a success
+        self._trouble = asyncio.Event()  # set by a flusher that saw the producer is done for
+        self._closing: set[asyncio.Task[None]] = set()
+        self._fatal = False  # the current producer hit a fatal error: replace it now
         self._ack_timeout_s = ack_timeout_s
         self._max_in_flight = max_in_flight
         self._max_in_flight_bytes = max_in_flight_bytes
@@ -83,16 +110,34 @@ class Publisher:
 
     @property
     def ready(self) -> bool:
-        return self._producer is not None and self._broker_ok
+        """Whether a delivery arriving now would be stored."""
+        producer = self._producer
+        return (producer is not None and self._broker_ok and self._failing_since is None
+                and not producer_wedged(producer))
 
     async def start(self) -> None:
         """Connect in the background: the process starts (and is live) without a broker."""
         self._supervisor = asyncio.create_task(self._supervise(), name="publisher-supervisor")
 
     async def _supervise(self) -> None:
+        """Connect; then probe the cluster every ``probe_interval_s`` and replace the
+        producer when it is done for (woken at once by a flusher that saw it)."""
+        while True:
+            if self._producer is None:
+                await self._connect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._trouble.wait(), timeout=self._probe_interval_s)
+            self._trouble.clear()
+            reason = self._reset_reason()
+            if reason is not None:
+                self._replace_producer(reason)
+                continue
+            await self._probe()
+
+    async def _connect(self) -> None:
         backoff = 0.5
         while self._producer is None:
-            producer = make_producer(self._kafka, "ingest")
+            producer = self._new_producer()
             try:
                 await asyncio.wait_for(producer.start(), timeout=10)
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -102,21 +147,64 @@ class Publisher:
                 backoff = min(backoff * 2, 10)
                 continue
             self._producer = producer
+            self._failing_since = None
             self._set_broker_ok(True)
             log.info("producer connected", extra={"bootstrap": self._kafka.bootstrap})
-        while True:  # readiness probe: can we still reach the cluster?
-            await asyncio.sleep(self._probe_interval_s)
-            try:
-                cluster = await asyncio.wait_for(
-                    self._producer.client.fetch_all_metadata(), timeout=self._probe_interval_s
-                )
-                self._set_broker_ok(True)
-                for topic in self._partitions:  # partitions added to the topic since
-                    found = cluster.partitions_for_topic(topic)
-                    if found:
-                        self._partitions[topic] = sorted(found)
-            except (KafkaError, OSError, TimeoutError):
-                self._set_broker_ok(False)
+
+    async def _probe(self) -> None:
+        """Readiness: can we still reach the cluster? Also learns new partitions."""
+        producer = self._producer
+        if producer is None:
+            return
+        try:
+            cluster = await asyncio.wait_for(
+                producer.client.fetch_all_metadata(), timeout=self._probe_interval_s
+            )
+            self._set_broker_ok(True)
+            for topic in self._partitions:  # partitions added to the topic since
+                found = cluster.partitions_for_topic(topic)
+                if found:
+                    self._partitions[topic] = sorted(found)
+        except (KafkaError, OSError, TimeoutError):
+            self._set_broker_ok(False)
+        except Exception:  # the supervisor must outlive any surprise from the client
+            log.exception("readiness probe failed")
+            self._set_broker_ok(False)
+
+    def _reset_reason(self) -> str | None:
+        producer = self._producer
+        if producer is None:
+            return None
+        if self._fatal:
+            return "fatal_error"
+        if producer_wedged(producer):
+            return "wedged"
+        since = self._failing_since
+        if since is not None and asyncio.get_running_loop().time() - since >= self._reset_after_s:
+            return "failing"
+        return None
+
+    def _replace_producer(self, reason: str) -> None:
+        """Drop the current producer (its stop runs in the background, bounded) so that
+        the supervisor connects a new one with a new producer id."""
+        producer, self._producer = self._producer, None
+        self._fatal = False
+        self._failing_since = None
+        self._set_broker_ok(False)
+        metrics.PRODUCER_RESETS.labels(reason).inc()
+        log.warning("replacing the producer", extra={"reason": reason})
+        if producer is not None:
+            task = asyncio.create_task(_stop_quietly(producer, 5))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _produce_failed(self, producer: AIOKafkaProducer | None, exc: BaseException) -> None:
+        if self._failing_since is None:
+            self._failing_since = asyncio.get_running_loop().time()
+        if producer is not None and producer is self._producer and (
+                isinstance(exc, FATAL_PRODUCER_ERRORS) or producer_wedged(producer)):
+            self._fatal = True
+            self._trouble.set()
 
     def _set_broker_ok(self, ok: bool) -> None:
         if ok != self._broker_ok:
@@ -191,6 +279,7 @@ class Publisher:
                 async with asyncio.timeout_at(oldest + self._ack_timeout_s):
                     await self._send(topic, partition, records)
             except (TimeoutError, KafkaError) as exc:
+                self._produce_failed(self._producer, exc)
                 _fail(waiters, exc)
             except asyncio.CancelledError:  # stop(): these requests are answered too
                 _fail(waiters, KafkaConnectionError("shutting down"))
@@ -204,11 +293,24 @@ class Publisher:
                         waiter.set_result(None)
 
     async def _send(self, topic: str, partition: int, records: list[Record]) -> None:
-        producer = self._producer
-        if producer is None:
-            raise KafkaConnectionError("producer stopped")
-        for ack in await submit_batches(producer, topic, partition, records):
-            await ack
+        """Send and await the acks; after a fatal producer error, re-send on the
+        replacement producer (the caller's deadline bounds the whole)."""
+        while True:
+            producer = self._producer
+            if producer is None:
+                raise KafkaConnectionError("producer stopped")
+            try:
+                for ack in await submit_batches(producer, topic, partition, records):
+                    await ack
+            except FATAL_PRODUCER_ERRORS as exc:
+                self._produce_failed(producer, exc)
+                log.warning("fatal producer error; re-sending on a new producer",
+                            extra={"error": repr(exc), "records": len(records)})
+                while self._producer is None or self._producer is producer:
+                    await asyncio.sleep(0.05)  # until the supervisor connected a new one
+                continue
+            self._failing_since = None
+            return
 
     async def stop(self, timeout_s: float) -> None:
         """Flush what is queued, then close the producer, within ``timeout_s`` in all.
@@ -218,6 +320,9 @@ class Publisher:
         """
         if self._supervisor is not None:
             self._supervisor.cancel()
+        for closing in list(self._closing):  # replaced producers still stopping
+            with contextlib.suppress(Exception):
+                await closing
         deadline = time.monotonic() + timeout_s
         # Requests still waiting get their answer (ack or deadline) before the
         # producer goes; uvicorn has already stopped taking new ones.

@@ -62,6 +62,11 @@ class IngestSettings:
         "HOOKSTREAM_INGEST_SHUTDOWN_TIMEOUT_S", 15.0,
         "on SIGTERM: longest wait for in-flight requests and produces to drain",
     )
+    producer_reset_after_s: float = env(
+        "HOOKSTREAM_INGEST_PRODUCER_RESET_AFTER_S", 10.0,
+        "produces failing this long with no success: replace the producer (a fatal "
+        "idempotence error or a dead sender replaces it at once)",
+    )
     probe_interval_s: float = env(
         "HOOKSTREAM_INGEST_PROBE_INTERVAL_S", 5.0, "how often readiness re-checks the broker"
     )

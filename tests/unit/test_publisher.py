@@ -276,3 +276,123 @@ async def test_stop_answers_requests_still_waiting() -> None:
     with pytest.raises(NotStored) as info:
         await asyncio.wait_for(pending, 1)
     assert info.value.reason == "kafka_error"
+
+
+class FakeCluster:
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+
+class FakeClient:
+    async def fetch_all_metadata(self) -> FakeCluster:
+        return FakeCluster()
+
+
+class StartableProducer(FakeProducer):
+    """A FakeProducer the publisher's supervisor can start, probe and stop."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.started = False
+        self.stopped = False
+        self.client = FakeClient()
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def flush(self) -> None:
+        pass
+
+
+async def test_a_fatal_idempotence_error_replaces_the_producer_and_resends_the_batch() -> None:
+    """Issue 12: after a broker restart aiokafka's idempotent producer fails every send
+    with OutOfOrderSequenceNumber for good. The publisher builds a new producer (a new
+    producer id) and re-sends the batch on it within the request's deadline: 202."""
+    from aiokafka.errors import OutOfOrderSequenceNumber
+    from prometheus_client import REGISTRY
+
+    wedged = StartableProducer(error=OutOfOrderSequenceNumber())
+    fresh = StartableProducer(resolve=True)
+    made = iter([wedged, fresh])
+    publisher = Publisher(KafkaSettings(), ack_timeout_s=2.0, max_in_flight=10,
+                          max_in_flight_bytes=1 << 20, probe_interval_s=0.05,
+                          producer_factory=lambda: next(made))
+    before = REGISTRY.get_sample_value("hookstream_ingest_producer_resets_total",
+                                       {"reason": "fatal_error"}) or 0.0
+    await publisher.start()
+    try:
+        for _ in range(100):
+            if publisher.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert publisher._producer is wedged
+        await publisher.publish("raw", b"value", b"key", HEADERS)  # no NotStored
+        assert [r["value"] for r in wedged.sent] == [b"value"]
+        assert [r["value"] for r in fresh.sent] == [b"value"]  # re-sent on the new one
+        assert publisher._producer is fresh and wedged.stopped
+        assert publisher.ready
+        assert REGISTRY.get_sample_value("hookstream_ingest_producer_resets_total",
+                                         {"reason": "fatal_error"}) == before + 1
+    finally:
+        await publisher.stop(1.0)
+
+
+async def test_produces_failing_for_the_reset_window_replace_the_producer() -> None:
+    """No fatal error, just failures that keep repeating (acks never come): unready at
+    the first failure, a new producer after ``reset_after_s``, ready again."""
+    silent = StartableProducer()  # never acknowledges
+    fresh = StartableProducer(resolve=True)
+    made = iter([silent, fresh])
+    publisher = Publisher(KafkaSettings(), ack_timeout_s=0.1, max_in_flight=10,
+                          max_in_flight_bytes=1 << 20, probe_interval_s=0.05,
+                          reset_after_s=0.3, producer_factory=lambda: next(made))
+    await publisher.start()
+    try:
+        for _ in range(100):
+            if publisher.ready:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(NotStored):
+            await publisher.publish("raw", b"v", None, HEADERS)
+        assert not publisher.ready  # a delivery arriving now would not be stored
+        for _ in range(200):
+            if publisher._producer is fresh and publisher.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert publisher._producer is fresh and publisher.ready and silent.stopped
+        await publisher.publish("raw", b"v", None, HEADERS)
+    finally:
+        await publisher.stop(1.0)
+
+
+async def test_a_producer_whose_sender_ended_is_not_ready_and_is_replaced() -> None:
+    class Sender:
+        def __init__(self) -> None:
+            self.sender_task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    dead = StartableProducer()
+    dead._sender = Sender()  # type: ignore[attr-defined]
+    fresh = StartableProducer(resolve=True)
+    made = iter([dead, fresh])
+    publisher = Publisher(KafkaSettings(), ack_timeout_s=0.5, max_in_flight=10,
+                          max_in_flight_bytes=1 << 20, probe_interval_s=0.05,
+                          producer_factory=lambda: next(made))
+    await publisher.start()
+    try:
+        for _ in range(100):
+            if publisher.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert publisher._producer is dead
+        dead._sender.sender_task.set_result(None)  # type: ignore[attr-defined]
+        assert not publisher.ready
+        for _ in range(100):
+            if publisher._producer is fresh:
+                break
+            await asyncio.sleep(0.01)
+        assert publisher._producer is fresh and publisher.ready
+    finally:
+        await publisher.stop(1.0)
