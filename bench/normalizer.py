@@ -24,7 +24,7 @@ import orjson
 from hookstream.core import logs, topics
 from hookstream.core.config import KafkaSettings, LogSettings, PostgresSettings, load
 from hookstream.core.consumer import ConsumeLoop
-from hookstream.core.kafka import make_consumer, make_producer
+from hookstream.core.kafka import ProducerKeeper, make_consumer, make_producer
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.normalizer.dedupe import DedupeStore
 from hookstream.normalizer.pipeline import Decoder, Normalizer
@@ -129,7 +129,8 @@ async def bench(messages: int, rounds: int = 3) -> str:
             table_name = f"bench_dedupe_{run_id}_{n}"
             dedupe = DedupeStore(pool, 3600, 200_000, table_name)
             await dedupe.migrate()
-            normalizer = Normalizer(kafka, producer, dedupe, Decoder(SchemaRegistry()))
+            normalizer = Normalizer(kafka, ProducerKeeper(kafka, "bench", producer=producer),
+                                    dedupe, Decoder(SchemaRegistry()))
             out = {"published": 0, "dead": 0, "dup": 0}
             try:
                 norm_s.append(await _run_service_loop(

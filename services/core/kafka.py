@@ -86,6 +86,68 @@ def producer_wedged(producer: AIOKafkaProducer) -> bool:
     return task is not None and bool(task.done())
 
 
+class ProducerKeeper:
+    """A consumer service's producer, replaced by a new one (a new producer id) when it
+    is done for: a ``FATAL_PRODUCER_ERRORS`` error, a dead sender, or sends failing for
+    ``reset_after_s`` with no success. The caller's batch fails as ``Retryable`` and is
+    retried on the new producer; dedupe and idempotent sinks absorb any repeat."""
+
+    def __init__(self, kafka: KafkaSettings, role: str, reset_after_s: float = 10.0,
+                 producer: AIOKafkaProducer | None = None) -> None:
+        self._kafka = kafka
+        self._role = role
+        self._reset_after_s = reset_after_s
+        self._failing_since: float | None = None
+        self.producer = producer  # None until start(); an existing one for benchmarks
+        self.resets = 0
+
+    async def start(self) -> AIOKafkaProducer:
+        self.producer = await start_producer(self._kafka, self._role)
+        return self.producer
+
+    def succeeded(self) -> None:
+        self._failing_since = None
+
+    async def failed(self, exc: BaseException) -> None:
+        """Note a failed send; replace the producer if it is done for. Bounded: if the
+        new producer cannot start yet (broker away), the old one stays for the retry."""
+        now = asyncio.get_running_loop().time()
+        if self._failing_since is None:
+            self._failing_since = now
+        old = self.producer
+        if old is None:
+            return
+        if isinstance(exc, FATAL_PRODUCER_ERRORS):
+            reason = "fatal_error"
+        elif producer_wedged(old):
+            reason = "wedged"
+        elif now - self._failing_since >= self._reset_after_s:
+            reason = "failing"
+        else:
+            return
+        new = make_producer(self._kafka, self._role, linger_ms=5)
+        try:
+            await asyncio.wait_for(new.start(), timeout=10)
+        except (KafkaError, OSError, TimeoutError) as start_error:
+            log.warning("producer not replaced yet; broker not reachable",
+                        extra={"role": self._role, "error": repr(start_error)})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(new.stop(), timeout=5)
+            return
+        self.producer, self._failing_since = new, None
+        self.resets += 1
+        log.warning("replaced the producer", extra={"role": self._role, "reason": reason,
+                                                    "error": repr(exc)})
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), timeout=5)
+
+    async def stop(self, timeout_s: float) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=timeout_s)
+
+
 @dataclasses.dataclass(slots=True)
 class Outgoing:
     """One record to publish with :func:`publish_batched`."""

@@ -37,7 +37,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
@@ -46,7 +45,7 @@ from . import dlq, health, logs, topics
 from .config import ConfigError, KafkaSettings, LogSettings, env, help_epilog, load
 from .consumer import ConsumeLoop, stop_on_signals
 from .errors import INTERNAL_ERROR, Retryable, describe
-from .kafka import make_consumer, start_producer
+from .kafka import ProducerKeeper, make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ class SinkRunner:
         self.settings = settings
         self.group_id = group_id or settings.group_id or f"hookstream-sink-{sink.name}"
         self.retry_topic, self.dlq_topic = sink_topics(kafka, sink.name)
-        self._producer: AIOKafkaProducer | None = None
+        self._producers = ProducerKeeper(kafka, f"sink-{sink.name}")
         self._loops: list[ConsumeLoop] = []
         self._stop = asyncio.Event()
         name = sink.name  # every series of this sink exists from the start, at 0
@@ -189,17 +188,19 @@ class SinkRunner:
                                                 list[tuple[str, bytes]]]]) -> None:
         if not sends:
             return
-        assert self._producer is not None
+        producer = self._producers.producer
+        assert producer is not None
         try:
             async with asyncio.timeout(30):
-                futures = [await self._producer.send(topic, value=value, key=key,
-                                                     headers=headers)
+                futures = [await producer.send(topic, value=value, key=key, headers=headers)
                            for topic, key, value, headers in sends]
                 done, _ = await asyncio.wait(futures)
                 for future in done:
                     future.result()
         except (KafkaError, TimeoutError) as exc:
+            await self._producers.failed(exc)  # a new producer for the retry, if needed
             raise Retryable(f"parking/dead-lettering failed: {exc!r}") from exc
+        self._producers.succeeded()
 
     def _park(self, item: SinkEvent, detail: str) -> tuple[str, bytes | None, bytes | None,
                                                             list[tuple[str, bytes]]]:
@@ -344,7 +345,7 @@ class SinkRunner:
 
     # ------------------------------------------------------------ lifecycle
     def ready(self) -> bool:
-        return (self._producer is not None and bool(self._loops)
+        return (self._producers.producer is not None and bool(self._loops)
                 and all(loop.started for loop in self._loops) and self.sink.ready())
 
     async def run(self, stop: asyncio.Event, serve_http: bool = True) -> None:
@@ -357,7 +358,7 @@ class SinkRunner:
             server = await health.serve_in_background(checks, self.settings.http_host, port)
         await topics.ensure(self.kafka, topic_plan(self.kafka, self.sink.name))
         await self.sink.start()
-        self._producer = await start_producer(self.kafka, f"sink-{self.sink.name}")
+        await self._producers.start()
         consumers = []
         try:
             for topic, handler, prepare, group in (
@@ -382,8 +383,7 @@ class SinkRunner:
             for consumer in consumers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), self.settings.shutdown_timeout_s)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._producer.stop(), self.settings.shutdown_timeout_s)
+            await self._producers.stop(self.settings.shutdown_timeout_s)
             await self.sink.stop()
             if server is not None:
                 server.cancel()

@@ -18,14 +18,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ..core import dlq, errors
 from ..core.config import KafkaSettings
 from ..core.errors import Invalid, Retryable
 from ..core.events import CanonicalEvent, event_id
-from ..core.kafka import Outgoing, publish_batched
+from ..core.kafka import Outgoing, ProducerKeeper, publish_batched
 from ..core.postgres import DATABASE_ERRORS
 from ..core.record import RawDelivery
 from ..core.schemas import SchemaRegistry
@@ -169,13 +168,13 @@ class Normalizer:
     def __init__(
         self,
         kafka: KafkaSettings,
-        producer: AIOKafkaProducer,
+        producers: ProducerKeeper,
         dedupe: DedupeStore,
         decoder: Decoder,
         produce_timeout_s: float = 30.0,
     ) -> None:
         self._kafka = kafka
-        self._producer = producer
+        self._producers = producers
         self._dedupe = dedupe
         self._decoder = decoder
         self._produce_timeout_s = produce_timeout_s
@@ -328,9 +327,11 @@ class Normalizer:
                          partition=letter.record.partition, offset=letter.record.offset))
             for letter in dead
         ]
+        producer = self._producers.producer
+        assert producer is not None
         try:
             async with asyncio.timeout(self._produce_timeout_s):
-                futures = await publish_batched(self._producer, outgoing)
+                futures = await publish_batched(producer, outgoing)
                 # asyncio.wait (unlike gather under a timeout) never cancels the
                 # futures: aiokafka keeps its batch bookkeeping intact on a timeout.
                 if futures:
@@ -339,4 +340,6 @@ class Normalizer:
                         future.result()  # raises the KafkaError of a failed send
         except (KafkaError, TimeoutError) as exc:
             metrics.RETRIES.labels("broker").inc()
+            await self._producers.failed(exc)  # a new producer for the retry, if needed
             raise Retryable(f"publish failed: {exc!r}") from exc
+        self._producers.succeeded()

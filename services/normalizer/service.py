@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
 from ..core import health
 from ..core.config import KafkaSettings, PostgresSettings
 from ..core.consumer import ConsumeLoop
 from ..core.errors import Retryable
-from ..core.kafka import make_consumer, scan, start_producer
+from ..core.kafka import ProducerKeeper, make_consumer, scan
 from ..core.postgres import DATABASE_ERRORS, create_pool
 from ..core.schemas import SchemaRegistry
 from .dedupe import DedupeStore
@@ -31,23 +30,21 @@ PURGE_INTERVAL_S = 3600
 @contextlib.asynccontextmanager
 async def normalizer_parts(
     settings: NormalizerSettings, kafka: KafkaSettings, pg: PostgresSettings
-) -> AsyncIterator[tuple[Normalizer, DedupeStore, asyncpg.Pool, AIOKafkaProducer]]:
+) -> AsyncIterator[tuple[Normalizer, DedupeStore, asyncpg.Pool, ProducerKeeper]]:
     """The normalizer with its producer, dedupe store and pool (shared by run and replay)."""
     pool = await create_pool(pg)
-    producer: AIOKafkaProducer | None = None
+    producers = ProducerKeeper(kafka, "normalizer")
     try:
         dedupe = DedupeStore(pool, settings.dedupe_window_s, settings.dedupe_cache_size,
                              settings.dedupe_table)
         await dedupe.migrate()
-        producer = await start_producer(kafka, "normalizer")
+        await producers.start()
         decoder = Decoder(SchemaRegistry(), settings.saaya_versions,
                           max_depth=settings.max_depth, max_body_bytes=settings.max_body_bytes)
-        yield (Normalizer(kafka, producer, dedupe, decoder, settings.produce_timeout_s),
-               dedupe, pool, producer)
+        yield (Normalizer(kafka, producers, dedupe, decoder, settings.produce_timeout_s),
+               dedupe, pool, producers)
     finally:
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), timeout=settings.shutdown_timeout_s)
+        await producers.stop(settings.shutdown_timeout_s)
         await pool.close()
 
 
