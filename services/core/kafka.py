@@ -86,6 +86,21 @@ def producer_wedged(producer: AIOKafkaProducer) -> bool:
     return task is not None and bool(task.done())
 
 
+def reset_reason(producer: AIOKafkaProducer, *, fatal: bool, failing_since: float | None,
+                 now: float, reset_after_s: float) -> str | None:
+    """Why ``producer`` must be replaced by a new one now (a metric label), or None:
+    ``fatal_error`` (a ``FATAL_PRODUCER_ERRORS`` error was seen), ``wedged`` (its
+    sender ended), ``failing`` (sends failing since ``failing_since`` with no success
+    for ``reset_after_s``)."""
+    if fatal:
+        return "fatal_error"
+    if producer_wedged(producer):
+        return "wedged"
+    if failing_since is not None and now - failing_since >= reset_after_s:
+        return "failing"
+    return None
+
+
 class ProducerKeeper:
     """A consumer service's producer, replaced by a new one (a new producer id) when it
     is done for: a ``FATAL_PRODUCER_ERRORS`` error, a dead sender, or sends failing for
@@ -117,13 +132,10 @@ class ProducerKeeper:
         old = self.producer
         if old is None:
             return
-        if isinstance(exc, FATAL_PRODUCER_ERRORS):
-            reason = "fatal_error"
-        elif producer_wedged(old):
-            reason = "wedged"
-        elif now - self._failing_since >= self._reset_after_s:
-            reason = "failing"
-        else:
+        reason = reset_reason(old, fatal=isinstance(exc, FATAL_PRODUCER_ERRORS),
+                              failing_since=self._failing_since, now=now,
+                              reset_after_s=self._reset_after_s)
+        if reason is None:
             return
         new = make_producer(self._kafka, self._role, linger_ms=5)
         try:

@@ -46,6 +46,7 @@ from ..core.kafka import (
     make_producer,
     partition_for,
     producer_wedged,
+    reset_reason,
     submit_batches,
 )
 from . import metrics
@@ -175,14 +176,9 @@ class Publisher:
         producer = self._producer
         if producer is None:
             return None
-        if self._fatal:
-            return "fatal_error"
-        if producer_wedged(producer):
-            return "wedged"
-        since = self._failing_since
-        if since is not None and asyncio.get_running_loop().time() - since >= self._reset_after_s:
-            return "failing"
-        return None
+        return reset_reason(producer, fatal=self._fatal, failing_since=self._failing_since,
+                            now=asyncio.get_running_loop().time(),
+                            reset_after_s=self._reset_after_s)
 
     def _replace_producer(self, reason: str) -> None:
         """Drop the current producer (its stop runs in the background, bounded) so that
