@@ -38,10 +38,12 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
-    """Run an ASGI app under uvicorn on 127.0.0.1:port in this event loop."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                            access_log=False, lifespan="on")
+async def serve(app: Any, port: int,
+                config: uvicorn.Config | None = None) -> AsyncIterator[uvicorn.Server]:
+    """Run an ASGI app under uvicorn on 127.0.0.1:port in this event loop (or as
+    ``config`` says, e.g. ingest's own server configuration)."""
+    config = config or uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                      access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

@@ -12,14 +12,12 @@ head deadline) must still be served.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import select
 import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY
 
 from hookstream.core.config import KafkaSettings
@@ -28,7 +26,7 @@ from hookstream.ingest.app import build_app
 from hookstream.ingest.main import server_config
 from hookstream.ingest.settings import IngestSettings
 
-from ..support import free_port
+from ..support import free_port, serve
 from ..unit._support import ENV, SAWT_SECRET, FakePublisher
 
 MAX_HEADER_BYTES = 4096
@@ -59,18 +57,8 @@ async def edge() -> AsyncIterator[tuple[int, FakePublisher]]:
                               max_header_bytes=MAX_HEADER_BYTES, max_headers=MAX_HEADERS,
                               header_timeout_s=HEADER_TIMEOUT_S)
     app = build_app(SOURCES, settings, KafkaSettings(), publisher=fake)  # type: ignore[arg-type]
-    server = uvicorn.Server(server_config(app, settings))
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
+    async with serve(app, settings.port, server_config(app, settings)):
         yield settings.port, fake
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
 
 
 def connect(port: int) -> socket.socket:

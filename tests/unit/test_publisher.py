@@ -278,6 +278,13 @@ async def test_stop_answers_requests_still_waiting() -> None:
     assert info.value.reason == "kafka_error"
 
 
+async def until_ready(publisher: Publisher) -> None:
+    for _ in range(100):
+        if publisher.ready:
+            return
+        await asyncio.sleep(0.01)
+
+
 class FakeCluster:
     def partitions_for_topic(self, topic: str) -> set[int]:
         return {0}
@@ -324,10 +331,7 @@ async def test_a_fatal_idempotence_error_replaces_the_producer_and_resends_the_b
                                        {"reason": "fatal_error"}) or 0.0
     await publisher.start()
     try:
-        for _ in range(100):
-            if publisher.ready:
-                break
-            await asyncio.sleep(0.01)
+        await until_ready(publisher)
         assert publisher._producer is wedged
         await publisher.publish("raw", b"value", b"key", HEADERS)  # no NotStored
         assert [r["value"] for r in wedged.sent] == [b"value"]
@@ -351,10 +355,7 @@ async def test_produces_failing_for_the_reset_window_replace_the_producer() -> N
                           reset_after_s=0.3, producer_factory=lambda: next(made))
     await publisher.start()
     try:
-        for _ in range(100):
-            if publisher.ready:
-                break
-            await asyncio.sleep(0.01)
+        await until_ready(publisher)
         with pytest.raises(NotStored):
             await publisher.publish("raw", b"v", None, HEADERS)
         assert not publisher.ready  # a delivery arriving now would not be stored
@@ -382,10 +383,7 @@ async def test_a_producer_whose_sender_ended_is_not_ready_and_is_replaced() -> N
                           producer_factory=lambda: next(made))
     await publisher.start()
     try:
-        for _ in range(100):
-            if publisher.ready:
-                break
-            await asyncio.sleep(0.01)
+        await until_ready(publisher)
         assert publisher._producer is dead
         dead._sender.sender_task.set_result(None)  # type: ignore[attr-defined]
         assert not publisher.ready
