@@ -22,6 +22,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # A server restart while a pooled connection reconnects can raise "cannot switch
+    # to state ..." (asyncpg's InternalClientError, no PostgresError, no OSError): it
+    # ended the normalizer once (issue 12). Retry it like any other connection loss.
+    asyncpg.exceptions.InternalClientError,
 )
 # Any failure of a statement whose inputs we control (ids, timestamps): retry.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, asyncpg.PostgresError)
