@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import random
 import time
 from collections import Counter
@@ -22,15 +23,19 @@ import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from .core.config import KafkaSettings
 from .core.errors import Invalid
 from .core.kafka import make_consumer, topic_partitions
+from .core.postgres import DATABASE_ERRORS
 from .core.record import H_REQUEST_ID, RawDelivery
 from .core.samples import Sample, fresh_copy, samples
 from .core.schemas import SchemaRegistry
 from .core.sources import Source
 from .normalizer.pipeline import Decoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -207,6 +212,7 @@ class Accounting:
         self.dead: set[str] = set()  # receipts found on the DLQ
         self._consumer: AIOKafkaConsumer | None = None
         self._pool: asyncpg.Pool | None = None
+        self.refresh_errors = 0  # refreshes cut short by a database or broker outage
 
     def expect(self, delivery: Delivery, source: Source, headers: dict[str, str],
                receipt: str) -> None:
@@ -240,7 +246,16 @@ class Accounting:
                 self.in_warehouse.update(r[0] for r in rows)
             except asyncpg.UndefinedTableError:
                 pass
-        for records in (await self._consumer.getmany(timeout_ms=100)).values():
+            except DATABASE_ERRORS as exc:  # a PostgreSQL restart: look again next time
+                self.refresh_errors += 1
+                log.warning("warehouse not readable; retrying", extra={"error": repr(exc)})
+        try:
+            batch = await self._consumer.getmany(timeout_ms=100)
+        except KafkaError as exc:  # a broker restart: the consumer reconnects by itself
+            self.refresh_errors += 1
+            log.warning("dead-letter topic not readable; retrying", extra={"error": repr(exc)})
+            return
+        for records in batch.values():
             for r in records:
                 receipt = next((v.decode() for k, v in r.headers if k == H_REQUEST_ID), None)
                 if receipt in self.receipt_event:
