@@ -8,6 +8,7 @@
     hookstream summary                  what is on each topic and in the warehouse
     hookstream load                     drive the pipeline with realistic generated traffic
     hookstream bench                    every benchmark beside its bare baseline
+    hookstream faults [SCENARIO ...]    inject faults under load; one table of exact accounting
 """
 
 from __future__ import annotations
@@ -502,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  default=f"http://127.0.0.1:{port}/metrics",
                                  help=f"{name} metrics endpoint")
     load_parser.set_defaults(func=cmd_load)
+
+    faults = sub.add_parser("faults", help="inject faults under load, account for every "
+                            "delivery, print one table (hookstream.faults)")
+    from .faults import cmd_faults, configure_parser
+
+    configure_parser(faults)
+    faults.set_defaults(func=cmd_faults)
 
     replay = sub.add_parser("replay", help="re-run raw deliveries of a time range "
                             "(hookstream-normalizer replay)", add_help=False)

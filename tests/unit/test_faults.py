@@ -1,0 +1,115 @@
+"""The fault suite's pure parts: the providers' retry policy, recovery time, the table."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from hookstream.faults import (
+    COLUMNS,
+    DEFAULT_POLICIES,
+    Result,
+    RetryPolicy,
+    caught_up_at,
+    exit_status,
+    parse_policy,
+    recovery_seconds,
+    render_table,
+)
+
+SARJ = DEFAULT_POLICIES["sarj"]
+
+
+def test_sarj_policy_is_the_documented_one() -> None:
+    # ../shared/providers: "retries up to 3 times ... 2-second delay ... 10-second timeout"
+    assert (SARJ.retries, SARJ.delay_s, SARJ.timeout_s, SARJ.tries) == (3, 2.0, 10.0, 4)
+
+
+@pytest.mark.parametrize(("number", "status", "action"), [
+    (1, 202, "done"), (4, 200, "done"), (1, 503, "retry"), (3, 0, "retry"),
+    (1, 401, "retry"), (4, 503, "given up"), (4, 0, "given up"), (4, 302, "given up"),
+])
+def test_what_the_provider_does_after_a_try(number: int, status: int, action: str) -> None:
+    assert SARJ.after(number, status) == action
+
+
+@pytest.mark.parametrize(("statuses", "given_up"), [
+    ([503, 503, 503, 503], True),  # every try refused
+    ([0, 0, 0, 0], True),  # timeouts and network errors
+    ([503, 503, 503, 202], False),  # the last retry got through
+    ([202], False),
+    ([503, 503], False),  # still retrying
+])
+def test_given_up_only_when_every_try_failed(statuses: list[int], given_up: bool) -> None:
+    assert SARJ.given_up(statuses) is given_up
+
+
+def test_a_policy_without_retries_gives_up_after_one_failure() -> None:
+    assert RetryPolicy(retries=0).after(1, 503) == "given up"
+    assert RetryPolicy(retries=0).given_up([503])
+
+
+def test_policies_are_parsed_from_the_command_line() -> None:
+    assert parse_policy("saaya=5:1.5:8") == ("saaya", RetryPolicy(5, 1.5, 8.0))
+    for bad in ("saaya=5:1", "nobody=1:1:1", "sawt=-1:1:1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_policy(bad)
+
+
+def test_recovery_runs_to_the_first_2xx_after_which_all_are_2xx() -> None:
+    tries = [(9.0, 202), (10.5, 503), (11.0, 202), (12.0, 503), (13.0, 202), (14.0, 202)]
+    assert recovery_seconds(10.0, tries, caught_up=10.0) == 3.0
+
+
+def test_recovery_waits_for_the_pipeline_to_catch_up() -> None:
+    tries = [(10.0, 202), (11.0, 202)]
+    assert recovery_seconds(10.0, tries, caught_up=17.5) == 7.5
+
+
+def test_recovery_is_zero_when_nothing_failed_and_nothing_lagged() -> None:
+    assert recovery_seconds(10.0, [(10.0, 202), (10.5, 202)], caught_up=10.0) == 0.0
+
+
+def test_not_recovered_when_still_failing_or_never_caught_up_or_no_tries() -> None:
+    assert recovery_seconds(10.0, [(11.0, 202), (12.0, 503)], caught_up=11.0) is None
+    assert recovery_seconds(10.0, [(11.0, 202)], caught_up=None) is None
+    assert recovery_seconds(10.0, [(9.0, 202)], caught_up=10.0) is None
+
+
+def test_caught_up_after_the_last_look_that_was_behind() -> None:
+    checks = [(9.5, True), (10.0, False), (10.5, True), (11.0, True), (11.5, False),
+              (12.0, False)]
+    assert caught_up_at(10.0, checks) == 11.5
+    assert caught_up_at(10.0, [(10.5, False), (11.0, False)]) == 10.5
+    assert caught_up_at(10.0, [(10.5, False), (11.0, True)]) is None
+    assert caught_up_at(10.0, [(9.0, False)]) is None
+
+
+def test_the_table_has_the_issues_columns_and_one_row_per_scenario() -> None:
+    results = [
+        Result("broker-restart", 900, 610, 290, 0, 0, 12.25),
+        Result("kill-warehouse", 750, 750, 0, 0, 0, 3.0, {"warehouse": 1}),
+        Result("postgres-kill", error="RuntimeError('stack up failed')"),
+        Result("broker-kill", 10, 10, 0, 0, None, None),
+    ]
+    lines = render_table(results).splitlines()
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == list(COLUMNS)
+    assert set(lines[1]) <= {"|", "-", ":"}
+    assert len(lines) == 2 + len(results)
+    assert len({len(line) for line in lines}) == 1  # aligned
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells == ["broker-restart", "900", "610", "290", "0", "0", "12.2"]
+    assert "postgres-kill (ERROR)" in lines[4]
+    assert [c.strip() for c in lines[5].strip("|").split("|")][-2:] == ["?", "not recovered"]
+
+
+def test_exit_status_fails_on_missing_duplicates_errors_and_optionally_given_up() -> None:
+    clean = Result("kill-ingest", 10, 10, 0, 0, 0, 1.0)
+    gave_up = Result("broker-kill", 10, 6, 4, 0, 0, 9.0)
+    assert exit_status([clean, gave_up], strict_given_up=False) == 0
+    assert exit_status([clean, gave_up], strict_given_up=True) == 1
+    assert exit_status([Result("a", 10, 10, 0, 1, 0, 1.0)], strict_given_up=False) == 1
+    assert exit_status([Result("a", 10, 10, 0, 0, 2, 1.0)], strict_given_up=False) == 1
+    assert exit_status([Result("a", 10, 10, 0, 0, None, 1.0)], strict_given_up=False) == 1
+    assert exit_status([Result("a", error="x")], strict_given_up=False) == 1
