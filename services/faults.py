@@ -144,6 +144,7 @@ class Result:
     restarts: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str | None = None  # the scenario itself could not run to the end
     failed_tries: dict[int, int] = dataclasses.field(default_factory=dict)  # status -> n
+    try_seconds: tuple[float, float] = (0.0, 0.0)  # p99 and slowest answer to a try
 
     def failed(self, strict_given_up: bool) -> bool:
         return bool(self.error or self.missing or self.duplicate_rows != 0
@@ -423,6 +424,7 @@ class Offer:
         self.accounting = accounting
         self.offered: list[Offered] = []
         self.acked_at: dict[str, float] = {}  # receipt -> when the 2xx came back
+        self.latencies: list[float] = []  # seconds from each try's send to its answer
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -477,6 +479,7 @@ class Offer:
             except (httpx.HTTPError, ValueError):
                 status = 0
             offered.tries.append((sent, status))
+            self.latencies.append(time.monotonic() - sent)
             if is_2xx(status):
                 self.acked_at[receipt] = time.monotonic()
                 self.accounting.expect(delivery, source, headers, receipt)
@@ -660,6 +663,8 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
         result.answered_2xx = sum(1 for o in offer.offered if o.answered)
         result.given_up = sum(1 for o in offer.offered if o.given_up)
         result.missing = accounting.counts()[2]
+        lat = sorted(offer.latencies) or [0.0]
+        result.try_seconds = (lat[int(len(lat) * 0.99)], lat[-1])
         for _, status in offer.all_tries():
             if not is_2xx(status):
                 result.failed_tries[status] = result.failed_tries.get(status, 0) + 1
@@ -792,6 +797,9 @@ def cmd_faults(args: argparse.Namespace) -> int:
         if r.restarts:
             print(f"  {r.scenario}: supervisor restarts: "
                   + ", ".join(f"{n} {k}" for n, k in sorted(r.restarts.items())))
+        if r.offered:
+            print(f"  {r.scenario}: answer to a try, p99 {r.try_seconds[0]:.1f} s, slowest "
+                  f"{r.try_seconds[1]:.1f} s (the provider waits 10 s)")
         if r.failed_tries:
             print(f"  {r.scenario}: tries that failed, by answer (0: none in time): "
                   + ", ".join(f"{k}: {n}" for k, n in sorted(r.failed_tries.items())))
