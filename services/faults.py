@@ -145,6 +145,7 @@ class Result:
     error: str | None = None  # the scenario itself could not run to the end
     failed_tries: dict[int, int] = dataclasses.field(default_factory=dict)  # status -> n
     try_seconds: tuple[float, float] = (0.0, 0.0)  # p99 and slowest answer to a try
+    loop_lag_s: float = 0.0  # the generator's own worst event-loop stall
 
     def failed(self, strict_given_up: bool) -> bool:
         return bool(self.error or self.missing or self.duplicate_rows != 0
@@ -470,13 +471,16 @@ class Offer:
             sent = time.monotonic()
             receipt = ""
             try:
-                response = await client.post(path, content=delivery.sample.body,
-                                             headers=headers,
-                                             timeout=httpx.Timeout(policy.timeout_s))
+                # The provider's timeout bounds the whole try (httpx's bounds each of
+                # connect, write, read and the pool wait separately).
+                async with asyncio.timeout(policy.timeout_s):
+                    response = await client.post(path, content=delivery.sample.body,
+                                                 headers=headers,
+                                                 timeout=httpx.Timeout(policy.timeout_s))
                 status = response.status_code
                 if is_2xx(status):
                     receipt = str(response.json().get("receipt", ""))
-            except (httpx.HTTPError, ValueError):
+            except (httpx.HTTPError, ValueError, TimeoutError):
                 status = 0
             offered.tries.append((sent, status))
             self.latencies.append(time.monotonic() - sent)
@@ -627,6 +631,13 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
         def caught_up() -> float | None:
             return None if fault_end is None else caught_up_at(fault_end, checks)
 
+        async def loop_lag() -> None:  # is the generator itself keeping up?
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.1)
+                result.loop_lag_s = max(result.loop_lag_s, time.monotonic() - before - 0.1)
+
+        lagging = asyncio.create_task(loop_lag())
         load_started = time.monotonic()
         offering = asyncio.create_task(offer.run())
         watching = asyncio.create_task(monitor())
@@ -650,9 +661,10 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
                 await asyncio.sleep(0.5)
         finally:
             offer.stop_offering()
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            for task in (watching, lagging):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if not offering.done():
                 offering.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -799,7 +811,8 @@ def cmd_faults(args: argparse.Namespace) -> int:
                   + ", ".join(f"{n} {k}" for n, k in sorted(r.restarts.items())))
         if r.offered:
             print(f"  {r.scenario}: answer to a try, p99 {r.try_seconds[0]:.1f} s, slowest "
-                  f"{r.try_seconds[1]:.1f} s (the provider waits 10 s)")
+                  f"{r.try_seconds[1]:.1f} s (cut at the policy's timeout); the generator's "
+                  f"worst event-loop stall {r.loop_lag_s:.2f} s")
         if r.failed_tries:
             print(f"  {r.scenario}: tries that failed, by answer (0: none in time): "
                   + ", ".join(f"{k}: {n}" for k, n in sorted(r.failed_tries.items())))
