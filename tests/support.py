@@ -104,3 +104,18 @@ async def caught_up(kafka: Any, group: str, topic: str, timeout_s: float = 30) -
     finally:
         await admin.close()
     raise AssertionError(f"group {group} did not catch up with {topic}")
+
+
+async def own_topics(stack: Any, run_id: str, partitions: int = 3) -> Any:
+    """``stack``'s Kafka settings with topics of this test run's own (raw, events, DLQ,
+    the sinks' retry and dead-letter prefix), created: runs never see each other's
+    records."""
+    import dataclasses
+
+    from hookstream.core import topics
+
+    kafka = dataclasses.replace(
+        stack, raw_topic=f"test.raw.{run_id}", events_topic=f"test.events.{run_id}",
+        dlq_topic=f"test.dlq.{run_id}", sink_topic_prefix=f"test.sink.{run_id}")
+    await topics.ensure(kafka, topics.plan(kafka, partitions=partitions))
+    return kafka

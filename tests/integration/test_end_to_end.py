@@ -24,7 +24,6 @@ import httpx
 import pytest
 
 from hookstream.cli import signed_request
-from hookstream.core import topics
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.samples import samples
 from hookstream.core.sink import SinkRunner, SinkSettings
@@ -40,7 +39,7 @@ from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 
 from ..fakes.crm import TOKEN, FakeCRM
-from ..support import REPO, SOURCES_FILE, caught_up, free_port, serve
+from ..support import REPO, SOURCES_FILE, caught_up, free_port, own_topics, serve
 
 SOURCE_OF = {"saaya": "saaya-main", "sawt": "sawt-main", "sarj": "sarj-main"}
 ALERTMANAGER = "http://127.0.0.1:9095"
@@ -132,10 +131,7 @@ async def running(coroutines: list[Callable[[asyncio.Event], Awaitable[None]]]
 @pytest.fixture
 async def pipeline(stack: KafkaSettings) -> AsyncIterator[Pipeline]:
     run_id = uuid.uuid4().hex[:10]
-    kafka = dataclasses.replace(
-        stack, raw_topic=f"test.raw.{run_id}", events_topic=f"test.events.{run_id}",
-        dlq_topic=f"test.dlq.{run_id}", sink_topic_prefix=f"test.sink.{run_id}")
-    await topics.ensure(kafka, topics.plan(kafka, partitions=3))
+    kafka = await own_topics(stack, run_id)
     schema = f"test_e2e_{run_id}"
     crm = FakeCRM()
     crm_port, ingest_port, admin_port = free_port(), free_port(), free_port()

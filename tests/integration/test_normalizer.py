@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from hookstream.cli import _redrive, signed_request
-from hookstream.core import dlq, topics
+from hookstream.core import dlq
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import make_producer
 from hookstream.core.samples import Sample, samples
@@ -33,7 +33,7 @@ from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.service import replay, run
 from hookstream.normalizer.settings import NormalizerSettings
 
-from ..support import SOURCES_FILE, caught_up, free_port, read_topic, serve
+from ..support import SOURCES_FILE, caught_up, free_port, own_topics, read_topic, serve
 
 # The documented mapping, written out independently of the adapters.
 CANONICAL_TYPE = {
@@ -117,10 +117,7 @@ class Pipeline:
 async def pipeline(stack: KafkaSettings) -> AsyncIterator[Pipeline]:
     """Fresh topics, consumer group and dedupe table; the real ingest app in front."""
     run_id = uuid.uuid4().hex[:10]
-    kafka = dataclasses.replace(
-        stack, raw_topic=f"test.raw.{run_id}", events_topic=f"test.events.{run_id}",
-        dlq_topic=f"test.dlq.{run_id}")
-    await topics.ensure(kafka, topics.plan(kafka, partitions=3))
+    kafka = await own_topics(stack, run_id)
     settings = NormalizerSettings(group_id=f"test-normalizer-{run_id}",
                                   dedupe_table=f"test_dedupe_{run_id}", poll_timeout_ms=100)
     sources = load_sources(SOURCES_FILE)

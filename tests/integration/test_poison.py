@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from hookstream.cli import signed_request
-from hookstream.core import dlq, topics
+from hookstream.core import dlq
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.samples import Sample, samples
 from hookstream.core.sink import SinkRunner, SinkSettings
@@ -35,7 +35,7 @@ from hookstream.normalizer.settings import NormalizerSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 
-from ..support import SOURCES_FILE, free_port, read_topic, serve
+from ..support import SOURCES_FILE, free_port, own_topics, read_topic, serve
 from ..unit.test_decoder import poison_body
 
 ORDINARY = 600
@@ -77,10 +77,7 @@ class Stack:
 @pytest.fixture
 async def running_stack(stack: KafkaSettings) -> AsyncIterator[Stack]:
     run_id = uuid.uuid4().hex[:10]
-    kafka = dataclasses.replace(
-        stack, raw_topic=f"test.raw.{run_id}", events_topic=f"test.events.{run_id}",
-        dlq_topic=f"test.dlq.{run_id}", sink_topic_prefix=f"test.sink.{run_id}")
-    await topics.ensure(kafka, topics.plan(kafka, partitions=3))
+    kafka = await own_topics(stack, run_id)
     schema = f"test_poison_{run_id}"
     pg = PostgresSettings()
     pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=2)

@@ -31,13 +31,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hookstream.core import dlq, topics
+from hookstream.core import dlq
 from hookstream.core.config import KafkaSettings, load
 from hookstream.core.kafka import end_offsets, make_producer
 from hookstream.core.sink import SinkRunner, SinkSettings, sink_topics
 from hookstream.sinks.alerts.sink import ALERT_REJECTED, AlertsSettings, AlertsSink
 
-from ..support import free_port, read_topic, serve
+from ..support import free_port, own_topics, read_topic, serve
 from ..support import stack as run_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,10 +213,7 @@ async def bench(stack: KafkaSettings) -> Bench:
     """Fresh topics (events, the sink's retry and dead-letter topics) and consumer
     group; the stack's Alertmanager."""
     run_id = uuid.uuid4().hex[:10]
-    kafka = dataclasses.replace(
-        stack, raw_topic=f"test.raw.{run_id}", events_topic=f"test.events.{run_id}",
-        dlq_topic=f"test.dlq.{run_id}", sink_topic_prefix=f"test.sink.{run_id}")
-    await topics.ensure(kafka, topics.plan(kafka, partitions=3))
+    kafka = await own_topics(stack, run_id)
     url = load(AlertsSettings).alertmanager_url
     async with httpx.AsyncClient() as client:
         (await client.get(f"{url}/-/ready")).raise_for_status()
