@@ -46,3 +46,47 @@ REFUSED_HEADS = Counter(
     "header_count (431), head_timeout (408), idle (connected, sent nothing; closed)",
     ["reason"],
 )
+
+# The local spool (ADR 7): deliveries the broker did not acknowledge within the spool
+# budget, fsync'd to this replica's disk and answered 202, waiting to be drained to Kafka.
+SPOOL_RECORDS = Gauge(
+    "hookstream_ingest_spool_records",
+    "Deliveries in the local spool not yet acknowledged by Kafka",
+)
+SPOOL_BYTES = Gauge(
+    "hookstream_ingest_spool_bytes",
+    "Bytes of the local spool's segment files on disk",
+)
+SPOOL_MAX_BYTES = Gauge(
+    "hookstream_ingest_spool_max_bytes",
+    "The spool's byte bound (HOOKSTREAM_INGEST_SPOOL_MAX_BYTES); 0 when the spool is disabled",
+)
+SPOOL_OLDEST_AGE = Gauge(
+    "hookstream_ingest_spool_oldest_age_seconds",
+    "Age of the oldest delivery in the spool (0 when it is empty)",
+)
+SPOOL_APPENDED = Counter(
+    "hookstream_ingest_spool_appended_total",
+    "Deliveries fsync'd to the spool and answered 202, by why Kafka was not used: "
+    "ack_budget (no ack within HOOKSTREAM_INGEST_SPOOL_BUDGET_S), not_connected, kafka_error",
+    ["reason"],
+)
+SPOOL_DRAINED = Counter(
+    "hookstream_ingest_spool_drained_total",
+    "Spooled deliveries forwarded to Kafka and acknowledged (then removed from the spool)",
+)
+SPOOL_SYNC_SECONDS = Histogram(
+    "hookstream_ingest_spool_sync_seconds",
+    "Group commit latency: one write + fdatasync of a batch of spooled deliveries",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+SPOOL_ERRORS = Counter(
+    "hookstream_ingest_spool_errors_total",
+    "Spool failures by operation: write and sync (those deliveries answered 503), read, "
+    "checkpoint, corrupt (a segment with a bad frame before its end, moved to corrupt/)",
+    ["op"],
+)
+for _reason in ("ack_budget", "not_connected", "kafka_error"):
+    SPOOL_APPENDED.labels(_reason)
+for _op in ("write", "sync", "read", "checkpoint", "corrupt"):
+    SPOOL_ERRORS.labels(_op)

@@ -70,3 +70,37 @@ class IngestSettings:
     probe_interval_s: float = env(
         "HOOKSTREAM_INGEST_PROBE_INTERVAL_S", 5.0, "how often readiness re-checks the broker"
     )
+    spool_dir: str = env(
+        "HOOKSTREAM_INGEST_SPOOL_DIR", "",
+        "directory of the local spool (ADR 7), one per replica, on a volume that outlives the "
+        "process; empty disables it (a delivery Kafka does not ack in time is answered 503)",
+    )
+    spool_budget_s: float = env(
+        "HOOKSTREAM_INGEST_SPOOL_BUDGET_S", 1.0,
+        "with the spool on: wait this long for Kafka's ack, then fsync the delivery to the "
+        "spool and answer 202",
+    )
+    spool_max_bytes: int = env(
+        "HOOKSTREAM_INGEST_SPOOL_MAX_BYTES", 1024 * 1024 * 1024,
+        "spool size bound; past it a delivery that needs the spool is answered 503",
+    )
+    spool_max_age_s: float = env(
+        "HOOKSTREAM_INGEST_SPOOL_MAX_AGE_S", 21600.0,
+        "oldest spooled delivery older than this: stop spooling (503); nothing is expired",
+    )
+    spool_min_free_bytes: int = env(
+        "HOOKSTREAM_INGEST_SPOOL_MIN_FREE_BYTES", 64 * 1024 * 1024,
+        "free space the spool's filesystem keeps; below it, 503 instead of spooling",
+    )
+    spool_segment_bytes: int = env(
+        "HOOKSTREAM_INGEST_SPOOL_SEGMENT_BYTES", 16 * 1024 * 1024,
+        "size at which the spool starts a new segment file",
+    )
+    spool_drain_batch: int = env(
+        "HOOKSTREAM_INGEST_SPOOL_DRAIN_BATCH", 500,
+        "spooled deliveries sent to Kafka per drain batch (one checkpoint fsync each)",
+    )
+    spool_drain_rate: float = env(
+        "HOOKSTREAM_INGEST_SPOOL_DRAIN_RATE", 2000.0,
+        "most spooled deliveries drained per second, beside live traffic",
+    )
