@@ -41,6 +41,7 @@ from ..core.sources import Source
 from . import metrics
 from .publisher import NOT_STORED_REASONS, NotStored, Publisher
 from .settings import IngestSettings
+from .spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,12 @@ def build_app(
     kafka: KafkaSettings,
     publisher: Publisher | None = None,
 ) -> Any:
+    spool = None
+    if settings.spool_dir and publisher is None:
+        spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes,
+                      max_age_s=settings.spool_max_age_s,
+                      min_free_bytes=settings.spool_min_free_bytes,
+                      segment_bytes=settings.spool_segment_bytes)
     publisher = publisher or Publisher(
         kafka,
         ack_timeout_s=settings.ack_timeout_s,
@@ -239,9 +246,16 @@ def build_app(
         max_in_flight_bytes=settings.max_in_flight_bytes,
         probe_interval_s=settings.probe_interval_s,
         reset_after_s=settings.producer_reset_after_s,
+        spool=spool,
+        spool_budget_s=settings.spool_budget_s,
+        drain_batch=settings.spool_drain_batch,
+        drain_rate=settings.spool_drain_rate,
     )
     checks = health.Health()
-    checks.add_check("kafka_producer", lambda: publisher.ready)
+    # Ready while a delivery arriving now would be stored: acknowledged by Kafka, or
+    # (with the spool on) fsync'd to the spool.
+    checks.add_check("kafka_or_spool" if spool is not None else "kafka_producer",
+                     lambda: publisher.ready)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -250,7 +264,11 @@ def build_app(
         # out of the cyclic collector's full passes, which otherwise stall every
         # request in flight for ~20 ms now and then (measured at 3,000 req/s).
         gc.freeze()
-        log.info("ingest started", extra={"sources": sorted(sources), "topic": kafka.raw_topic})
+        log.info("ingest started", extra={"sources": sorted(sources), "topic": kafka.raw_topic,
+                                          "spool": settings.spool_dir or None})
+        if not settings.spool_dir:
+            log.warning("spool disabled (HOOKSTREAM_INGEST_SPOOL_DIR is empty): a delivery "
+                        "Kafka does not acknowledge in time is answered 503")
         try:
             yield
         finally:

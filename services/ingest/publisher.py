@@ -50,11 +50,13 @@ from ..core.kafka import (
     submit_batches,
 )
 from . import metrics
+from .spool import Spool, SpooledRecord, SpoolRefused
 
 log = logging.getLogger(__name__)
 
 
-NOT_STORED_REASONS = ("not_connected", "overloaded", "ack_timeout", "kafka_error")
+NOT_STORED_REASONS = ("not_connected", "overloaded", "ack_timeout", "kafka_error",
+                      "spool_full", "spool_error")
 
 
 class NotStored(Exception):
@@ -89,8 +91,17 @@ class Publisher:
         probe_interval_s: float = 5.0,
         reset_after_s: float = 10.0,
         producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+        spool: Spool | None = None,
+        spool_budget_s: float = 1.0,
+        drain_batch: int = 500,
+        drain_rate: float = 2000.0,
     ) -> None:
         self._kafka = kafka
+        self._spool = spool
+        self._spool_budget_s = spool_budget_s
+        self._drain_batch = drain_batch
+        self._drain_rate = drain_rate
+        self._drainer: asyncio.Task[None] | None = None
         self._reset_after_s = reset_after_s
         self._new_producer = producer_factory or (lambda: make_producer(kafka, "ingest"))
         self._failing_since: float | None = None  # loop time of the first failure since a success
@@ -111,13 +122,27 @@ class Publisher:
 
     @property
     def ready(self) -> bool:
-        """Whether a delivery arriving now would be stored."""
+        """Whether a delivery arriving now would be stored: by Kafka, or by the spool."""
+        return self.kafka_ready or (self._spool is not None and self._spool.accepting)
+
+    @property
+    def kafka_ready(self) -> bool:
+        """Whether Kafka would acknowledge a delivery arriving now."""
+        return self._can_send() and self._failing_since is None
+
+    def _can_send(self) -> bool:
         producer = self._producer
-        return (producer is not None and self._broker_ok and self._failing_since is None
-                and not producer_wedged(producer))
+        return producer is not None and self._broker_ok and not producer_wedged(producer)
 
     async def start(self) -> None:
-        """Connect in the background: the process starts (and is live) without a broker."""
+        """Open the spool (recovering what a previous run left), then connect in the
+        background: the process starts (and is live) without a broker."""
+        if self._spool is not None:
+            await self._spool.open()
+            self._drainer = asyncio.create_task(
+                self._spool.drain_forever(self.send_spooled, self._can_send,
+                                          batch=self._drain_batch, rate=self._drain_rate),
+                name="spool-drainer")
         self._supervisor = asyncio.create_task(self._supervise(), name="publisher-supervisor")
 
     async def _supervise(self) -> None:
@@ -215,9 +240,11 @@ class Publisher:
         key: bytes | None,
         headers: list[tuple[str, bytes]],
     ) -> None:
-        """Return once the broker acknowledged the record with acks=all, else raise NotStored."""
+        """Return once the broker acknowledged the record with acks=all, or the spool has
+        it on disk; else raise NotStored."""
         producer = self._producer
-        if producer is None:
+        spool = self._spool
+        if producer is None and spool is None:
             raise NotStored("not_connected")
         size = len(value)
         if (
@@ -230,9 +257,22 @@ class Publisher:
         metrics.IN_FLIGHT.inc()
         try:
             partitions = self._partitions.get(topic)
+            if spool is not None and (producer is None or not self._broker_ok):
+                # Kafka is known to be away: straight to disk, no budget spent waiting.
+                await self._to_spool(spool, topic, [(key, value, headers)], "not_connected")
+                return
+            assert producer is not None
             if partitions is None:  # once per topic; the readiness probe refreshes it
-                async with asyncio.timeout(self._ack_timeout_s):
-                    partitions = sorted(await producer.partitions_for(topic))
+                try:
+                    async with asyncio.timeout(self._spool_budget_s if spool is not None
+                                               else self._ack_timeout_s):
+                        partitions = sorted(await producer.partitions_for(topic))
+                except (TimeoutError, KafkaError):
+                    if spool is None:
+                        raise
+                    await self._to_spool(spool, topic, [(key, value, headers)],
+                                         "not_connected")
+                    return
                 self._partitions[topic] = partitions
             queue = self._queue(topic, partition_for(key, partitions))
             loop = asyncio.get_running_loop()
@@ -248,6 +288,7 @@ class Publisher:
         except KafkaError as exc:
             log.warning("produce failed", extra={"error": repr(exc)})
             raise NotStored("kafka_error") from None
+        # NotStored (the spool refused) passes through as it is.
         finally:
             self._in_flight -= 1
             self._in_flight_bytes -= size
@@ -269,14 +310,29 @@ class Publisher:
                 continue
             records, waiters, oldest = queue.records, queue.waiters, queue.oldest
             queue.records, queue.waiters = [], []
+            spool = self._spool
+            spooling = spool is not None and spool.accepting
             try:
-                # One deadline for the batch, from its oldest record: no record
-                # waits longer than ack_timeout_s, even behind a stuck batch.
-                async with asyncio.timeout_at(oldest + self._ack_timeout_s):
+                # One deadline for the batch, from its oldest record: no record waits
+                # longer than ack_timeout_s (spool_budget_s with the spool taking
+                # records), even behind a stuck batch.
+                budget = self._spool_budget_s if spooling else self._ack_timeout_s
+                async with asyncio.timeout_at(oldest + budget):
                     await self._send(topic, partition, records)
             except (TimeoutError, KafkaError) as exc:
                 self._produce_failed(self._producer, exc)
-                _fail(waiters, exc)
+                if spool is None:
+                    _fail(waiters, exc)
+                    continue
+                # The send goes on in the background: if it lands after all, the drained
+                # copy is a duplicate that the normalizer's dedupe absorbs.
+                reason = "ack_budget" if isinstance(exc, TimeoutError) else "kafka_error"
+                try:
+                    await self._to_spool(spool, topic, records, reason)
+                except NotStored as refused:
+                    _fail(waiters, refused)
+                else:
+                    _succeed(waiters)
             except asyncio.CancelledError:  # stop(): these requests are answered too
                 _fail(waiters, KafkaConnectionError("shutting down"))
                 raise
@@ -284,9 +340,7 @@ class Publisher:
                 log.exception("flush failed", extra={"topic": topic, "partition": partition})
                 _fail(waiters, KafkaError(repr(exc)))
             else:
-                for waiter in waiters:
-                    if not waiter.done():  # a request cancelled meanwhile has moved on
-                        waiter.set_result(None)
+                _succeed(waiters)
 
     async def _send(self, topic: str, partition: int, records: list[Record]) -> None:
         """Send and await the acks; after a fatal producer error, re-send on the
@@ -308,6 +362,43 @@ class Publisher:
             self._failing_since = None
             return
 
+    async def _to_spool(self, spool: Spool, topic: str, records: list[Record],
+                        reason: str) -> None:
+        received_at_ms = time.time_ns() // 1_000_000
+        try:
+            await spool.append([SpooledRecord(topic, key, value or b"", headers, received_at_ms)
+                                for key, value, headers in records], reason)
+        except SpoolRefused as exc:
+            log.warning("delivery not spooled", extra={"reason": exc.reason,
+                                                       "detail": str(exc)})
+            raise NotStored(exc.reason) from None
+
+    async def send_spooled(self, records: list[SpooledRecord]) -> None:
+        """The drainer's send: every record to its partition (by key, as ``publish``),
+        returning once all are acknowledged; raises on any failure or after
+        ``ack_timeout_s``."""
+        producer = self._producer
+        if producer is None:
+            raise KafkaConnectionError("no producer")
+        by_partition: dict[tuple[str, int], list[Record]] = {}
+        async with asyncio.timeout(self._ack_timeout_s):
+            for record in records:
+                partitions = self._partitions.get(record.topic)
+                if partitions is None:
+                    partitions = sorted(await producer.partitions_for(record.topic))
+                    self._partitions[record.topic] = partitions
+                by_partition.setdefault(
+                    (record.topic, partition_for(record.key, partitions)), []
+                ).append((record.key, record.value, record.headers))
+            try:
+                acks = [ack for (topic, partition), batch in by_partition.items()
+                        for ack in await submit_batches(producer, topic, partition, batch)]
+                await asyncio.gather(*acks)
+            except (KafkaError, TimeoutError) as exc:
+                self._produce_failed(producer, exc)
+                raise
+        self._failing_since = None
+
     async def stop(self, timeout_s: float) -> None:
         """Flush what is queued, then close the producer, within ``timeout_s`` in all.
 
@@ -320,7 +411,7 @@ class Publisher:
             with contextlib.suppress(Exception):
                 await closing
         deadline = time.monotonic() + timeout_s
-        # Requests still waiting get their answer (ack or deadline) before the
+        # Requests still waiting get their answer (ack, spool or deadline) before the
         # producer goes; uvicorn has already stopped taking new ones.
         while self._in_flight and time.monotonic() < deadline - timeout_s / 2:
             await asyncio.sleep(0.01)
@@ -328,6 +419,7 @@ class Publisher:
             if queue.flusher is not None:
                 queue.flusher.cancel()
             _fail(queue.waiters, KafkaConnectionError("shutting down"))
+        await self._stop_spool(deadline - timeout_s / 4)
         producer, self._producer = self._producer, None
         if producer is None:
             return
@@ -337,6 +429,30 @@ class Publisher:
         except (TimeoutError, KafkaError):
             log.warning("flush did not finish before the shutdown timeout")
         await _stop_quietly(producer, max(0.5, deadline - time.monotonic()))
+
+
+    async def _stop_spool(self, drain_until: float) -> None:
+        """Drain what the spool holds while Kafka takes it (until ``drain_until``); what
+        is left stays on disk for the next start."""
+        spool = self._spool
+        if spool is None:
+            return
+        while spool.records and self._can_send() and time.monotonic() < drain_until:
+            await asyncio.sleep(0.05)
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._drainer
+        if spool.records:
+            log.warning("spool not drained at shutdown; it drains at the next start",
+                        extra={"records": spool.records})
+        await spool.close()
+
+
+def _succeed(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # a request cancelled meanwhile has moved on
+            waiter.set_result(None)
 
 
 def _fail(waiters: list[asyncio.Future[None]], error: BaseException) -> None:
