@@ -119,3 +119,118 @@ async def own_topics(stack: Any, run_id: str, partitions: int = 3) -> Any:
         dlq_topic=f"test.dlq.{run_id}", sink_topic_prefix=f"test.sink.{run_id}")
     await topics.ensure(kafka, topics.plan(kafka, partitions=partitions))
     return kafka
+
+
+@contextlib.asynccontextmanager
+async def throwaway_broker(state: Path, partitions: int = 3
+                           ) -> AsyncIterator[tuple[Any, dict[str, str]]]:
+    """A Kafka broker of the caller's own (state dir and ports), for tests that stop or
+    kill it; yields its KafkaSettings (topics made) and the env that drives its stack."""
+    import os
+
+    from hookstream.core import topics
+    from hookstream.core.config import KafkaSettings
+
+    port, controller = free_port(), free_port()
+    env = {**os.environ, "HOOKSTREAM_STACK_DIR": str(state), "KAFKA_PORT": str(port),
+           "KAFKA_CONTROLLER_PORT": str(controller), "KAFKA_HEAP": "-Xms256m -Xmx512m",
+           "KAFKA_STOP_TIMEOUT": "20"}
+    await asyncio.to_thread(stack, "up", "kafka", env=env)
+    try:
+        kafka = KafkaSettings(bootstrap=f"127.0.0.1:{port}")
+        await topics.ensure(kafka, topics.plan(kafka, partitions=partitions))
+        yield kafka, env
+    finally:
+        await asyncio.to_thread(stack, "down", "--purge", "kafka", env=env)
+
+
+def kill_broker(state: Path) -> None:
+    """SIGKILL a throwaway broker (its pid file under ``state``)."""
+    import os
+    import signal
+
+    os.kill(int((state / "kafka" / "kafka.pid").read_text()), signal.SIGKILL)
+
+
+class SarjLoad:
+    """Distinct signed Sarj.ai deliveries, one after another per sender task (about 100/s
+    with 4 senders), each answer kept as (send time, status, receipt or None); and
+    ``/readyz`` polled every 0.1 s into ``readiness``."""
+
+    def __init__(self, base_url: str, admin_url: str | None = None) -> None:
+        import httpx
+        import orjson
+
+        from hookstream.core.samples import samples
+        from hookstream.core.sources import load_sources
+
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=15)
+        self.admin = httpx.AsyncClient(base_url=admin_url or base_url, timeout=5)
+        self.source = load_sources(SOURCES_FILE)["sarj-main"]
+        self.sample = orjson.loads(next(s for s in samples("sarj") if s.name == "failed").body)
+        self.answers: list[tuple[float, int, str | None]] = []
+        self.latencies: list[tuple[float, float]] = []  # (send time, seconds to the answer)
+        self.readiness: list[tuple[float, int]] = []
+
+    async def send_forever(self) -> None:
+        import time
+        import uuid
+
+        import httpx
+        import orjson
+
+        from hookstream.cli import signed_request
+        from hookstream.core.samples import Sample
+
+        while True:
+            body = orjson.dumps({**self.sample, "call_id": f"call_{uuid.uuid4()}"})
+            path, headers = signed_request(self.source, Sample("sarj", "failed", "x", body),
+                                           time.time(), "m")
+            sent = time.monotonic()
+            try:
+                response = await self.client.post(path, content=body, headers=headers)
+                receipt = response.json().get("receipt") if response.status_code == 202 else None
+                self.answers.append((sent, response.status_code, receipt))
+                self.latencies.append((sent, time.monotonic() - sent))
+            except httpx.HTTPError:
+                self.answers.append((sent, 0, None))
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.01)
+
+    async def watch_readiness(self) -> None:
+        import time
+
+        import httpx
+
+        while True:
+            try:
+                status = (await self.admin.get("/readyz")).status_code
+            except httpx.HTTPError:
+                status = 0
+            self.readiness.append((time.monotonic(), status))
+            await asyncio.sleep(0.1)
+
+    def accepted_again_after(self, since: float) -> float | None:
+        """Seconds from ``since`` to the first 202 after which every answer was 202."""
+        after = [(t, s) for t, s, _ in self.answers if t >= since]
+        for i, (t, status) in enumerate(after):
+            if status == 202 and all(s == 202 for _, s in after[i:]):
+                return t - since
+        return None
+
+    def receipts(self) -> set[str]:
+        return {r for _, status, r in self.answers if status == 202 and r}
+
+    @contextlib.asynccontextmanager
+    async def running(self, senders: int = 4, readiness: bool = True) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(self.send_forever()) for _ in range(senders)]
+        if readiness:
+            tasks.append(asyncio.create_task(self.watch_readiness()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.client.aclose()
+            await self.admin.aclose()
