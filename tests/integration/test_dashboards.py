@@ -274,6 +274,9 @@ async def test_every_dashboard_panel_has_data(stack: KafkaSettings, tmp_path: Pa
         "HOOKSTREAM_CRM_URL": f"http://127.0.0.1:{FAKE_CRM_PORT}",
         "HOOKSTREAM_CRM_TOKEN": "fake-crm-token",
         "HOOKSTREAM_RECORDINGS_DIR": str(tmp_path / "recordings"),
+        # Ingest runs with its local spool on, as deploy/local/demo runs it (a directory
+        # of this run's own: one process per spool), so the Spool row's gauges are real.
+        "HOOKSTREAM_INGEST_SPOOL_DIR": str(tmp_path / "ingest-spool"),
         # The sample recordings' signed URLs point at storage.googleapis.com: reject them
         # (dead letters, recording_url_rejected) rather than fetch from the internet.
         "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS": "127.0.0.1",
