@@ -39,13 +39,14 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="hookstream" \
       org.opencontainers.image.description="Queue-backed webhook ingestion pipeline: ingest, normalizer and sinks in one image"
 
-# /var/lib/hookstream/recordings: the recordings sink's local store (a volume),
-# owned by the service user so a fresh volume inherits it.
+# /var/lib/hookstream/recordings: the recordings sink's local store, and
+# /var/spool/hookstream: ingest's local spool (HOOKSTREAM_INGEST_SPOOL_DIR, ADR 7);
+# both volumes, owned by the service user so a fresh volume inherits it.
 RUN groupadd --system --gid 10001 hookstream \
  && useradd --system --uid 10001 --gid hookstream --no-create-home \
             --home-dir /nonexistent --shell /usr/sbin/nologin hookstream \
- && mkdir -p /var/lib/hookstream/recordings \
- && chown -R hookstream:hookstream /var/lib/hookstream
+ && mkdir -p /var/lib/hookstream/recordings /var/spool/hookstream \
+ && chown -R hookstream:hookstream /var/lib/hookstream /var/spool/hookstream
 
 COPY --from=build /opt/hookstream /opt/hookstream
 # The provider and canonical JSON Schemas are read at run time (normalizer, alerts).

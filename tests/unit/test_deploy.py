@@ -66,6 +66,9 @@ DASHBOARD_METRICS = {
     "hookstream_crm_retries_total",
     "hookstream_crm_circuit_open",
     "hookstream_sink_end_to_end_seconds",
+    # ingest's local spool (issue 12): records, bytes, oldest age, drain rate
+    "hookstream_ingest_spool_records", "hookstream_ingest_spool_bytes",
+    "hookstream_ingest_spool_oldest_age_seconds", "hookstream_ingest_spool_drained_total",
 }
 REQUIRED_ALERTS = {
     "HookstreamIngest5xx",  # ingest 5xx or 503 rate
@@ -75,6 +78,9 @@ REQUIRED_ALERTS = {
     "HookstreamSinkDeadLetters",
     "HookstreamSinkCircuitOpen",
     "HookstreamSourceSilent",  # no events from a source for longer than usual
+    "HookstreamIngestSpoolBacklog",  # the spool is in use and not draining
+    "HookstreamIngestSpoolNearlyFull",
+    "HookstreamIngestSpoolErrors",
 }
 
 
@@ -569,13 +575,20 @@ def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in base_resources() if d["kind"] == kind}
 
 
-def test_every_process_is_a_deployment_with_probes_resources_pdb_and_hpa() -> None:
-    deployments, services = _by_kind("Deployment"), _by_kind("Service")
+# Ingest keeps its local spool on a volume per replica; every other process is stateless.
+STATEFUL = {"hookstream-ingest"}
+
+
+def test_every_process_is_a_workload_with_probes_resources_pdb_and_hpa() -> None:
+    deployments, statefulsets = _by_kind("Deployment"), _by_kind("StatefulSet")
+    services = _by_kind("Service")
     pdbs, hpas = _by_kind("PodDisruptionBudget"), _by_kind("HorizontalPodAutoscaler")
     partitions = inspect.signature(topics.plan).parameters["partitions"].default
-    assert set(deployments) == set(service_ports())
+    assert set(statefulsets) == STATEFUL
+    assert set(deployments) == set(service_ports()) - STATEFUL
     for script, port in service_ports().items():
-        deployment = deployments[script]
+        kind = "StatefulSet" if script in STATEFUL else "Deployment"
+        deployment = {**deployments, **statefulsets}[script]
         spec = deployment["spec"]
         labels = spec["selector"]["matchLabels"]
         assert "replicas" not in spec, f"{script}: the HPA owns the replica count"
@@ -611,8 +624,7 @@ def test_every_process_is_a_deployment_with_probes_resources_pdb_and_hpa() -> No
             assert services[script]["spec"]["ports"][0]["port"] == port
         assert pdbs[script]["spec"]["selector"]["matchLabels"] == labels
         hpa = hpas[script]["spec"]
-        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                         "name": script}
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": kind, "name": script}
         (metric,) = hpa["metrics"]
         if script == "hookstream-ingest":
             assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
@@ -632,6 +644,50 @@ def test_every_process_is_a_deployment_with_probes_resources_pdb_and_hpa() -> No
                    **{v["name"]: v["value"] for v in container.get("env", []) if "value" in v},
                    **{var: secret[key] for var, (_, key) in secret_key_refs(container).items()}}
         assert settings_problems(script, environ) == []
+
+
+def test_ingest_keeps_its_spool_on_a_volume_per_replica() -> None:
+    """ADR 7: a StatefulSet whose every replica has its own volume for the spool, kept on
+    scale-in and deletion, and a grace period that covers the spool's drain on SIGTERM."""
+    from hookstream.ingest.settings import IngestSettings
+
+    ingest = _by_kind("StatefulSet")["hookstream-ingest"]
+    spec = ingest["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain",
+                                                            "whenDeleted": "Retain"}
+    headless = _by_kind("Service")[spec["serviceName"]]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["selector"] == spec["selector"]["matchLabels"]
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {v["name"]: v.get("value") for v in container.get("env", [])}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    spool = mounts[claim["metadata"]["name"]]
+    assert spool["mountPath"] == env["HOOKSTREAM_INGEST_SPOOL_DIR"] == "/var/spool/hookstream"
+    assert not spool.get("readOnly")
+    # The non-root user writes the volume through its group.
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # The spool fits its volume: the bound, a segment and the free space it keeps.
+    config = _by_kind("ConfigMap")["hookstream-config"]["data"]
+    settings = {**config, **{k: v for k, v in env.items() if v is not None}}
+    need = sum(int(settings.get(var, getattr(IngestSettings, attr)))
+               for var, attr in (("HOOKSTREAM_INGEST_SPOOL_MAX_BYTES", "spool_max_bytes"),
+                                 ("HOOKSTREAM_INGEST_SPOOL_SEGMENT_BYTES", "spool_segment_bytes"),
+                                 ("HOOKSTREAM_INGEST_SPOOL_MIN_FREE_BYTES",
+                                  "spool_min_free_bytes")))
+    assert need <= 2 * 1024**3
+    # preStop, then the requests in flight, then the shutdown (spool drain, flush).
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    shutdown = float(settings.get("HOOKSTREAM_INGEST_SHUTDOWN_TIMEOUT_S",
+                                  IngestSettings.shutdown_timeout_s))
+    ack = float(settings.get("HOOKSTREAM_INGEST_ACK_TIMEOUT_S", IngestSettings.ack_timeout_s))
+    assert shutdown >= 60, "too short to drain a spool on SIGTERM"
+    assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + ack + shutdown
 
 
 def test_setup_jobs_run_the_migrations_and_create_the_topics() -> None:

@@ -47,10 +47,13 @@ def _policies(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == "NetworkPolicy"]
 
 
+WORKLOADS = ("Deployment", "StatefulSet")  # ingest is a StatefulSet (its spool volumes)
+
+
 def _pods(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """Workload name -> its pods' labels (Deployments and Jobs)."""
+    """Workload name -> its pods' labels (Deployments, StatefulSets and Jobs)."""
     return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
-            for d in docs if d["kind"] in ("Deployment", "Job")}
+            for d in docs if d["kind"] in (*WORKLOADS, "Job")}
 
 
 def egress_rules(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -160,7 +163,7 @@ def _local_overlay() -> list[dict[str, Any]]:
 
 def _deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs
-            if d["kind"] == "Deployment"
+            if d["kind"] in WORKLOADS
             and d["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "hookstream"}
 
 
