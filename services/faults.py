@@ -146,6 +146,7 @@ class Result:
     error: str | None = None  # the scenario itself could not run to the end
     failed_tries: dict[int, int] = dataclasses.field(default_factory=dict)  # status -> n
     try_seconds: tuple[float, float] = (0.0, 0.0)  # p99 and slowest answer to a try
+    spool_peak: float = 0.0  # most deliveries in ingest's spool at one look
     loop_lag_s: float = 0.0  # the generator's own worst event-loop stall
 
     def failed(self, strict_given_up: bool) -> bool:
@@ -276,7 +277,9 @@ def load_sources_env() -> None:
 class Pipeline:
     """ingest, normalizer and warehouse sink of one scenario, with names of its own."""
 
-    def __init__(self, tag: str, logdir: Path, sources_file: str) -> None:
+    def __init__(self, tag: str, logdir: Path, sources_file: str,
+                 spool_dir: Path | None = None, ingest_env: dict[str, str] | None = None
+                 ) -> None:
         from .core.config import KafkaSettings, PostgresSettings, load
 
         self.tag = tag  # e.g. f1a2b3_broker_restart
@@ -290,7 +293,9 @@ class Pipeline:
         self.dsn = load(PostgresSettings).dsn
         self.schema = f"faults_{tag}"
         self.dedupe_table = f"faults_{tag}_dedupe"
-        self.ingest_port, ingest_admin = free_port(), free_port()
+        self.ingest_port = free_port()
+        self.ingest_admin = ingest_admin = free_port()
+        self.spool_dir = spool_dir
         normalizer_port, warehouse_port = free_port(), free_port()
         env = {**os.environ,
                "HOOKSTREAM_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
@@ -313,7 +318,9 @@ class Pipeline:
         self.services = {
             "ingest": Supervised("ingest", [_exe("hookstream-ingest")], {
                 **env, "HOOKSTREAM_INGEST_PORT": str(self.ingest_port),
-                "HOOKSTREAM_INGEST_ADMIN_PORT": str(ingest_admin)}, logdir / "ingest.log"),
+                "HOOKSTREAM_INGEST_ADMIN_PORT": str(ingest_admin),
+                "HOOKSTREAM_INGEST_SPOOL_DIR": str(spool_dir or ""),
+                **(ingest_env or {})}, logdir / "ingest.log"),
             "normalizer": Supervised("normalizer", [_exe("hookstream-normalizer")], {
                 **env, "HOOKSTREAM_NORMALIZER_HTTP_PORT": str(normalizer_port)},
                 logdir / "normalizer.log"),
@@ -351,6 +358,18 @@ class Pipeline:
 
     def restarts(self) -> dict[str, int]:
         return {n: s.restarts for n, s in self.services.items() if s.restarts}
+
+    async def ingest_gauge(self, name: str) -> float | None:
+        """One unlabelled metric of ingest's /metrics (None: ingest not answering)."""
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                text = (await client.get(f"http://127.0.0.1:{self.ingest_admin}/metrics")).text
+        except httpx.HTTPError:
+            return None
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else None
 
     async def duplicate_rows(self) -> int | None:
         """Rows of the run's ``events`` beyond one per event id (retried on outages)."""
@@ -533,6 +552,45 @@ async def _broker_kill(ctx: Context) -> None:
     await ctx.stack("up", "kafka")
 
 
+async def _kill_ingest_spooling(ctx: Context) -> None:
+    """The broker away long enough for the spool to fill, then ingest SIGKILLed with
+    records in it; the supervisor restarts it on the same spool, then the broker returns."""
+    await ctx.stack("down", "kafka", attempts=1)
+    await asyncio.sleep(5 if ctx.short else 20)
+    spooled = await ctx.pipeline.ingest_gauge("hookstream_ingest_spool_records")
+    say(f"kill-ingest-spooling: SIGKILL of ingest with {spooled or 0:.0f} deliveries spooled")
+    ctx.pipeline.services["ingest"].kill(signal.SIGKILL)
+    await asyncio.sleep(5 if ctx.short else 10)
+    await ctx.stack("up", "kafka")
+
+
+async def _spool_disk_full(ctx: Context) -> None:
+    """The broker away and the spool's filesystem (a small tmpfs) filled by another file:
+    deliveries are answered 503 (never 202) until the space is freed 3 s later; the
+    provider's retries land them in the spool; then the broker returns."""
+    spool_dir = ctx.pipeline.spool_dir
+    assert spool_dir is not None
+    await ctx.stack("down", "kafka", attempts=1)
+    await asyncio.sleep(2)
+    filler = spool_dir / "filler"
+    await asyncio.to_thread(_fill, filler)
+    say(f"spool-disk-full: {filler} takes the spool's filesystem; deliveries answered 503")
+    await asyncio.sleep(3)
+    filler.unlink()
+    say("spool-disk-full: space freed")
+    await asyncio.sleep(3 if ctx.short else 15)
+    await ctx.stack("up", "kafka")
+
+
+def _fill(path: Path) -> None:
+    """Write zeros to ``path`` until the filesystem is full (ENOSPC)."""
+    with path.open("wb", buffering=0) as file:
+        for size in (1 << 20, 4096):  # MiBs, then the last partial one
+            with contextlib.suppress(OSError):
+                while True:
+                    file.write(b"\0" * size)
+
+
 async def _broker_down_long(ctx: Context) -> None:
     await ctx.stack("down", "kafka", attempts=1)
     await asyncio.sleep(30 if ctx.short else 600)
@@ -564,6 +622,8 @@ class Scenario:
     doc: str
     inject: Callable[[Context], Awaitable[None]]
     default: bool = True  # run when no scenario is named
+    spool_fs_bytes: int = 0  # > 0: the spool on a tmpfs of this size (needs root)
+    ingest_env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 SCENARIOS = {s.name: s for s in [
@@ -581,6 +641,15 @@ SCENARIOS = {s.name: s for s in [
              _kill("normalizer")),
     Scenario("kill-warehouse", "SIGKILL of hookstream-sink-warehouse; restarted",
              _kill("warehouse")),
+    Scenario("kill-ingest-spooling", "the broker down (`stack down kafka`), after 5 s "
+             "(--short) or 20 s SIGKILL of hookstream-ingest with deliveries in its spool; "
+             "restarted on the same spool; the broker back 5 s or 10 s later",
+             _kill_ingest_spooling),
+    Scenario("spool-disk-full", "the spool on a 16 MiB tmpfs; the broker down; after 2 s "
+             "the tmpfs is filled by another file (ENOSPC: 503, never 202) and freed 3 s "
+             "later; the broker back 3 s (--short) or 15 s after that", _spool_disk_full,
+             spool_fs_bytes=16 << 20,
+             ingest_env={"HOOKSTREAM_INGEST_SPOOL_MIN_FREE_BYTES": "0"}),
     Scenario("broker-down-long", "`stack down kafka`, 30 s (--short) or 10 minutes down, "
              "`stack up kafka` (only when named)", _broker_down_long, default=False),
 ]}
@@ -598,6 +667,7 @@ class Settings:
     sources_file: str
     keep: bool
     logdir: Path
+    spool: bool = True  # ingest's spool on (--no-spool: off, to compare)
 
 
 async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> Result:
@@ -608,7 +678,8 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
     tag = f"{run_id}_{scenario.name.replace('-', '_')}"
     logdir = settings.logdir / scenario.name
     logdir.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(tag, logdir, settings.sources_file)
+    spool_dir = logdir / "spool" if settings.spool else None
+    pipeline = Pipeline(tag, logdir, settings.sources_file, spool_dir, scenario.ingest_env)
     ctx = Context(pipeline, settings.short, logdir / "stack.log")
     say(f"{scenario.name}: starting a pipeline of its own (schema {pipeline.schema}, "
         f"logs {logdir})")
@@ -616,7 +687,15 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
 
     sources = pick_sources(load_sources(settings.sources_file), None)
     accounting: Accounting | None = None
+    mounted = False
     try:
+        if scenario.spool_fs_bytes:
+            if spool_dir is None:
+                raise RuntimeError(f"{scenario.name} needs the spool (not --no-spool)")
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            await _run("mount", "-t", "tmpfs", "-o", f"size={scenario.spool_fs_bytes}",
+                       "tmpfs", str(spool_dir))
+            mounted = True
         await pipeline.start()
         accounting = Accounting(pipeline.kafka, pipeline.dsn, pipeline.schema)
         await accounting.start()
@@ -638,6 +717,8 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
                     for r, e in list(accounting.receipt_event.items())
                     if offer.acked_at.get(r, now) <= now - LAG_S)
                 checks.append((now, behind))
+                spooled = await pipeline.ingest_gauge("hookstream_ingest_spool_records")
+                result.spool_peak = max(result.spool_peak, spooled or 0.0)
                 await asyncio.sleep(0.5)
 
         def caught_up() -> float | None:
@@ -704,6 +785,9 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(accounting.stop(), 30)
         await pipeline.stop()
+        if mounted and spool_dir is not None:
+            with contextlib.suppress(Exception):
+                await _run("umount", str(spool_dir))
         # Whatever happened, leave the stack up for its other users.
         with contextlib.suppress(Exception):
             await ctx.stack("up", "kafka", "postgres")
@@ -713,6 +797,15 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
         f"{result.given_up}, missing {result.missing}, duplicate rows "
         f"{result.duplicate_rows}, restarts {result.restarts or 'none'}")
     return result
+
+
+async def _run(*command: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): "
+                           f"{output.decode(errors='replace').strip()}")
 
 
 async def run(names: list[str], settings: Settings) -> list[Result]:
@@ -761,8 +854,8 @@ retry policies (--policy PROVIDER=RETRIES:DELAY_S:TIMEOUT_S): Sarj.ai as documen
 
 exit status: 1 when any scenario has acknowledged-but-missing deliveries or
 duplicate rows, or could not run (or given-up deliveries, with --strict-given-up).
-Logs: <--logs>/<run>/<scenario>/. Leaves the stack up. Not built yet: ingest's
-durable spool (issue 12, item 2), so broker scenarios show deliveries given up.
+Logs: <--logs>/<run>/<scenario>/ (ingest's spool in spool/ there). Leaves the stack
+up. spool-disk-full mounts a tmpfs, so it needs root.
 """
 
 
@@ -790,6 +883,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sources", default="deploy/local/sources.toml", help="sources file")
     parser.add_argument("--logs", default=str(stack_dir() / "faults"),
                         help="where the services' logs go")
+    parser.add_argument("--no-spool", action="store_true",
+                        help="run ingest without its spool (HOOKSTREAM_INGEST_SPOOL_DIR "
+                        "empty), to compare")
     parser.add_argument("--keep", action="store_true",
                         help="keep each run's schema, dedupe table and topics")
 
@@ -809,7 +905,7 @@ def cmd_faults(args: argparse.Namespace) -> int:
         lead_s=3 if short else 10, tail_s=5 if short else 30,
         drain_s=args.drain_timeout_s or (60 if short else 300),
         policies={**DEFAULT_POLICIES, **dict(args.policy)}, sources_file=args.sources,
-        keep=args.keep, logdir=run_id_dir)
+        keep=args.keep, logdir=run_id_dir, spool=not args.no_spool)
     # The clients' own reconnect chatter (aiokafka logs every refused connection at
     # ERROR) would drown the table; outages are what this command is for.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -822,6 +918,8 @@ def cmd_faults(args: argparse.Namespace) -> int:
         if r.restarts:
             print(f"  {r.scenario}: supervisor restarts: "
                   + ", ".join(f"{n} {k}" for n, k in sorted(r.restarts.items())))
+        if r.spool_peak:
+            print(f"  {r.scenario}: at most {r.spool_peak:.0f} deliveries in ingest's spool")
         if r.offered:
             print(f"  {r.scenario}: answer to a try, p99 {r.try_seconds[0]:.1f} s, slowest "
                   f"{r.try_seconds[1]:.1f} s (cut at the policy's timeout); the generator's "

@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="hookstream-ingest",
         description="Receive provider webhooks, authenticate them and publish the raw "
-        "bytes to Kafka; answers 202 only after the broker acknowledged (acks=all).",
+        "bytes to Kafka; answers 202 only after the broker acknowledged (acks=all) or, "
+        "with HOOKSTREAM_INGEST_SPOOL_DIR set, after the delivery was fsync'd to the local "
+        "spool (drained to Kafka once the broker is back).",
         epilog=help_epilog(IngestSettings, KafkaSettings, LogSettings),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
