@@ -220,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                                          ready or "/v1/webhooks/x"))
         running.callback(shutil.rmtree, spool_dir, True)
         for n in range(args.rounds):
-            for label, _cmd, port, _ready in servers:
+            # (a) first (each round's baseline), then the others in an order rotated
+            # each round, so that none is always measured last on a warming machine.
+            others = servers[1:]
+            shift = n % len(others)
+            for label, _cmd, port, _ready in [servers[0], *others[shift:], *others[:shift]]:
                 url = f"http://127.0.0.1:{port}/v1/webhooks/saaya-main"
                 # Signed afresh for each run: timestamps stay inside the tolerance.
                 if n == 0:
