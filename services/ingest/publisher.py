@@ -366,12 +366,20 @@ class Publisher:
                         reason: str) -> None:
         received_at_ms = time.time_ns() // 1_000_000
         try:
-            await spool.append([SpooledRecord(topic, key, value or b"", headers, received_at_ms)
-                                for key, value, headers in records], reason)
+            # A disk that hangs (a stalled network volume) must not hold the request
+            # past the provider's window: 503. If the write lands later after all, the
+            # drained copy is a duplicate of the provider's retry, absorbed by dedupe.
+            async with asyncio.timeout(self._ack_timeout_s):
+                await spool.append([SpooledRecord(topic, key, value or b"", headers,
+                                                  received_at_ms)
+                                    for key, value, headers in records], reason)
         except SpoolRefused as exc:
             log.warning("delivery not spooled", extra={"reason": exc.reason,
                                                        "detail": str(exc)})
             raise NotStored(exc.reason) from None
+        except TimeoutError:
+            log.error("spool write not synced within the ack timeout; answered 503")
+            raise NotStored("spool_error") from None
 
     async def send_spooled(self, records: list[SpooledRecord]) -> None:
         """The drainer's send: every record to its partition (by key, as ``publish``),

@@ -383,8 +383,16 @@ class Spool:
             if not self._queue:
                 continue
             batch, self._queue, self._queued_bytes = self._queue, [], 0
-            async with self._io:
-                await self._commit(batch)
+            try:
+                async with self._io:
+                    await self._commit(batch)
+            except Exception as exc:  # the writer must outlive any surprise: 503, not a hang
+                log.exception("spool writer: batch failed")
+                self.healthy = False
+                failure = OSError(f"spool writer failed: {exc!r}")
+                for pending in batch:
+                    if not pending.waiter.done():
+                        pending.waiter.set_exception(failure)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         first_seq = self._seq + 1

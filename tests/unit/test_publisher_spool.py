@@ -102,3 +102,21 @@ async def test_spooled_records_drain_with_their_key_and_headers(spool: Spool) ->
         drainer.cancel()
     assert [(r["value"], r["key"], r["headers"]) for r in producer.sent] == [
         (b"first", b"key-1", HEADERS), (b"second", None, [("hs-request-id", b"r2")])]
+
+
+async def test_a_hanging_disk_answers_not_stored_within_the_ack_timeout(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hookstream.ingest import spool as spool_module
+
+    def stalled(fd: int) -> None:
+        time.sleep(1.5)  # a stalled network volume
+
+    monkeypatch.setattr(spool_module.os, "fdatasync", stalled)
+    publisher = Publisher(KafkaSettings(), ack_timeout_s=0.5, max_in_flight=100,
+                          max_in_flight_bytes=1 << 20, spool=spool, spool_budget_s=BUDGET_S)
+    started = time.monotonic()
+    with pytest.raises(NotStored) as info:
+        await publisher.publish("raw", b"value", None, HEADERS)
+    assert info.value.reason == "spool_error"
+    assert time.monotonic() - started < 1.0
+    await asyncio.sleep(1.2)  # let the stalled sync finish before the fixture closes

@@ -313,3 +313,19 @@ async def test_nothing_drains_while_kafka_cannot_take_it(opened: Spool) -> None:
     await asyncio.sleep(0.3)
     task.cancel()
     assert sent == [] and opened.records == 1
+
+
+async def test_a_surprise_in_the_writer_refuses_the_batch_and_the_writer_lives_on(
+        opened: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = spool_module.frame
+
+    def broken(seq: int, payload: bytes) -> bytes:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(spool_module, "frame", broken)
+    with pytest.raises(SpoolRefused) as refused:
+        await opened.append([record(1)], "ack_budget")
+    assert refused.value.reason == "spool_error" and not opened.healthy
+    monkeypatch.setattr(spool_module, "frame", real)
+    await opened.append([record(2)], "ack_budget")
+    assert opened.healthy and opened.records == 1
