@@ -22,6 +22,7 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     ProducerFenced,
     UnknownProducerId,
+    UnknownTopicOrPartitionError,
 )
 from murmurhash2 import murmurhash2
 
@@ -209,7 +210,11 @@ async def submit_batches(producer: AIOKafkaProducer, topic: str, partition: int,
 
     Each batch is closed before it is submitted: the sender takes a complete batch
     without waiting out ``linger_ms``, and no ``send()`` elsewhere can add to it.
+    A partition the producer does not know yet (just added) is learned first
+    (``learn_partition``).
     """
+    if partition not in await producer.partitions_for(topic):
+        await learn_partition(producer, topic, partition)
     futures: list[asyncio.Future[Any]] = []
     batch = producer.create_batch()
     for key, value, headers in records:
@@ -223,16 +228,52 @@ async def submit_batches(producer: AIOKafkaProducer, topic: str, partition: int,
     return futures
 
 
+# Partitions added to a topic (``kafka-topics --alter --partitions``) reach a client
+# only with its next metadata refresh. The client default is 5 minutes: the records
+# that land on the new partitions meanwhile wait that long for a group consumer
+# (only the group leader's refresh triggers the rebalance that assigns them). A
+# metadata request every 10 s per consumer costs nothing measurable.
+CONSUMER_METADATA_MAX_AGE_MS = 10_000
+
+# Waits between forced metadata refreshes while a producer does not know a partition
+# yet (``learn_partition``): about 2 s in all before giving up.
+_LEARN_PARTITION_WAITS_S = (0.0, 0.1, 0.3, 0.6, 1.0)
+
+
+async def learn_partition(producer: AIOKafkaProducer, topic: str, partition: int) -> None:
+    """Refresh ``producer``'s metadata until it knows ``partition`` of ``topic``.
+
+    A caller that picks partitions from a fresher view of the cluster than the
+    producer's own (ingest's readiness probe learns partitions added to the raw
+    topic within seconds; the producer's periodic refresh takes up to 5 minutes)
+    would otherwise have ``send_batch`` refuse the partition with an
+    ``AssertionError`` ("Unrecognized partition") on every send until then.
+    Raises ``UnknownTopicOrPartitionError`` (a ``KafkaError``: the caller's usual
+    failure path) if the partition is still unknown after about 2 s."""
+    for wait_s in _LEARN_PARTITION_WAITS_S:
+        await asyncio.sleep(wait_s)
+        await producer.client.force_metadata_update()
+        if partition in await producer.partitions_for(topic):
+            log.info("producer learned a new partition",
+                     extra={"topic": topic, "partition": partition})
+            return
+    raise UnknownTopicOrPartitionError(
+        f"partition {partition} of {topic} is not in the producer's metadata")
+
+
 def make_consumer(
     settings: KafkaSettings, group_id: str | None, *topics: str, **overrides: Any
 ) -> AIOKafkaConsumer:
-    """A consumer that never auto-commits: offsets follow downstream acknowledgement."""
+    """A consumer that never auto-commits: offsets follow downstream acknowledgement;
+    partitions added to its topics are assigned within ``CONSUMER_METADATA_MAX_AGE_MS``
+    (plus a rebalance)."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap,
         "client_id": f"{settings.client_id}-{group_id or 'reader'}",
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        "metadata_max_age_ms": CONSUMER_METADATA_MAX_AGE_MS,
         "request_timeout_ms": max(settings.request_timeout_ms, 40000),
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
     }
