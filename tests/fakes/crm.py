@@ -12,11 +12,27 @@ properties as HubSpot does for the ones we send (unknown property, missing
 * ``slow_next(n, delay_s)``: the next n requests are *applied*, then answered
   after ``delay_s`` (longer than the client's timeout: the client sees a
   timeout although the write happened, the nasty case for idempotency);
-* ``go_down(status)`` / ``come_back()``: every request fails until further notice.
+* ``go_down(status)`` / ``come_back()``: every request fails until further notice;
+* ``storm(statuses, retry_after)``: every request fails until ``come_back()``, the
+  answers taking turns through ``statuses`` (e.g. 429 with ``Retry-After``, 500, 503).
 
 Faults can be limited to one route (``route="calls.create"``). ``requests``
-counts requests per route. ``/webhook`` is a generic receiver for the webhook
-adapter, recording each body and its ``Idempotency-Key``.
+counts requests per route, ``faulted`` the answers forced by a fault, per status.
+``/webhook`` is a generic receiver for the webhook adapter, recording each body and
+its ``Idempotency-Key``.
+
+What was applied is counted per event: every create or update of a call whose
+``hookstream_details`` (the sink's merged record) brings event ids the call did not
+have yet counts one application of each (``applied``); a second activity for a call
+key applies its events again, so any count above 1 is an event applied twice. Writes
+of a call that bring no new event id are ``redundant_writes``.
+
+Run as a process (``python -m tests.fakes.crm --port N``, as the local demo and the
+fault suite do), it is driven over HTTP: ``POST /_admin/faults`` switches the failure
+mode at runtime (``{"mode": "storm", "statuses": [429, 500, 503], "retry_after": "1"}``,
+``{"mode": "down", "status": 503}``, ``{"mode": "fail_next", "n": 5, "status": 500}``,
+``{"mode": "up"}``), and ``GET /_admin/state`` reports what the CRM holds and what was
+applied. The admin routes are never faulted nor counted.
 
 Use it over real loopback with ``tests.support.serve(fake.app, port)`` or in
 process with :class:`TimeoutASGITransport` (which, unlike httpx's own
@@ -90,8 +106,13 @@ class FakeCRM:
         self.associations: set[tuple[str, str]] = set()  # (call id, contact id)
         self.webhooks: list[dict[str, Any]] = []  # {"key", "body", "authorization"}
         self.requests: Counter[str] = Counter()
+        self.faulted: Counter[int] = Counter()  # status -> answers forced by a fault
+        self.applied: Counter[str] = Counter()  # event id -> writes that applied it
+        self.redundant_writes = 0  # call writes that brought no new event id
         self.faults: deque[Fault] = deque()
         self.outage: Fault | None = None
+        self._storm: list[Fault] = []
+        self._storm_turn = itertools.count()
         self._ids = itertools.count(1001)
         self.app = Starlette(routes=[
             Route("/crm/v3/objects/{kind}/search", self._route("search", self._search),
@@ -105,6 +126,8 @@ class FakeCRM:
             Route("/crm/v4/objects/calls/{id}/associations/default/contacts/{contact}",
                   self._route("associations.put", self._associate), methods=["PUT"]),
             Route("/webhook", self._route("webhook", self._webhook), methods=["POST"]),
+            Route("/_admin/faults", self._admin_faults, methods=["POST"]),
+            Route("/_admin/state", self._admin_state, methods=["GET"]),
         ])
 
     # ------------------------------------------------------------ faults
@@ -123,11 +146,29 @@ class FakeCRM:
     def go_down(self, status: int = 503) -> None:
         self.outage = Fault(status=status)
 
+    def storm(self, statuses: list[int], retry_after: str | None = "1") -> None:
+        """Every request fails until ``come_back()``, the answers taking turns through
+        ``statuses``; a 429 carries ``Retry-After: retry_after``."""
+        if not statuses:
+            raise ValueError("a storm needs at least one status")
+        self._storm = [Fault(status=s, retry_after=retry_after if s == 429 else None)
+                       for s in statuses]
+
     def come_back(self) -> None:
         self.outage = None
+        self._storm = []
         self.faults.clear()
 
+    def mode(self) -> str:
+        if self._storm:
+            return "storm " + ",".join(str(f.status) for f in self._storm)
+        if self.outage is not None:
+            return f"down {self.outage.status}"
+        return "up"
+
     def _take_fault(self, route: str) -> Fault | None:
+        if self._storm:
+            return self._storm[next(self._storm_turn) % len(self._storm)]
         if self.outage is not None:
             return self.outage
         for fault in self.faults:
@@ -151,6 +192,29 @@ class FakeCRM:
 
     def contacts_of_call(self, call_id: str) -> set[str]:
         return {contact for call, contact in self.associations if call == call_id}
+
+    def duplicate_activities(self) -> int:
+        """Call activities beyond one per call key."""
+        keys = Counter(c["properties"].get("hookstream_call_key") for c in self.calls.values())
+        return sum(n - 1 for n in keys.values())
+
+    def state(self) -> dict[str, Any]:
+        """What ``GET /_admin/state`` answers."""
+        return {"mode": self.mode(), "contacts": len(self.contacts), "calls": len(self.calls),
+                "applied": dict(self.applied),
+                "duplicate_activities": self.duplicate_activities(),
+                "redundant_writes": self.redundant_writes,
+                "requests": dict(self.requests),
+                "faulted": {str(k): n for k, n in sorted(self.faulted.items())}}
+
+    def _count_applied(self, before: dict[str, Any] | None, properties: dict[str, Any]) -> None:
+        """Count the event ids a call write brings (see the module's docstring)."""
+        if "hookstream_details" not in properties:
+            return
+        new = _event_ids(properties) - (_event_ids(before) if before is not None else set())
+        self.applied.update(new)
+        if not new:
+            self.redundant_writes += 1
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the CRM holds, without ids and times (to compare two runs)."""
@@ -179,6 +243,7 @@ class FakeCRM:
             self.requests[route] += 1
             fault = self._take_fault(route)
             if fault is not None and fault.status is not None:
+                self.faulted[fault.status] += 1
                 if fault.delay_s:
                     await asyncio.sleep(fault.delay_s)
                 if fault.status == 429:
@@ -299,6 +364,8 @@ class FakeCRM:
                                  for k, v in properties.items()},
                               "hs_object_id": object_id, created: now, modified: now}}
         self._store(kind)[object_id] = obj
+        if kind == "calls":
+            self._count_applied(None, obj["properties"])
         return _json(201, self._public(kind, obj))
 
     async def _get(self, request: Request, kind: str) -> Response:
@@ -318,6 +385,8 @@ class FakeCRM:
             return invalid
         assert isinstance(properties, dict)
         now = _now()
+        if kind == "calls":
+            self._count_applied(obj["properties"], properties)
         obj["properties"].update({k: (None if v is None else str(v))
                                   for k, v in properties.items()})
         obj["properties"]["lastmodifieddate" if kind == "contacts"
@@ -346,9 +415,51 @@ class FakeCRM:
         self.webhooks.append({"key": key, "body": body, "authorization": authorization})
         return Response(status_code=204)
 
+    # ------------------------------------------------------------ admin (not faulted)
+    async def _admin_faults(self, request: Request) -> Response:
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            return _error(400, "want a JSON object", "VALIDATION_ERROR")
+        mode = body.get("mode")
+        try:
+            if mode == "up":
+                self.come_back()
+            elif mode == "down":
+                self.go_down(int(body.get("status", 503)))
+            elif mode == "storm":
+                self.storm([int(s) for s in body.get("statuses") or [429, 500, 503]],
+                           _optional_str(body.get("retry_after", "1")))
+            elif mode == "fail_next":
+                self.fail_next(int(body.get("n", 1)), int(body.get("status", 500)),
+                               _optional_str(body.get("retry_after")),
+                               _optional_str(body.get("route")))
+            else:
+                return _error(400, f"unknown mode {mode!r}: up, down, storm or fail_next",
+                              "VALIDATION_ERROR")
+        except (TypeError, ValueError) as exc:
+            return _error(400, f"bad {mode} request: {exc}", "VALIDATION_ERROR")
+        return _json(200, {"mode": self.mode()})
+
+    async def _admin_state(self, request: Request) -> Response:
+        return _json(200, self.state())
+
     def webhook_documents(self) -> dict[str, Any]:
         """The receiver's view: one document per Idempotency-Key (repeats collapse)."""
         return {w["key"]: w["body"] for w in self.webhooks}
+
+
+def _event_ids(properties: dict[str, Any]) -> set[str]:
+    """The event ids of a call's ``hookstream_details`` (the sink's merged record)."""
+    try:
+        details = orjson.loads(properties.get("hookstream_details") or "{}")
+    except orjson.JSONDecodeError:
+        return set()
+    ids = details.get("event_ids") if isinstance(details, dict) else None
+    return {str(i) for i in ids} if isinstance(ids, list) else set()
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 class TimeoutASGITransport(httpx.ASGITransport):
@@ -378,8 +489,9 @@ def example(name: str, **changes: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- local demo
 def main() -> None:
-    """Serve the fake on loopback for the local demo (`deploy/local/demo`): the real CRM
-    is a third-party SaaS, so the demo's CRM sink talks to this stand-in."""
+    """Serve the fake on loopback for the local demo (`deploy/local/demo`) and the fault
+    suite (`hookstream faults crm-429-5xx`): the real CRM is a third-party SaaS, so their
+    CRM sink talks to this stand-in (driven with /_admin/faults and /_admin/state)."""
     import argparse
 
     import uvicorn
