@@ -13,6 +13,14 @@ is injected after a few seconds, the load goes on, then the suite waits (bounded
 until every acknowledged delivery is in the warehouse or on the dead-letter topic,
 and prints one table. Only this module's pure parts (policy, recovery time, table)
 are imported by the unit tests; nothing of it is imported by the services.
+
+Scenarios that need more of the pipeline say so (``Scenario.normalizers``,
+``Scenario.sinks``): a second normalizer in the same consumer group, the CRM sink with
+the CRM stand-in (tests/fakes/crm.py, in a process of its own), the alerts sink with
+the stack's Alertmanager. Their destinations are accounted for exactly too
+(``Destination``): what each should hold is computed from the run's warehouse rows
+(every event exactly once), and compared with what it holds; the figures are printed
+under the table, one line per destination.
 """
 
 from __future__ import annotations
@@ -30,19 +38,24 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    import asyncpg
     import httpx
 
     from .core.sources import Source
     from .loadgen import Accounting, Delivery
+    from .sinks.alerts.rules import Rules
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
 SOURCES_ENV = REPO / "deploy" / "local" / "sources.env"
+ALERT_RULES = REPO / "deploy" / "local" / "alerts.toml"
+CRM_TOKEN = "fake-crm-token"  # the CRM stand-in's (tests/fakes/crm.py), as the demo uses it
 
 
 # ---------------------------------------------------------------- pure parts
@@ -148,9 +161,15 @@ class Result:
     try_seconds: tuple[float, float] = (0.0, 0.0)  # p99 and slowest answer to a try
     spool_peak: float = 0.0  # most deliveries in ingest's spool at one look
     loop_lag_s: float = 0.0  # the generator's own worst event-loop stall
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed under the table
+    # Destinations beside the warehouse (CRM, Alertmanager): what one should hold and
+    # never got, and what it got more than once.
+    sink_missing: int = 0
+    sink_duplicates: int = 0
 
     def failed(self, strict_given_up: bool) -> bool:
         return bool(self.error or self.missing or self.duplicate_rows != 0
+                    or self.sink_missing or self.sink_duplicates
                     or (strict_given_up and self.given_up))
 
 
@@ -184,6 +203,73 @@ def exit_status(results: Sequence[Result], strict_given_up: bool) -> int:
     return 1 if any(r.failed(strict_given_up) for r in results) else 0
 
 
+def destination_figures(expected: Iterable[str], applied: Mapping[str, int]
+                        ) -> tuple[int, int, int]:
+    """How a destination beside the warehouse did: (missing: keys it should hold and
+    never got; duplicates: applications beyond one per key; unexpected: keys it got
+    that nothing owed it). ``applied``: key -> times applied."""
+    wanted = set(expected)
+    got = {key for key, n in applied.items() if n > 0}
+    return (len(wanted - got), sum(n - 1 for n in applied.values() if n > 1),
+            len(got - wanted))
+
+
+def per_event_alert_rules(text: str) -> str:
+    """The alert rules ``text`` (TOML, as deploy/local/alerts.toml) with ``event_id``
+    added to every rule's ``group_by``. Which events hit which rule is unchanged, but
+    every hit becomes an alert of its own (Alertmanager merges alerts with equal
+    labels, and the repeat window suppresses a rule's hits per grouping key), so the
+    alerts in Alertmanager can be counted one by one against the events."""
+    import tomllib
+
+    document = tomllib.loads(text)
+    out = ["# Derived by `hookstream faults` from deploy/local/alerts.toml: the same rules,",
+           "# grouped by event_id too, so that each hit is an alert of its own.", ""]
+    out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in document.items() if k != "rule"]
+    for rule in document.get("rule") or []:
+        group_by = list(rule.get("group_by") or [])
+        rule = {**rule, "group_by": group_by + ([] if "event_id" in group_by else ["event_id"])}
+        out += ["", "[[rule]]", *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in rule.items())]
+    return "\n".join(out) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: the same escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def metric_samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` in a Prometheus text exposition whose labels
+    include ``labels``: (all its labels, value)."""
+    found = []
+    for match in re.finditer(rf"^{re.escape(name)}(?:\{{(.*?)\}})? (\S+)$", text, re.MULTILINE):
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            found.append((have, float(match.group(2))))
+    return found
+
+
+def metric_total(text: str | None, name: str, **labels: str) -> float:
+    """The sum of ``metric_samples`` (0 when ``text`` is None)."""
+    return sum(v for _, v in metric_samples(text or "", name, **labels))
+
+
 # ---------------------------------------------------------------- processes
 def free_port() -> int:
     with socket.socket() as s:
@@ -201,9 +287,10 @@ class Supervised:
     would), until ``stop``."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
-                 restart_delay_s: float = 1.0) -> None:
+                 restart_delay_s: float = 1.0, cwd: Path | None = None) -> None:
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
         self.restart_delay_s = restart_delay_s
+        self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._stopping = False
@@ -217,7 +304,7 @@ class Supervised:
             while not self._stopping:
                 self.proc = await asyncio.create_subprocess_exec(
                     *self.argv, env=self.env, stdout=log_file, stderr=log_file,
-                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True, cwd=self.cwd)
                 code = await self.proc.wait()
                 if self._stopping:
                     return
@@ -226,7 +313,11 @@ class Supervised:
                     f"(restart {self.restarts})")
                 await asyncio.sleep(self.restart_delay_s)
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = signal.SIGKILL, *, restart: bool = True) -> None:
+        """Send ``sig`` (SIGSTOP and SIGCONT too); ``restart=False``: the process is
+        not restarted when it exits (a replica gone for good)."""
+        if not restart:
+            self._stopping = True
         if self.proc is not None and self.proc.returncode is None:
             os.kill(self.proc.pid, sig)
 
@@ -274,12 +365,21 @@ def load_sources_env() -> None:
             os.environ.setdefault(match.group(1), match.group(2))
 
 
+def alertmanager_url() -> str:
+    """The Alertmanager the alerts sink posts to: HOOKSTREAM_ALERTMANAGER_URL (the
+    sink's own setting), else the stack's on ALERTMANAGER_PORT."""
+    return (os.environ.get("HOOKSTREAM_ALERTMANAGER_URL")
+            or f"http://127.0.0.1:{os.environ.get('ALERTMANAGER_PORT', '9095')}")
+
+
 class Pipeline:
-    """ingest, normalizer and warehouse sink of one scenario, with names of its own."""
+    """ingest, normalizer(s) and warehouse sink of one scenario, with names of its own;
+    ``sinks``: "crm" (the CRM sink and the CRM stand-in) and/or "alerts" (the alerts
+    sink, posting to the stack's Alertmanager)."""
 
     def __init__(self, tag: str, logdir: Path, sources_file: str,
-                 spool_dir: Path | None = None, ingest_env: dict[str, str] | None = None
-                 ) -> None:
+                 spool_dir: Path | None = None, ingest_env: dict[str, str] | None = None,
+                 normalizers: int = 1, sinks: Sequence[str] = ()) -> None:
         from .core.config import KafkaSettings, PostgresSettings, load
 
         self.tag = tag  # e.g. f1a2b3_broker_restart
@@ -296,7 +396,9 @@ class Pipeline:
         self.ingest_port = free_port()
         self.ingest_admin = ingest_admin = free_port()
         self.spool_dir = spool_dir
-        normalizer_port, warehouse_port = free_port(), free_port()
+        self.normalizer_group = f"hookstream-faults-{tag}-normalizer"
+        self.sinks = tuple(sinks)
+        warehouse_port = free_port()
         env = {**os.environ,
                "HOOKSTREAM_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
                "HOOKSTREAM_RAW_TOPIC": self.kafka.raw_topic,
@@ -305,29 +407,61 @@ class Pipeline:
                "HOOKSTREAM_SINK_TOPIC_PREFIX": self.kafka.sink_topic_prefix,
                "HOOKSTREAM_PG_DSN": self.dsn,
                "HOOKSTREAM_SOURCES_FILE": str(Path(sources_file).resolve()),
-               "HOOKSTREAM_NORMALIZER_GROUP": f"hookstream-faults-{tag}-normalizer",
+               "HOOKSTREAM_NORMALIZER_GROUP": self.normalizer_group,
                "HOOKSTREAM_DEDUPE_TABLE": self.dedupe_table,
                "HOOKSTREAM_WAREHOUSE_SCHEMA": self.schema,
                "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-warehouse",
                "HOOKSTREAM_LOG_JSON": "true"}
-        self.ready_urls = {
-            "ingest": f"http://127.0.0.1:{ingest_admin}/readyz",
-            "normalizer": f"http://127.0.0.1:{normalizer_port}/readyz",
-            "warehouse": f"http://127.0.0.1:{warehouse_port}/readyz",
-        }
+        # name -> port of its /readyz and /metrics
+        self.http_ports = {"ingest": ingest_admin, "warehouse": warehouse_port}
         self.services = {
             "ingest": Supervised("ingest", [_exe("hookstream-ingest")], {
                 **env, "HOOKSTREAM_INGEST_PORT": str(self.ingest_port),
                 "HOOKSTREAM_INGEST_ADMIN_PORT": str(ingest_admin),
                 "HOOKSTREAM_INGEST_SPOOL_DIR": str(spool_dir or ""),
                 **(ingest_env or {})}, logdir / "ingest.log"),
-            "normalizer": Supervised("normalizer", [_exe("hookstream-normalizer")], {
-                **env, "HOOKSTREAM_NORMALIZER_HTTP_PORT": str(normalizer_port)},
-                logdir / "normalizer.log"),
             "warehouse": Supervised("warehouse", [_exe("hookstream-sink-warehouse")], {
                 **env, "HOOKSTREAM_SINK_HTTP_PORT": str(warehouse_port)},
                 logdir / "sink-warehouse.log"),
         }
+        for n in range(1, normalizers + 1):  # one consumer group
+            name = "normalizer" if n == 1 else f"normalizer-{n}"
+            self.http_ports[name] = port = free_port()
+            self.services[name] = Supervised(name, [_exe("hookstream-normalizer")], {
+                **env, "HOOKSTREAM_NORMALIZER_HTTP_PORT": str(port)}, logdir / f"{name}.log")
+        self.crm_url = ""
+        if "crm" in self.sinks:
+            standin = free_port()
+            self.crm_url = f"http://127.0.0.1:{standin}"
+            self.services["crm-standin"] = Supervised(
+                "crm-standin", [sys.executable, "-m", "tests.fakes.crm", "--port", str(standin)],
+                env, logdir / "crm-standin.log", cwd=REPO)
+            self.http_ports["crm"] = port = free_port()
+            self.services["crm"] = Supervised("crm", [_exe("hookstream-sink-crm")], {
+                **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
+                "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-crm",
+                "HOOKSTREAM_SINK_MAX_BATCH": "50",  # as docs/sinks-crm.md advises
+                "HOOKSTREAM_CRM_ADAPTER": "hubspot", "HOOKSTREAM_CRM_URL": self.crm_url,
+                "HOOKSTREAM_CRM_TOKEN": CRM_TOKEN}, logdir / "sink-crm.log")
+        self.alertmanager_url = ""
+        self.alert_label = ("faults_run", tag)  # on every alert of the run
+        self.alert_rules_file = logdir / "alerts.toml"
+        if "alerts" in self.sinks:
+            self.alertmanager_url = alertmanager_url()
+            self.alert_rules_file.write_text(per_event_alert_rules(ALERT_RULES.read_text()))
+            self.http_ports["alerts"] = port = free_port()
+            self.services["alerts"] = Supervised("alerts", [_exe("hookstream-sink-alerts")], {
+                **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
+                "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-alerts",
+                "HOOKSTREAM_ALERT_RULES_FILE": str(self.alert_rules_file),
+                "HOOKSTREAM_ALERTMANAGER_URL": self.alertmanager_url,
+                "HOOKSTREAM_ALERT_WEBHOOK_URL": "",
+                "HOOKSTREAM_ALERT_LABELS": "=".join(self.alert_label)},
+                logdir / "sink-alerts.log")
+        self.ready_urls = {name: f"http://127.0.0.1:{port}/readyz"
+                           for name, port in self.http_ports.items()}
+        if self.crm_url:
+            self.ready_urls["crm-standin"] = f"{self.crm_url}/healthz"
 
     @property
     def url(self) -> str:
@@ -361,15 +495,33 @@ class Pipeline:
 
     async def ingest_gauge(self, name: str) -> float | None:
         """One unlabelled metric of ingest's /metrics (None: ingest not answering)."""
+        text = await self.metrics("ingest")
+        if text is None:
+            return None
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else None
+
+    async def metrics(self, service: str) -> str | None:
+        """A service's /metrics (None: not answering)."""
         import httpx
 
         try:
             async with httpx.AsyncClient(timeout=2) as client:
-                text = (await client.get(f"http://127.0.0.1:{self.ingest_admin}/metrics")).text
+                response = await client.get(
+                    f"http://127.0.0.1:{self.http_ports[service]}/metrics")
+                response.raise_for_status()
+                return response.text
         except httpx.HTTPError:
             return None
-        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-        return float(match.group(1)) if match else None
+
+    async def assigned(self, service: str) -> list[int] | None:
+        """The raw topic's partitions a normalizer holds (None: not answering), from its
+        consumer-lag gauge, which has a series per assigned partition."""
+        text = await self.metrics(service)
+        if text is None:
+            return None
+        return sorted(int(labels["partition"]) for labels, _ in metric_samples(
+            text, "hookstream_consumer_lag", topic=self.kafka.raw_topic))
 
     async def duplicate_rows(self) -> int | None:
         """Rows of the run's ``events`` beyond one per event id (retried on outages)."""
@@ -407,7 +559,8 @@ class Pipeline:
             await admin.start()
             try:
                 names = [self.kafka.raw_topic, self.kafka.events_topic, self.kafka.dlq_topic,
-                         *sink_topics(self.kafka, "warehouse")]
+                         *(topic for sink in ("warehouse", *self.sinks)
+                           for topic in sink_topics(self.kafka, sink))]
                 existing = set(await admin.list_topics())
                 await admin.delete_topics([n for n in names if n in existing])
             finally:
@@ -525,15 +678,202 @@ class Offer:
             await asyncio.sleep(policy.delay_s)
 
 
+# ---------------------------------------------------------------- other destinations
+class Destination:
+    """Exact accounting of a destination beside the warehouse (the CRM stand-in,
+    Alertmanager). What it should hold is computed from the run's warehouse rows (every
+    event exactly once; ``expect`` turns one event into the keys it owes, e.g. its
+    event id), and compared with what the destination holds (``observe``: key ->
+    times applied). ``look`` does both, once a second while the scenario runs."""
+
+    name = ""
+
+    def __init__(self, types: Iterable[str]) -> None:
+        self.types = sorted(types)  # the canonical types that may owe something
+        self.keys: dict[str, frozenset[str]] = {}  # event id -> keys it owes
+        self.observed: Counter[str] = Counter()  # at the last look that could read it
+        self.checks: list[tuple[float, bool]] = []  # (time, behind), as for the warehouse
+        self.pending = -1  # keys owed and not observed at the last look (-1: no look yet)
+
+    def expect(self, event: dict[str, Any]) -> frozenset[str]:
+        raise NotImplementedError
+
+    async def observe(self, client: httpx.AsyncClient) -> Counter[str]:
+        """What the destination holds; raises httpx.HTTPError when it cannot be read."""
+        raise NotImplementedError
+
+    def owed(self) -> set[str]:
+        return {key for keys in self.keys.values() for key in keys}
+
+    async def look(self, pool: asyncpg.Pool, schema: str, client: httpx.AsyncClient) -> None:
+        """One look: ``behind`` when a key owed by an event the warehouse has held for
+        more than ``LAG_S`` is not in the destination (or it cannot be read)."""
+        import httpx
+        import orjson
+
+        rows = await pool.fetch(
+            f'SELECT event_id::text AS id, written_at < now() - make_interval(secs => $2)'
+            f' AS old FROM "{schema}".events WHERE type = ANY($1::text[])',
+            self.types, LAG_S)
+        new = [r["id"] for r in rows if r["id"] not in self.keys]
+        if new:
+            for r in await pool.fetch(
+                    f'SELECT event_id::text AS id, event::text AS event FROM "{schema}".events'
+                    " WHERE event_id = ANY($1::uuid[])", new):
+                self.keys[r["id"]] = self.expect(orjson.loads(r["event"]))
+        readable = True
+        try:
+            self.observed = await self.observe(client)
+        except (httpx.HTTPError, ValueError):
+            readable = False
+        old = {key for r in rows if r["old"] for key in self.keys.get(r["id"], ())}
+        behind = (not readable and bool(old)) or any(not self.observed[k] for k in old)
+        self.checks.append((time.monotonic(), behind))
+        self.pending = len(self.owed() - {k for k, n in self.observed.items() if n > 0})
+
+    def report(self, fault_end: float, metrics: str | None) -> tuple[str, int, int]:
+        """(the line under the table, missing, duplicates), after the last look."""
+        raise NotImplementedError
+
+    def _caught_up(self, fault_end: float) -> str:
+        at = caught_up_at(fault_end, self.checks)
+        return ("not caught up in the run" if at is None
+                else f"caught up {at - fault_end:.1f} s after the fault's end")
+
+
+class CRMDestination(Destination):
+    """The CRM stand-in (tests/fakes/crm.py): every finished-call event the CRM sink can
+    map owes one upsert, applied exactly once (the stand-in counts, per event id, the
+    call writes that brought it: a second activity for a call applies it again)."""
+
+    name = "CRM"
+
+    def __init__(self, url: str) -> None:
+        from .sinks.crm.mapping import FINISHED_TYPES
+
+        super().__init__(FINISHED_TYPES)
+        self.url = url
+        self.unmappable = 0
+        self.state: dict[str, Any] = {}
+
+    def expect(self, event: dict[str, Any]) -> frozenset[str]:
+        from .sinks.crm.mapping import Unmappable, activity
+
+        try:
+            return frozenset({activity(event).event_id})
+        except Unmappable:  # dead-lettered crm_unmappable by the sink: owes nothing
+            self.unmappable += 1
+            return frozenset()
+
+    async def observe(self, client: httpx.AsyncClient) -> Counter[str]:
+        response = await client.get(f"{self.url}/_admin/state")
+        response.raise_for_status()
+        self.state = response.json()
+        return Counter({str(k): int(v) for k, v in self.state["applied"].items()})
+
+    async def set_mode(self, client: httpx.AsyncClient, **mode: Any) -> None:
+        (await client.post(f"{self.url}/_admin/faults", json=mode)).raise_for_status()
+
+    def report(self, fault_end: float, metrics: str | None) -> tuple[str, int, int]:
+        owed = self.owed()
+        missing, duplicates, unexpected = destination_figures(owed, self.observed)
+        faulted = ", ".join(f"{k}: {n}" for k, n in (self.state.get("faulted") or {}).items())
+        parked = metric_total(metrics, "hookstream_sink_events_total", sink="crm",
+                              outcome="deferred")
+        dead = metric_total(metrics, "hookstream_sink_events_total", sink="crm",
+                            outcome="dead_letter")
+        retried = metric_total(metrics, "hookstream_sink_batch_retries_total", sink="crm")
+        line = (f"CRM: {len(owed)} upserts owed (finished-call events in the warehouse"
+                + (f"; {self.unmappable} unmappable" if self.unmappable else "")
+                + f"), {sum(1 for k in owed if self.observed[k])} applied by the stand-in: "
+                f"missing {missing}, applied twice {duplicates}, not owed {unexpected} "
+                f"(activities beyond one per call: {self.state.get('duplicate_activities')}, "
+                f"writes that applied nothing new: {self.state.get('redundant_writes')}); "
+                f"forced answers of the stand-in: {faulted or 'none'}; the CRM sink parked "
+                f"{parked:.0f} events on its retry topic, retried {retried:.0f} batches in "
+                f"place, dead-lettered {dead:.0f}; {self._caught_up(fault_end)}")
+        return line, missing, duplicates
+
+
+class AlertsDestination(Destination):
+    """Alertmanager: every rule hit of the run's events owes one alert (the rules are
+    grouped by event id too, see ``per_event_alert_rules``), found by the run's label.
+    Alertmanager keeps alerts in memory only, so the alerts it held when it was stopped
+    (``before``, read by the scenario) count as delivered even when its restart lost
+    them; every other alert owed must be in it after its return."""
+
+    name = "alerts"
+
+    def __init__(self, url: str, label: tuple[str, str], rules: Rules) -> None:
+        super().__init__(rules.types)
+        self.url = url.rstrip("/")
+        self.label = label
+        self.rules = rules
+        self.before: set[str] = set()  # in Alertmanager when it was stopped
+        self.current: set[str] = set()  # at the last look
+
+    def expect(self, event: dict[str, Any]) -> frozenset[str]:
+        return frozenset(f"{rule.name} {event.get('event_id')}"
+                         for rule in self.rules.matching(event))
+
+    async def fetch(self, client: httpx.AsyncClient) -> set[str]:
+        name, value = self.label
+        response = await client.get(f"{self.url}/api/v2/alerts",
+                                    params={"filter": f'{name}="{value}"'})
+        response.raise_for_status()
+        return {f"{a['labels'].get('rule')} {a['labels'].get('event_id')}"
+                for a in response.json()}
+
+    async def observe(self, client: httpx.AsyncClient) -> Counter[str]:
+        self.current = await self.fetch(client)
+        return Counter(self.before | self.current)
+
+    def report(self, fault_end: float, metrics: str | None) -> tuple[str, int, int]:
+        owed = self.owed()
+        missing, _, unexpected = destination_figures(owed, self.observed)
+        after = owed - self.before
+        retried = metric_total(metrics, "hookstream_sink_batch_retries_total", sink="alerts")
+        errors = metric_total(metrics, "hookstream_alerts_sent_total",
+                              destination="alertmanager", outcome="error")
+        dead = metric_total(metrics, "hookstream_sink_events_total", sink="alerts",
+                            outcome="dead_letter")
+        line = (f"alerts: {len(owed)} owed (rule hits of the warehouse's events, an alert "
+                f"each), {len(owed & self.before)} in Alertmanager when it was stopped, "
+                f"{len(after)} owed after that: {len(after & self.current)} in Alertmanager "
+                f"after its return, missing {missing} (not owed {unexpected}; duplicates "
+                "cannot be seen: Alertmanager merges equal labels); "
+                f"{len(self.before - self.current)} of those held before the stop are gone "
+                "after its restart (Alertmanager keeps alerts in memory; the sink sends an "
+                f"alert once); the alerts sink retried {retried:.0f} batches in place "
+                f"({errors:.0f} alerts refused by a down Alertmanager), dead-lettered "
+                f"{dead:.0f}; {self._caught_up(fault_end)}")
+        return line, missing, 0
+
+
 # ---------------------------------------------------------------- scenarios
 @dataclasses.dataclass
 class Context:
     pipeline: Pipeline
     short: bool
     log_path: Path  # the stack commands' output
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed under the table
+    destinations: dict[str, Destination] = dataclasses.field(default_factory=dict)
+    # Watchers an injection leaves running (how the fault played out); cancelled, if
+    # still running, once the run has drained.
+    watchers: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    client: httpx.AsyncClient | None = None
 
     async def stack(self, *args: str, attempts: int = 3) -> None:
         await stack(*args, log_path=self.log_path, attempts=attempts)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        say(text)
+
+    def watch(self, watcher: Awaitable[None]) -> None:
+        async def run() -> None:
+            await watcher
+        self.watchers.append(asyncio.create_task(run()))
 
 
 def _pid(path: Path) -> int:
@@ -616,6 +956,121 @@ def _kill(service: str) -> Callable[[Context], Awaitable[None]]:
     return inject
 
 
+async def _normalizer_rebalance(ctx: Context) -> None:
+    """Two normalizers share the raw topic's partitions; one is SIGKILLed and stays
+    dead: the group rebalances (once the broker sees its session expire) and the
+    survivor takes its partitions over, from their last committed offsets."""
+    pipeline = ctx.pipeline
+    deadline = time.monotonic() + 30
+    while True:  # a real split first: each of the two holds partitions
+        held = {n: await pipeline.assigned(n) for n in ("normalizer", "normalizer-2")}
+        if all(held.values()) and sum(len(p or ()) for p in held.values()) == 3:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the two normalizers did not share the raw topic's "
+                               f"partitions within 30 s ({held})")
+        await asyncio.sleep(0.5)
+    pipeline.services["normalizer-2"].kill(signal.SIGKILL, restart=False)
+    killed = time.monotonic()
+    ctx.note(f"SIGKILL of normalizer-2 (not restarted) holding raw partitions "
+             f"{held['normalizer-2']}; normalizer held {held['normalizer']}")
+
+    async def takeover() -> None:
+        while True:
+            held = await pipeline.assigned("normalizer")
+            if held is not None and len(held) == 3:
+                ctx.note(f"normalizer held all of {held} {time.monotonic() - killed:.1f} s "
+                         "after the kill")
+                return
+            await asyncio.sleep(0.5)
+    ctx.watch(takeover())
+
+
+async def _raw_partitions_added(ctx: Context) -> None:
+    """The raw topic goes from 3 to 6 partitions under load (the Kafka admin API, as
+    `kafka-topics --alter --partitions 6` does). Ingest's readiness probe learns the
+    new partitions and sends to them; the normalizer's group must be assigned them."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+
+    kafka = ctx.pipeline.kafka
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap,
+                                request_timeout_ms=kafka.request_timeout_ms)
+    await admin.start()
+    try:
+        await admin.create_partitions({kafka.raw_topic: NewPartitions(total_count=6)})
+    finally:
+        await admin.close()
+    added = time.monotonic()
+    ctx.note("the raw topic's partitions raised from 3 to 6")
+
+    async def assigned() -> None:
+        while True:
+            held = await ctx.pipeline.assigned("normalizer")
+            if held is not None and len(held) == 6:
+                ctx.note(f"the normalizer held all 6 raw partitions "
+                         f"{time.monotonic() - added:.1f} s after they were added")
+                return
+            await asyncio.sleep(0.5)
+    ctx.watch(assigned())
+
+
+async def _new_partitions_read(ctx: Context) -> None:
+    """After the run: how many records ingest put on the new raw partitions, and up to
+    where the normalizer's group committed them."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from .core.kafka import end_offsets
+
+    kafka = ctx.pipeline.kafka
+    ends = {tp.partition: end for tp, end in (await end_offsets(kafka, kafka.raw_topic)).items()}
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        committed = {tp.partition: meta.offset for tp, meta in (
+            await admin.list_consumer_group_offsets(ctx.pipeline.normalizer_group)).items()
+            if tp.topic == kafka.raw_topic}
+    finally:
+        await admin.close()
+    new = [p for p in sorted(ends) if p >= 3]
+    ctx.note(f"records on the new raw partitions {new}: "
+             f"{sum(ends[p] for p in new)} (committed by the normalizer's group: "
+             f"{sum(max(0, committed.get(p, 0)) for p in new)}); on the first three: "
+             f"{sum(ends[p] for p in ends if p < 3)}")
+
+
+async def _crm_429_5xx(ctx: Context) -> None:
+    """The CRM stand-in answers every request 429 (Retry-After: 1) or a 5xx, in turns,
+    for 30 s (--short) or a minute, then recovers."""
+    crm = ctx.destinations["crm"]
+    assert isinstance(crm, CRMDestination) and ctx.client is not None
+    await crm.set_mode(ctx.client, mode="storm", statuses=[429, 500, 429, 503, 429, 502],
+                       retry_after="1")
+    await asyncio.sleep(30 if ctx.short else 60)
+    await crm.set_mode(ctx.client, mode="up")
+
+
+async def _alertmanager_down(ctx: Context) -> None:
+    """`stack down alertmanager`, 30 s (--short) or a minute, `stack up alertmanager`.
+    Right before the stop, the alerts sink is paused (SIGSTOP) for the time it takes to
+    read what Alertmanager holds and to stop it, so that the alerts delivered before the
+    stop are known exactly (Alertmanager keeps alerts in memory: its restart loses them)."""
+    alerts = ctx.destinations["alerts"]
+    assert isinstance(alerts, AlertsDestination) and ctx.client is not None
+    sink = ctx.pipeline.services["alerts"]
+    paused = time.monotonic()
+    sink.kill(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(0.5)  # answers already on their way are in
+        alerts.before = await alerts.fetch(ctx.client)
+        await ctx.stack("down", "alertmanager", attempts=1)
+    finally:
+        sink.kill(signal.SIGCONT)
+    ctx.note(f"{len(alerts.before)} alerts of the run in Alertmanager when it was stopped "
+             f"(the alerts sink paused {time.monotonic() - paused:.1f} s for that)")
+    await asyncio.sleep(30 if ctx.short else 60)
+    await ctx.stack("up", "alertmanager")
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
@@ -624,6 +1079,10 @@ class Scenario:
     default: bool = True  # run when no scenario is named
     spool_fs_bytes: int = 0  # > 0: the spool on a tmpfs of this size (needs root)
     ingest_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    normalizers: int = 1  # instances in the normalizer's consumer group
+    sinks: tuple[str, ...] = ()  # beside the warehouse: "crm" (with the CRM stand-in), "alerts"
+    # After the run has drained: notes on how the fault played out.
+    afterwards: Callable[[Context], Awaitable[None]] | None = None
 
 
 SCENARIOS = {s.name: s for s in [
@@ -650,6 +1109,18 @@ SCENARIOS = {s.name: s for s in [
              "later; the broker back 3 s (--short) or 15 s after that", _spool_disk_full,
              spool_fs_bytes=16 << 20,
              ingest_env={"HOOKSTREAM_INGEST_SPOOL_MIN_FREE_BYTES": "0"}),
+    Scenario("normalizer-rebalance", "two normalizers in one consumer group; SIGKILL of "
+             "one, not restarted: the survivor takes its partitions over (a rebalance "
+             "under load)", _normalizer_rebalance, normalizers=2),
+    Scenario("raw-partitions-added", "the raw topic's partitions raised from 3 to 6 under "
+             "load (Kafka admin API)", _raw_partitions_added,
+             afterwards=_new_partitions_read),
+    Scenario("crm-429-5xx", "with the CRM sink: the CRM stand-in answers 429 "
+             "(Retry-After) and 5xx in turns for 30 s (--short) or a minute, then recovers",
+             _crm_429_5xx, sinks=("crm",)),
+    Scenario("alertmanager-down", "with the alerts sink: `stack down alertmanager`, 30 s "
+             "(--short) or a minute, `stack up alertmanager`", _alertmanager_down,
+             sinks=("alerts",)),
     Scenario("broker-down-long", "`stack down kafka`, 30 s (--short) or 10 minutes down, "
              "`stack up kafka` (only when named)", _broker_down_long, default=False),
 ]}
@@ -679,7 +1150,8 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
     logdir = settings.logdir / scenario.name
     logdir.mkdir(parents=True, exist_ok=True)
     spool_dir = logdir / "spool" if settings.spool else None
-    pipeline = Pipeline(tag, logdir, settings.sources_file, spool_dir, scenario.ingest_env)
+    pipeline = Pipeline(tag, logdir, settings.sources_file, spool_dir, scenario.ingest_env,
+                        scenario.normalizers, scenario.sinks)
     ctx = Context(pipeline, settings.short, logdir / "stack.log")
     say(f"{scenario.name}: starting a pipeline of its own (schema {pipeline.schema}, "
         f"logs {logdir})")
@@ -688,6 +1160,7 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
     sources = pick_sources(load_sources(settings.sources_file), None)
     accounting: Accounting | None = None
     mounted = False
+    watching_destinations: asyncio.Task[None] | None = None
     try:
         if scenario.spool_fs_bytes:
             if spool_dir is None:
@@ -699,6 +1172,7 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
         await pipeline.start()
         accounting = Accounting(pipeline.kafka, pipeline.dsn, pipeline.schema)
         await accounting.start()
+        watching_destinations = await _start_destinations(ctx)
         offer = Offer(pipeline.url, sources, settings.policies, settings.rate, accounting)
         fault_end: float | None = None
         checks: list[tuple[float, bool]] = []  # (time, behind) of each look
@@ -749,8 +1223,10 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
             say(f"{scenario.name}: {len(offer.offered)} offered; waiting (at most "
                 f"{settings.drain_s:g} s) for every acknowledged delivery to arrive")
             deadline = time.monotonic() + settings.drain_s
-            while time.monotonic() < deadline and (accounting.counts()[2]
-                                                   or caught_up() is None):
+            while time.monotonic() < deadline and (
+                    accounting.counts()[2] or caught_up() is None
+                    or any(d.pending != 0 or caught_up_at(fault_end, d.checks) is None
+                           for d in ctx.destinations.values())):
                 await asyncio.sleep(0.5)
         finally:
             offer.stop_offering()
@@ -776,10 +1252,33 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
         result.duplicate_rows = await pipeline.duplicate_rows()
         assert fault_end is not None
         result.recover_s = recovery_seconds(fault_end, offer.all_tries(), caught_up())
+        for watcher in ctx.watchers:
+            watcher.cancel()
+        if scenario.afterwards is not None:
+            await scenario.afterwards(ctx)
+        if watching_destinations is not None:
+            watching_destinations.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching_destinations
+        for name, destination in ctx.destinations.items():
+            await _last_look(ctx, destination)
+            line, missing, duplicates = destination.report(
+                fault_end, await pipeline.metrics(name))
+            ctx.notes.append(line)
+            result.sink_missing += missing
+            result.sink_duplicates += duplicates
     except Exception as exc:  # reported in the table; the suite goes on
         result.error = repr(exc)
         say(f"{scenario.name}: ERROR {exc!r}")
     finally:
+        result.notes = ctx.notes
+        for leftover in (*ctx.watchers, watching_destinations):
+            if leftover is not None and not leftover.done():
+                leftover.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await leftover
+        if ctx.client is not None:
+            await ctx.client.aclose()
         result.restarts = pipeline.restarts()
         if accounting is not None:
             with contextlib.suppress(Exception):
@@ -790,13 +1289,74 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
                 await _run("umount", str(spool_dir))
         # Whatever happened, leave the stack up for its other users.
         with contextlib.suppress(Exception):
-            await ctx.stack("up", "kafka", "postgres")
+            await ctx.stack("up", "kafka", "postgres",
+                            *(("alertmanager",) if "alerts" in scenario.sinks else ()))
         if not settings.keep:
             await pipeline.drop()
     say(f"{scenario.name}: offered {result.offered}, 2xx {result.answered_2xx}, given up "
         f"{result.given_up}, missing {result.missing}, duplicate rows "
         f"{result.duplicate_rows}, restarts {result.restarts or 'none'}")
     return result
+
+
+async def _start_destinations(ctx: Context) -> asyncio.Task[None] | None:
+    """The scenario's destinations beside the warehouse, and a task that looks at each
+    once a second (until cancelled)."""
+    import asyncpg
+    import httpx
+
+    from .sinks.alerts.rules import load_rules
+
+    pipeline = ctx.pipeline
+    ctx.client = httpx.AsyncClient(timeout=5)
+    if pipeline.crm_url:
+        ctx.destinations["crm"] = CRMDestination(pipeline.crm_url)
+    if pipeline.alertmanager_url:
+        ctx.destinations["alerts"] = AlertsDestination(
+            pipeline.alertmanager_url, pipeline.alert_label,
+            load_rules(pipeline.alert_rules_file))
+    if not ctx.destinations:
+        return None
+    pool = await asyncpg.create_pool(pipeline.dsn, min_size=1, max_size=1)
+    client = ctx.client
+
+    async def watch() -> None:
+        try:
+            while True:
+                for destination in ctx.destinations.values():
+                    try:
+                        await asyncio.wait_for(
+                            destination.look(pool, pipeline.schema, client), 15)
+                    except Exception as exc:  # the measuring survives the fault
+                        say(f"{destination.name}: look cut short ({exc!r})")
+                await asyncio.sleep(1)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+    return asyncio.create_task(watch())
+
+
+async def _last_look(ctx: Context, destination: Destination) -> None:
+    """A last look at the warehouse and the destination, retried while either cannot
+    be read (the figures come from it)."""
+    import asyncpg
+    import httpx
+
+    assert ctx.client is not None
+    for attempt in range(10):
+        try:
+            pool = await asyncpg.create_pool(ctx.pipeline.dsn, min_size=1, max_size=1)
+            try:
+                await destination.look(pool, ctx.pipeline.schema, ctx.client)
+                # The look passes over a destination it cannot read; this raises then.
+                destination.observed = await destination.observe(ctx.client)
+                return
+            finally:
+                await pool.close()
+        except (OSError, asyncpg.PostgresError, httpx.HTTPError, ValueError) as exc:
+            if attempt == 9:
+                raise RuntimeError(f"{destination.name} could not be read: {exc!r}") from exc
+            await asyncio.sleep(1)
 
 
 async def _run(*command: str) -> None:
@@ -828,6 +1388,17 @@ the load on, then waits (bounded) until every acknowledged delivery is in the
 warehouse or on the dead-letter topic. A supervised service that exits is
 restarted after 1 s (restarts are printed under the table).
 
+Some scenarios run more: normalizer-rebalance a second normalizer in the same
+group; crm-429-5xx the CRM sink (hookstream-sink-crm) and the CRM stand-in
+(python -m tests.fakes.crm, driven over its /_admin/ routes); alertmanager-down
+the alerts sink (hookstream-sink-alerts: deploy/local/alerts.toml's rules grouped
+by event_id too, so that every hit is an alert of its own, labelled
+faults_run=<run>) posting to the stack's Alertmanager (HOOKSTREAM_ALERTMANAGER_URL,
+else http://127.0.0.1:$ALERTMANAGER_PORT, default port 9095). Their destinations
+are accounted for exactly too, a line under the table each: what the CRM or
+Alertmanager should hold is computed from the run's warehouse rows and compared
+with what it holds (missing; applied twice, where the destination can tell).
+
 scenarios:
 {scenarios}
 
@@ -853,7 +1424,8 @@ retry policies (--policy PROVIDER=RETRIES:DELAY_S:TIMEOUT_S): Sarj.ai as documen
 3 retries 2 s apart, each try with a 10 s timeout; Saaya and Sawt the same unless set.
 
 exit status: 1 when any scenario has acknowledged-but-missing deliveries or
-duplicate rows, or could not run (or given-up deliveries, with --strict-given-up).
+duplicate rows, events missing from or applied twice at the CRM stand-in or
+Alertmanager, or could not run (or given-up deliveries, with --strict-given-up).
 Logs: <--logs>/<run>/<scenario>/ (ingest's spool in spool/ there). Leaves the stack
 up. spool-disk-full mounts a tmpfs, so it needs root.
 """
@@ -927,6 +1499,8 @@ def cmd_faults(args: argparse.Namespace) -> int:
         if r.failed_tries:
             print(f"  {r.scenario}: tries that failed, by answer (0: none in time): "
                   + ", ".join(f"{k}: {n}" for k, n in sorted(r.failed_tries.items())))
+        for note in r.notes:
+            print(f"  {r.scenario}: {note}")
         if r.error:
             print(f"  {r.scenario}: could not run to the end: {r.error}")
     print(f"  {len(results)} scenarios in {time.monotonic() - started:.0f} s "

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 
 from hookstream.faults import (
+    ALERT_RULES,
     COLUMNS,
     DEFAULT_POLICIES,
+    SCENARIOS,
+    AlertsDestination,
+    CRMDestination,
     Result,
     RetryPolicy,
     caught_up_at,
+    destination_figures,
     exit_status,
+    metric_samples,
+    metric_total,
     parse_policy,
+    per_event_alert_rules,
     recovery_seconds,
     render_table,
 )
+from hookstream.sinks.alerts.rules import load_rules, loads_rules
+from tests.fakes.crm import example
 
 SARJ = DEFAULT_POLICIES["sarj"]
 
@@ -113,3 +124,73 @@ def test_exit_status_fails_on_missing_duplicates_errors_and_optionally_given_up(
     assert exit_status([Result("a", 10, 10, 0, 0, 2, 1.0)], strict_given_up=False) == 1
     assert exit_status([Result("a", 10, 10, 0, 0, None, 1.0)], strict_given_up=False) == 1
     assert exit_status([Result("a", error="x")], strict_given_up=False) == 1
+
+
+def test_destination_figures_count_missing_duplicates_and_unexpected() -> None:
+    assert destination_figures({"a", "b", "c"}, {"a": 1, "b": 1, "c": 1}) == (0, 0, 0)
+    assert destination_figures({"a", "b", "c"}, {"a": 1, "b": 0}) == (2, 0, 0)
+    assert destination_figures({"a", "b"}, {"a": 3, "b": 1, "x": 2}) == (0, 3, 1)
+    assert destination_figures(set(), {}) == (0, 0, 0)
+
+
+def test_missing_or_duplicated_at_a_destination_fails_the_run() -> None:
+    assert exit_status([Result("crm-429-5xx", 10, 10, 0, 0, 0, 1.0, sink_missing=1)],
+                       strict_given_up=False) == 1
+    assert exit_status([Result("crm-429-5xx", 10, 10, 0, 0, 0, 1.0, sink_duplicates=1)],
+                       strict_given_up=False) == 1
+    assert exit_status([Result("crm-429-5xx", 10, 10, 0, 0, 0, 1.0)],
+                       strict_given_up=False) == 0
+
+
+def test_per_event_alert_rules_keep_the_rules_and_group_each_hit_apart() -> None:
+    local = load_rules(ALERT_RULES)
+    derived = loads_rules(per_event_alert_rules(ALERT_RULES.read_text()))
+    assert len(derived) == len(local)
+    for mine, theirs in zip(derived.rules, local.rules, strict=True):
+        assert mine.group_by == (*theirs.group_by, "event_id")
+        assert dataclasses.replace(mine, group_by=theirs.group_by) == theirs
+    twice = per_event_alert_rules(per_event_alert_rules(ALERT_RULES.read_text()))
+    assert loads_rules(twice).rules == derived.rules  # event_id is not added twice
+
+
+def test_metric_samples_match_labels() -> None:
+    text = """# HELP x_total things
+x_total{sink="crm",outcome="deferred"} 3.0
+x_total{sink="crm",outcome="written"} 7.0
+x_total{sink="alerts",outcome="deferred"} 1.0
+x_total_created{sink="crm"} 1.7e9
+y 2.0
+"""
+    assert metric_total(text, "x_total", sink="crm") == 10.0
+    assert metric_total(text, "x_total", outcome="deferred") == 4.0
+    assert metric_total(None, "x_total") == 0.0
+    assert metric_samples(text, "y") == [({}, 2.0)]
+
+
+def test_the_crm_owes_one_upsert_per_finished_call_event() -> None:
+    crm = CRMDestination("http://127.0.0.1:1")
+    ended = example("call.ended.sawt")
+    assert crm.expect(ended) == {ended["event_id"]}
+    assert crm.expect(example("session.ended")) != frozenset()
+    assert "call.started" not in crm.types and "call.analyzed" in crm.types
+    assert crm.expect(example("call.ended.sawt", event_id="")) == frozenset()  # unmappable
+    assert crm.unmappable == 1
+
+
+def test_alertmanager_owes_one_alert_per_rule_hit() -> None:
+    rules = loads_rules(per_event_alert_rules(ALERT_RULES.read_text()))
+    alerts = AlertsDestination("http://127.0.0.1:1/", ("faults_run", "x"), rules)
+    errored = example("session.errored")
+    assert alerts.expect(errored) == {f"session_errored {errored['event_id']}"}
+    assert alerts.expect(example("call.started")) == frozenset()
+    assert "session.errored" in alerts.types and "call.started" not in alerts.types
+
+
+def test_the_new_scenarios_run_the_parts_they_need() -> None:
+    assert SCENARIOS["normalizer-rebalance"].normalizers == 2
+    assert SCENARIOS["crm-429-5xx"].sinks == ("crm",)
+    assert SCENARIOS["alertmanager-down"].sinks == ("alerts",)
+    assert SCENARIOS["raw-partitions-added"].afterwards is not None
+    others = [s for s in SCENARIOS.values()
+              if s.name not in ("normalizer-rebalance", "crm-429-5xx", "alertmanager-down")]
+    assert all(s.normalizers == 1 and s.sinks == () for s in others)
