@@ -69,7 +69,33 @@ def make_producer(settings: KafkaSettings, role: str, **overrides: Any) -> AIOKa
         "compression_type": None if settings.compression == "none" else settings.compression,
     }
     options.update(overrides)
-    return AIOKafkaProducer(**options)
+    producer = AIOKafkaProducer(**options)
+    throttle_metadata_retries(producer.client)
+    return producer
+
+
+# aiokafka's sender asks for a metadata refresh on every pass while a partition has no
+# known leader ("try to update cluster metadata and wait backoff time", but it does not
+# wait), and a refresh against a broker that refuses connections fails at once. With the
+# broker down the sender spins: ~2,400 failed refreshes a second, each logged at ERROR,
+# enough CPU to hold ingest's answers for seconds (seen in `hookstream faults`). A
+# failed refresh now waits METADATA_RETRY_BACKOFF_S before it returns.
+METADATA_RETRY_BACKOFF_S = 0.5
+
+
+def throttle_metadata_retries(client: Any) -> None:
+    """Make ``client`` (an aiokafka ``AIOKafkaClient``) wait METADATA_RETRY_BACKOFF_S
+    after each failed metadata refresh, so that nothing can make it retry in a tight
+    loop."""
+    update = client._metadata_update
+
+    async def update_or_back_off(cluster_metadata: Any, topics: Any) -> bool:
+        updated = bool(await update(cluster_metadata, topics))
+        if not updated:
+            await asyncio.sleep(METADATA_RETRY_BACKOFF_S)
+        return updated
+
+    client._metadata_update = update_or_back_off
 
 
 # Errors after which an idempotent producer never delivers again: the broker no longer
@@ -278,7 +304,9 @@ def make_consumer(
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
     }
     options.update(overrides)
-    return AIOKafkaConsumer(*topics, **options)
+    consumer = AIOKafkaConsumer(*topics, **options)
+    throttle_metadata_retries(consumer._client)
+    return consumer
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
