@@ -1121,6 +1121,10 @@ SCENARIOS = {s.name: s for s in [
     Scenario("alertmanager-down", "with the alerts sink: `stack down alertmanager`, 30 s "
              "(--short) or a minute, `stack up alertmanager`", _alertmanager_down,
              sinks=("alerts",)),
+    Scenario("kill-crm", "with the CRM sink: SIGKILL of hookstream-sink-crm; restarted",
+             _kill("crm"), sinks=("crm",)),
+    Scenario("kill-alerts", "with the alerts sink: SIGKILL of hookstream-sink-alerts; "
+             "restarted", _kill("alerts"), sinks=("alerts",)),
     Scenario("broker-down-long", "`stack down kafka`, 30 s (--short) or 10 minutes down, "
              "`stack up kafka` (only when named)", _broker_down_long, default=False),
 ]}

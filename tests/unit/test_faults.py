@@ -190,7 +190,10 @@ def test_the_new_scenarios_run_the_parts_they_need() -> None:
     assert SCENARIOS["normalizer-rebalance"].normalizers == 2
     assert SCENARIOS["crm-429-5xx"].sinks == ("crm",)
     assert SCENARIOS["alertmanager-down"].sinks == ("alerts",)
+    assert SCENARIOS["kill-crm"].sinks == ("crm",)
+    assert SCENARIOS["kill-alerts"].sinks == ("alerts",)
     assert SCENARIOS["raw-partitions-added"].afterwards is not None
     others = [s for s in SCENARIOS.values()
-              if s.name not in ("normalizer-rebalance", "crm-429-5xx", "alertmanager-down")]
+              if s.name not in ("normalizer-rebalance", "crm-429-5xx", "alertmanager-down",
+                                "kill-crm", "kill-alerts")]
     assert all(s.normalizers == 1 and s.sinks == () for s in others)
