@@ -17,6 +17,11 @@ answered 503 to everyone. This subclass keeps httptools' speed and adds, per req
 A refused connection gets a short JSON reason and ``connection: close``; its write
 side is shut and what the client still sends is read and dropped (never buffered)
 for at most ``LINGER_S``, so that the client reads the answer instead of a reset.
+
+Past ``limit_concurrency`` (open connections or requests in progress), uvicorn answers
+503 itself, before any app code, with neither ``Retry-After`` nor a JSON reason. Its
+answer is replaced (:func:`shed`): a 503 with ``Retry-After`` as every other 503 of
+ingest, counted as ``refused_heads_total{reason="concurrency"}``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import asyncio
 from typing import Any, ClassVar
 
 import httptools
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import metrics
@@ -194,9 +201,31 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
 
 
-def edge_protocol(max_head_bytes: int, max_headers: int,
-                  head_timeout_s: float) -> type[EdgeHttpToolsProtocol]:
-    """An :class:`EdgeHttpToolsProtocol` class with these limits, for ``uvicorn.Config(http=)``."""
+SHED_BODY = b'{"error":"overloaded, retry later"}'
+_shed_retry_after = b"2"  # set by edge_protocol() from HOOKSTREAM_INGEST_RETRY_AFTER_S
+
+
+async def shed(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer past ``limit_concurrency``, in uvicorn's place: 503 + Retry-After."""
+    metrics.REFUSED_HEADS.labels("concurrency").inc()
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(SHED_BODY)),
+        (b"retry-after", _shed_retry_after),
+        (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": SHED_BODY, "more_body": False})
+
+
+def edge_protocol(max_head_bytes: int, max_headers: int, head_timeout_s: float,
+                  retry_after_s: int = 2) -> type[EdgeHttpToolsProtocol]:
+    """An :class:`EdgeHttpToolsProtocol` class with these limits, for ``uvicorn.Config(http=)``.
+
+    Also puts :func:`shed` in place of uvicorn's answer past ``limit_concurrency``
+    (a module-level name uvicorn looks up per request; uvicorn is pinned to 0.54.x)."""
+    global _shed_retry_after
+    _shed_retry_after = str(retry_after_s).encode()
+    httptools_impl.service_unavailable = shed  # type: ignore[assignment,attr-defined]
     return type("EdgeHttpToolsProtocol", (EdgeHttpToolsProtocol,), {
         "max_head_bytes": max_head_bytes,
         "max_headers": max_headers,
@@ -204,5 +233,5 @@ def edge_protocol(max_head_bytes: int, max_headers: int,
     })
 
 
-for _reason in REFUSALS:  # every series exists from the start, at 0
+for _reason in (*REFUSALS, "concurrency"):  # every series exists from the start, at 0
     metrics.REFUSED_HEADS.labels(_reason)

@@ -54,7 +54,7 @@ def server_config(app: Any, settings: IngestSettings) -> uvicorn.Config:
         loop="uvloop",
         # httptools, with a cap on head bytes and header lines and a head deadline.
         http=edge_protocol(settings.max_header_bytes, settings.max_headers,
-                           settings.header_timeout_s),
+                           settings.header_timeout_s, settings.retry_after_s),
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -43,7 +43,8 @@ PRODUCER_RESETS = Counter(
 REFUSED_HEADS = Counter(
     "hookstream_ingest_refused_heads_total",
     "Connections refused at the request head, before any app code: header_bytes and "
-    "header_count (431), head_timeout (408), idle (connected, sent nothing; closed)",
+    "header_count (431), head_timeout (408), idle (connected, sent nothing; closed), "
+    "concurrency (503 + Retry-After: over HOOKSTREAM_INGEST_LIMIT_CONCURRENCY)",
     ["reason"],
 )
 

@@ -302,3 +302,30 @@ async def test_a_head_of_exactly_the_limit_is_served_and_one_byte_more_is_not(ed
     assert await asyncio.to_thread(deliver, exact) == 202
     assert await asyncio.to_thread(deliver, over) == 431
     assert len(fake.calls) == 1
+
+
+# --- over limit_concurrency -----------------------------------------------------------
+
+async def test_over_the_concurrency_limit_the_503_carries_retry_after() -> None:
+    """uvicorn's own 503 past limit_concurrency had no Retry-After: a provider's retry
+    policy was left to guess. Now it is ingest's 503 like every other."""
+    fake = FakePublisher()
+    settings = IngestSettings(host="127.0.0.1", port=free_port(), limit_concurrency=2,
+                              header_timeout_s=5, retry_after_s=7)
+    app = build_app(SOURCES, settings, KafkaSettings(), publisher=fake)  # type: ignore[arg-type]
+    before = refusals("concurrency")
+    async with serve(app, settings.port, server_config(app, settings)):
+        with connect(settings.port) as idle, connect(settings.port) as busy:
+            await asyncio.sleep(0.1)  # two connections open: the limit is reached
+            busy.sendall(request())
+            response = await asyncio.to_thread(read_response, busy)
+            assert status(response) == 503, response
+            head = response.split(b"\r\n\r\n")[0].lower()
+            assert b"\r\nretry-after: 7" in head
+            assert response.endswith(b'{"error":"overloaded, retry later"}')
+            del idle
+        with connect(settings.port) as alone:  # under the limit again: served
+            alone.sendall(request())
+            assert status(await asyncio.to_thread(read_response, alone)) == 202
+    assert refusals("concurrency") == before + 1
+    assert len(fake.calls) == 1
