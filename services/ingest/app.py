@@ -39,11 +39,17 @@ from ..core.config import KafkaSettings
 from ..core.record import RawDelivery
 from ..core.sources import Source
 from . import metrics
+from .edge import HEAD_AT
 from .publisher import NOT_STORED_REASONS, NotStored, Publisher
 from .settings import IngestSettings
 from .spool import Spool
 
 log = logging.getLogger(__name__)
+
+# 503s for requests the process could not serve in time, beside the publisher's reasons:
+# shed_queued (waited for the loop past HOOKSTREAM_INGEST_SHED_QUEUED_S), deadline (not
+# stored within HOOKSTREAM_INGEST_ANSWER_WITHIN_S of the head).
+SHED_REASONS = ("shed_queued", "deadline")
 
 PREFIX = "/v1/webhooks/"
 MAX_HEADER_VALUE_CHARS = 256  # every request header copied onto the record (truncated)
@@ -114,6 +120,8 @@ class WebhookHandler:
         self._topic = topic
         self._publisher = publisher
         self._body_timeout_s = settings.body_timeout_s
+        self._answer_within_s = settings.answer_within_s
+        self._shed_queued_s = settings.shed_queued_s
         self._retry_after = [(b"retry-after", str(settings.retry_after_s).encode())]
         # Label children looked up once per (source, status), not per request.
         self._requests = functools.cache(
@@ -127,10 +135,15 @@ class WebhookHandler:
         for name in sources:
             for status in (202, 401, 503):
                 self._requests(name, status)
-            for reason in NOT_STORED_REASONS:
+            for reason in (*NOT_STORED_REASONS, *SHED_REASONS):
                 self._failures(name, reason)
             self._ack_latency(name)
             self._bytes(name)
+
+    async def _shed(self, send: Send, source: str, reason: str) -> None:
+        """503 + Retry-After for a request the process could not serve in time."""
+        self._failures(source, reason).inc()
+        await self._answer(send, source, 503, "overloaded, retry later", self._retry_after)
 
     async def _answer(self, send: Send, source: str, status: int, error: str,
                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -139,6 +152,11 @@ class WebhookHandler:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        # The request's deadline, from when its head was parsed (edge.py; now, when
+        # served by another protocol): answered within answer_within_s whatever happens.
+        now = asyncio.get_running_loop().time()
+        head_at: float = scope.get(HEAD_AT, now)
+        deadline = head_at + self._answer_within_s
         parts = scope["path"][len(PREFIX):].split("/")
         name = parts[0]
         source = self._sources.get(name) if len(parts) <= 2 else None
@@ -169,13 +187,21 @@ class WebhookHandler:
         forwarded = ", ".join(headers.getlist("x-forwarded-for")) or None
         if not (source.path_secret_ok(path_secret) & source.network_ok(peer, forwarded)):
             return await self._answer(send, name, 401, "unauthorized")
+        if now - head_at > self._shed_queued_s:
+            # The process is behind: this request waited for the loop longer than it may.
+            # Shed it now, before the body is read or verified (the cheapest answer), so
+            # that the ones behind it are answered in time.
+            return await self._shed(send, name, "shed_queued")
 
+        body_deadline = min(now + self._body_timeout_s, deadline)
         try:
-            async with asyncio.timeout(self._body_timeout_s):
+            async with asyncio.timeout_at(body_deadline):
                 body = await _read_body(receive, source.max_body_bytes)
         except BodyTooLarge:
             return await self._answer(send, name, 413, "body too large")
         except TimeoutError:
+            if body_deadline == deadline:
+                return await self._shed(send, name, "deadline")
             return await self._answer(send, name, 408, "body not received in time")
         except ClientGone:
             return await self._answer(send, name, 400, "client disconnected")
@@ -194,14 +220,17 @@ class WebhookHandler:
             event_id=_copied_header(headers, source.event_id_header),
         )
         try:
-            await self._publisher.publish(
-                self._topic, body, source.provider.natural_key(body), delivery.headers())
+            async with asyncio.timeout_at(deadline):
+                await self._publisher.publish(
+                    self._topic, body, source.provider.natural_key(body), delivery.headers())
         except NotStored as exc:
             self._failures(name, exc.reason).inc()
             log.warning("delivery not stored; answered 503",
                         extra={"source": name, "reason": exc.reason})
             return await self._answer(send, name, 503, "not stored, retry later",
                                       self._retry_after)
+        except TimeoutError:  # past the request's deadline; a late ack is a duplicate
+            return await self._shed(send, name, "deadline")
 
         self._ack_latency(name).observe(time.perf_counter() - started)
         self._bytes(name).inc(len(body))

@@ -27,6 +27,7 @@ ingest, counted as ``refused_heads_total{reason="concurrency"}``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, ClassVar
 
 import httptools
@@ -36,6 +37,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import metrics
 
+HEAD_AT = "hookstream.head_at"  # scope key: loop time the request's head was parsed
 LINGER_S = 1.0  # after a refusal: how long to drain (and drop) what the client still sends
 
 # reason label -> (status, JSON body); the labels are a closed set (metrics).
@@ -146,6 +148,9 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         self._head_pending = False
         self._head_bytes = 0
         self._cancel_head_timer()
+        # When the head was parsed (loop time): the app measures from it how long the
+        # request waited for the loop, and answers within its deadline (app.HEAD_AT).
+        self.scope[HEAD_AT] = self.loop.time()  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -201,6 +206,11 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
 
 
+class _DropConcurrencyWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Exceeded concurrency limit."
+
+
 SHED_BODY = b'{"error":"overloaded, retry later"}'
 _shed_retry_after = b"2"  # set by edge_protocol() from HOOKSTREAM_INGEST_RETRY_AFTER_S
 
@@ -225,6 +235,11 @@ def edge_protocol(max_head_bytes: int, max_headers: int, head_timeout_s: float,
     (a module-level name uvicorn looks up per request; uvicorn is pinned to 0.54.x)."""
     global _shed_retry_after
     _shed_retry_after = str(retry_after_s).encode()
+    # uvicorn also logs a warning per request shed there: thousands a second under
+    # overload, costing the CPU that is short. The metric counts them instead.
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropConcurrencyWarning) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_DropConcurrencyWarning())
     httptools_impl.service_unavailable = shed  # type: ignore[assignment,attr-defined]
     return type("EdgeHttpToolsProtocol", (EdgeHttpToolsProtocol,), {
         "max_head_bytes": max_head_bytes,

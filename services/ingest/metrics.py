@@ -22,7 +22,11 @@ ACK_LATENCY = Histogram(
 )
 PRODUCE_FAILURES = Counter(
     "hookstream_ingest_produce_failures_total",
-    "Deliveries answered 503 because the raw record was not stored, by reason",
+    "Deliveries answered 503 because the raw record was not stored, by reason: the "
+    "publisher's (not_connected, overloaded, ack_timeout, kafka_error, spool_full, "
+    "spool_error) and the request's (shed_queued: waited for the loop past "
+    "HOOKSTREAM_INGEST_SHED_QUEUED_S; deadline: not stored within "
+    "HOOKSTREAM_INGEST_ANSWER_WITHIN_S)",
     ["source", "reason"],
 )
 IN_FLIGHT = Gauge(

@@ -25,6 +25,16 @@ class IngestSettings:
         "HOOKSTREAM_INGEST_ACK_TIMEOUT_S", 5.0,
         "longest wait for the broker's ack before answering 503 (inside the 10 s window)",
     )
+    answer_within_s: float = env(
+        "HOOKSTREAM_INGEST_ANSWER_WITHIN_S", 8.0,
+        "every webhook request is answered within this long of its head being parsed: what "
+        "is not stored by then is answered 503 (providers give a try 10 s)",
+    )
+    shed_queued_s: float = env(
+        "HOOKSTREAM_INGEST_SHED_QUEUED_S", 2.0,
+        "a request whose handler starts this long after its head was parsed (the process is "
+        "behind) is answered 503 at once, before its body is read or verified",
+    )
     retry_after_s: int = env(
         "HOOKSTREAM_INGEST_RETRY_AFTER_S", 2, "Retry-After sent with every 503"
     )

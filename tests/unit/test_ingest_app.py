@@ -606,3 +606,64 @@ async def test_lifespan_starts_and_stops_publisher(sources, fake) -> None:
     async with app.router.lifespan_context(app):
         assert fake.started == 1 and fake.stopped == []
     assert fake.stopped == [3.5]
+
+
+# --- answered in time: shed when behind, a deadline from the head ---------------------
+
+def failures(source: str, reason: str) -> float:
+    return REGISTRY.get_sample_value("hookstream_ingest_produce_failures_total",
+                                     {"source": source, "reason": reason}) or 0.0
+
+
+def with_head_parsed(app: object, seconds_ago: float) -> object:
+    """The app as served by ingest's edge protocol, which stamps when the head was
+    parsed: here ``seconds_ago`` (a request that waited that long for the loop)."""
+    from hookstream.ingest.edge import HEAD_AT
+
+    async def stamped(scope, receive, send):  # type: ignore[no-untyped-def]
+        scope[HEAD_AT] = asyncio.get_running_loop().time() - seconds_ago
+        await app(scope, receive, send)  # type: ignore[operator]
+
+    return stamped
+
+
+async def test_a_request_that_waited_for_the_loop_is_shed_before_its_body(sources, fake
+                                                                          ) -> None:
+    settings = IngestSettings(retry_after_s=7, shed_queued_s=2.0)
+    app = build_app(sources, settings, KafkaSettings(), publisher=fake)  # type: ignore[arg-type]
+    before = failures("sawt-main", "shed_queued")
+    for waited, expected in ((3.0, 503), (0.5, 202)):
+        transport = httpx.ASGITransport(app=with_head_parsed(app, waited),  # type: ignore[arg-type]
+                                        client=("127.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY,
+                                         headers=sawt_headers())
+        assert response.status_code == expected, (waited, response.text)
+        if expected == 503:
+            assert response.headers["retry-after"] == "7"
+            assert response.json() == {"error": "overloaded, retry later"}
+    assert failures("sawt-main", "shed_queued") == before + 1
+    assert len(fake.calls) == 1  # only the one that had not waited long
+
+
+class HangingPublisher(FakePublisher):
+    async def publish(self, topic: str, value: bytes, key: bytes | None,
+                      headers: list[tuple[str, bytes]]) -> None:
+        await asyncio.sleep(30)  # a broker (and spool) that never answers
+
+
+async def test_every_request_is_answered_within_its_deadline(sources) -> None:
+    settings = IngestSettings(retry_after_s=7, answer_within_s=0.4)
+    app = build_app(sources, settings, KafkaSettings(),
+                    publisher=HangingPublisher())  # type: ignore[arg-type]
+    before = failures("sawt-main", "deadline")
+    transport = httpx.ASGITransport(app=with_head_parsed(app, 0.1),  # type: ignore[arg-type]
+                                    client=("127.0.0.1", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        started = time.monotonic()
+        response = await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY,
+                                     headers=sawt_headers())
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503 and response.headers["retry-after"] == "7"
+    assert elapsed < 0.4  # the 0.1 s already waited counts against the 0.4 s
+    assert failures("sawt-main", "deadline") == before + 1
