@@ -602,6 +602,8 @@ class Offer:
         self.offered: list[Offered] = []
         self.acked_at: dict[str, float] = {}  # receipt -> when the 2xx came back
         self.latencies: list[float] = []  # seconds from each try's send to its answer
+        self.no_retry_after = 0  # 503s answered without Retry-After
+        self.clients: list[httpx.AsyncClient] = []
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -623,19 +625,23 @@ class Offer:
         limits = httpx.Limits(max_connections=500, max_keepalive_connections=32)
         tls = ssl.create_default_context()  # one, not one per client (plain HTTP anyway)
         async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(
+            self.clients = clients = [await stack.enter_async_context(
                 httpx.AsyncClient(base_url=self.url, limits=limits, verify=tls))
                 for _ in range(CLIENTS)]
-            started = time.monotonic()
+            last = time.monotonic()
+            due = 0.0  # deliveries owed by the rate so far (``rate`` may change meanwhile)
             sent = 0
             while not self._stop.is_set():
-                due = int((time.monotonic() - started) * self.rate) - sent
-                for _ in range(max(0, due)):
+                now = time.monotonic()
+                due += (now - last) * self.rate
+                last = now
+                while due >= 1:
                     client = clients[sent % CLIENTS]
                     task = asyncio.create_task(self._deliver(client, next(stream)))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                     sent += 1
+                    due -= 1
                 await asyncio.sleep(0.005)
             if self._tasks:  # every retry chain ends (bounded by the policies)
                 await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -664,6 +670,8 @@ class Offer:
                 status = response.status_code
                 if is_2xx(status):
                     receipt = str(response.json().get("receipt", ""))
+                elif status == 503 and "retry-after" not in response.headers:
+                    self.no_retry_after += 1
             except (httpx.HTTPError, ValueError, TimeoutError):
                 status = 0
             offered.tries.append((sent, status))
@@ -676,6 +684,40 @@ class Offer:
                 offered.given_up = action == "given up"
                 return
             await asyncio.sleep(policy.delay_s)
+
+
+    async def capacity(self, senders: int, seconds: float) -> float:
+        """Deliveries/s ingest acknowledges with ``senders`` trying one after another as
+        fast as they are answered (a closed loop) for ``seconds``: its capacity now.
+        The probes acknowledged are accounted for like any other delivery."""
+        from .cli import signed_request
+        from .loadgen import deliveries
+
+        stream = deliveries(redeliver=0.0, malformed=0.0)
+        acked = 0
+        deadline = time.monotonic() + seconds
+
+        async def sender(client: httpx.AsyncClient) -> None:
+            nonlocal acked
+            while time.monotonic() < deadline:
+                delivery = next(stream)
+                source = self.sources[delivery.sample.provider]
+                path, headers = signed_request(source, delivery.sample, time.time(),
+                                               f"msg_{os.urandom(8).hex()}")
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(10):
+                        response = await client.post(path, content=delivery.sample.body,
+                                                     headers=headers)
+                    if is_2xx(response.status_code):
+                        acked += 1
+                        receipt = str(response.json().get("receipt", ""))
+                        self.acked_at[receipt] = time.monotonic()
+                        self.accounting.expect(delivery, source, headers, receipt)
+
+        while not self.clients:  # run() opens them
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*(sender(self.clients[i % CLIENTS]) for i in range(senders)))
+        return acked / seconds
 
 
 # ---------------------------------------------------------------- other destinations
@@ -862,6 +904,8 @@ class Context:
     # still running, once the run has drained.
     watchers: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     client: httpx.AsyncClient | None = None
+    offer: Offer | None = None  # the load, for scenarios that change its rate
+    violations: list[str] = dataclasses.field(default_factory=list)  # fail the scenario
 
     async def stack(self, *args: str, attempts: int = 3) -> None:
         await stack(*args, log_path=self.log_path, attempts=attempts)
@@ -929,6 +973,74 @@ def _fill(path: Path) -> None:
             with contextlib.suppress(OSError):
                 while True:
                     file.write(b"\0" * size)
+
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller (root)
+OVERLOAD_CPU = 0.10  # of one CPU, for ingest during the overload scenario
+
+
+def _limit_cpu(pid: int, fraction: float, name: str) -> Path:
+    """Hold process ``pid`` (all its threads) to ``fraction`` of one CPU: a cgroup of
+    its own under cgroup v1's cpu controller. Returns the group (for ``_unlimit``)."""
+    if not (CGROUP_CPU / "cgroup.procs").exists():
+        raise RuntimeError(f"overload needs cgroup v1's cpu controller at {CGROUP_CPU} "
+                           "(and root) to hold ingest to a fraction of a CPU")
+    group = CGROUP_CPU / name
+    group.mkdir(exist_ok=True)
+    (group / "cpu.cfs_period_us").write_text("100000")
+    (group / "cpu.cfs_quota_us").write_text(str(int(100000 * fraction)))
+    (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
+def _unlimit(group: Path) -> None:
+    with contextlib.suppress(OSError):
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (CGROUP_CPU / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+async def _overload(ctx: Context) -> None:
+    """Ingest held to 10 % of a CPU (so that this generator can outrun it); its capacity
+    measured (64 senders in a closed loop, 5 s); then twice that offered, open loop,
+    for 30 s (--short) or 60 s, each delivery retried per its provider's policy. Every
+    try must be answered inside the provider's 10 s, 202 or 503 + Retry-After."""
+    offer, ingest = ctx.offer, ctx.pipeline.services["ingest"]
+    assert offer is not None and ingest.proc is not None
+    group = _limit_cpu(ingest.proc.pid, OVERLOAD_CPU, f"hookstream-faults-{ctx.pipeline.tag}")
+    try:
+        base = offer.rate
+        offer.rate = 0.0  # the capacity probe alone
+        capacity = await offer.capacity(64, 5.0)
+        offered_rate = max(2 * capacity, base * 2)
+        ctx.note(f"overload: ingest held to {OVERLOAD_CPU:.0%} of a CPU acknowledges "
+                 f"{capacity:.0f} deliveries/s (64 senders, closed loop, 5 s); offering "
+                 f"{offered_rate:.0f}/s")
+        started = time.monotonic()
+        offer.rate = offered_rate
+        await asyncio.sleep(30 if ctx.short else 60)
+        offer.rate = base
+        ended = time.monotonic()
+        # The retries of deliveries offered in the window go on after it: count every
+        # try of a delivery whose first try fell in the window, once they are done.
+        await asyncio.sleep(3 * 12)
+    finally:
+        _unlimit(group)
+    window = [o for o in offer.offered if o.tries and started <= o.tries[0][0] < ended]
+    tries = [status for o in window for _, status in o.tries]
+    answered = Counter(tries)
+    late = answered.get(0, 0)
+    ctx.note(f"overload: {len(window)} deliveries offered in the {ended - started:.0f} s "
+             f"at {offered_rate:.0f}/s, {len(tries)} tries: 202 {answered.get(202, 0)}, "
+             f"503 {answered.get(503, 0)} ({offer.no_retry_after} without Retry-After), "
+             f"no answer within the provider's 10 s {late}, other "
+             f"{sum(n for s, n in answered.items() if s not in (0, 202, 503))}; "
+             f"{sum(1 for o in window if o.given_up)} given up after every try was shed")
+    if late:
+        ctx.violations.append(f"overload: {late} tries not answered within 10 s")
+    if offer.no_retry_after:
+        ctx.violations.append(f"overload: {offer.no_retry_after} 503s without Retry-After")
 
 
 async def _broker_down_long(ctx: Context) -> None:
@@ -1125,6 +1237,9 @@ SCENARIOS = {s.name: s for s in [
              _kill("crm"), sinks=("crm",)),
     Scenario("kill-alerts", "with the alerts sink: SIGKILL of hookstream-sink-alerts; "
              "restarted", _kill("alerts"), sinks=("alerts",)),
+    Scenario("overload", "ingest held to 10 % of a CPU (cgroup, needs root); its capacity "
+             "measured, then twice that offered for 30 s (--short) or 60 s: every try "
+             "answered inside 10 s, 202 or 503 + Retry-After", _overload),
     Scenario("broker-down-long", "`stack down kafka`, 30 s (--short) or 10 minutes down, "
              "`stack up kafka` (only when named)", _broker_down_long, default=False),
 ]}
@@ -1177,7 +1292,8 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
         accounting = Accounting(pipeline.kafka, pipeline.dsn, pipeline.schema)
         await accounting.start()
         watching_destinations = await _start_destinations(ctx)
-        offer = Offer(pipeline.url, sources, settings.policies, settings.rate, accounting)
+        offer = ctx.offer = Offer(pipeline.url, sources, settings.policies, settings.rate,
+                                  accounting)
         fault_end: float | None = None
         checks: list[tuple[float, bool]] = []  # (time, behind) of each look
 
@@ -1271,6 +1387,8 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
             ctx.notes.append(line)
             result.sink_missing += missing
             result.sink_duplicates += duplicates
+        if ctx.violations:
+            result.error = "; ".join(ctx.violations)
     except Exception as exc:  # reported in the table; the suite goes on
         result.error = repr(exc)
         say(f"{scenario.name}: ERROR {exc!r}")
