@@ -85,7 +85,7 @@ class CanonicalEvent:
     duration_s: float | None = None
     cost: float | None = None
     cost_currency: str | None = None
-    sentiment: float | None = None  # -1..1 where the provider gives a number
+    sentiment: float | None = None  # as the provider gives it (Saaya's example: -1..1)
     sentiment_label: str | None = None  # "positive" | "neutral" | "negative" | provider's
     summary: str | None = None
     outcome: str | None = None  # e.g. Sarj.ai not-connected reason, campaign row outcome

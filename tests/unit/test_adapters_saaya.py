@@ -276,3 +276,25 @@ def test_optional_fields_absent_give_nulls() -> None:
     assert event.duration_s is None and event.cost is None and event.cost_currency is None
     assert event.sentiment is None and event.sentiment_label is None
     assert event.transcript_url is None and event.agent_id is None
+
+
+@pytest.mark.parametrize("score", [-3, 1.5, 72, -100.25])
+def test_sentiment_outside_minus_one_to_one_is_kept_without_a_label(score: float) -> None:
+    """Issue 13: the document states no range for sentiment. A score outside [-1, 1]
+    validates and is passed on as sent; the label, whose thresholds assume [-1, 1],
+    is left null rather than guessed on an unknown scale."""
+    payload = payload_of("session.ended")
+    payload["data"]["sentiment"] = {"avg": score, "min": score, "max": score}
+    REGISTRY.validate("saaya", "2026-04-01", "session.ended", payload)
+    event = ADAPTER.to_canonical(RAW, payload, "session.ended", "2026-04-01", False, "id")
+    assert event.sentiment == score and event.sentiment_label is None
+    assert saaya.sentiment_label(score) is None
+
+
+def test_fractional_durations_and_counts_validate() -> None:
+    payload = payload_of("campaign.row.completed")
+    payload["data"].update(durationMs=1234.5, attempts=2.0)
+    REGISTRY.validate("saaya", "2026-04-01", "campaign.row.completed", payload)
+    event = ADAPTER.to_canonical(RAW, payload, "campaign.row.completed", "2026-04-01", False,
+                                 "id")
+    assert event.duration_s == 1.2345

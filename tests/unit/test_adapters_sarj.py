@@ -162,6 +162,8 @@ def test_transcript_text_from_content_or_text() -> None:
                                      {"type": "text", "text": "part two"}]},
         {"role": "system", "content": "system note"},
         {"role": "User", "content": None},
+        {"role": "assistant", "content": None, "text": "text beside a null content"},
+        {"role": None, "content": "no role"},
     ]
     REGISTRY.validate("sarj", None, "complete", payload)
     event = ADAPTER.to_canonical(RAW, payload, "complete", None, False, "id")
@@ -170,6 +172,8 @@ def test_transcript_text_from_content_or_text() -> None:
         TranscriptTurn("customer", "part one, part two"),
         TranscriptTurn("system", "system note"),
         TranscriptTurn("customer", ""),
+        TranscriptTurn("agent", "text beside a null content"),
+        TranscriptTurn("unknown", "no role"),
     ]
 
 
@@ -188,3 +192,14 @@ def test_message_not_an_object_is_mapping_failed() -> None:
     with pytest.raises(Invalid) as info:
         ADAPTER.to_canonical(RAW, payload, "complete", None, False, "id")
     assert info.value.reason == MAPPING_FAILED
+
+
+def test_total_duration_may_be_any_number() -> None:
+    """Issue 13: the document's 47 is not a promise of whole seconds; 47.5 is passed on
+    as is (the warehouse column is double precision, the CRM rounds to milliseconds)."""
+    payload = payload_of("complete")
+    payload["payload"]["call_data"]["total_duration"] = 47.5
+    REGISTRY.validate("sarj", None, "complete", payload)
+    event = ADAPTER.to_canonical(RAW, payload, "complete", None, False, "id")
+    assert event.duration_s == 47.5
+    assert orjson.loads(event.to_json())["duration_s"] == 47.5

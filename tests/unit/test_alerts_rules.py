@@ -101,6 +101,11 @@ def test_full_rule_from_toml() -> None:
     (one_rule(where={"reasn": "x"}), "where tests 'reasn', which is not a canonical"),
     (one_rule(where={"reason": []}), "where.reason must be a string, number or boolean"),
     (one_rule(where={"reason": {"a": 1}}), "where.reason must be"),
+    (one_rule(matches={}), "matches must be a non-empty table"),
+    (one_rule(matches={"reasn": "x"}), "matches tests 'reasn', which is not a canonical"),
+    (one_rule(matches={"reason": ""}), "matches.reason must be a non-empty regular expr"),
+    (one_rule(matches={"reason": ["a"]}), "matches.reason must be a non-empty regular"),
+    (one_rule(not_matches={"reason": "(unclosed"}), "not_matches.reason: bad regular expr"),
     (one_rule(below={"sentiment": "low"}), "below.sentiment must be a number"),
     (one_rule(above={"cost": True}), "above.cost must be a number"),
     (one_rule(below={"sentiment": float("nan")}), "below.sentiment must be a number"),
@@ -154,6 +159,31 @@ def test_where_equals_and_in() -> None:
     assert [r.name for r in rules.matching(manual)] == ["either"]
     assert rules.matching(missing) == []
     assert rules.matching(example("session.errored")) == []  # type not listed
+
+
+def test_matches_and_not_matches_take_any_spelling() -> None:
+    """Issue 13: the pause reason is an open string (Saaya's document says only
+    "manual or budget alert"), so a rule must not hang on one spelling of it."""
+    rules = parse_rules({"rule": [
+        {"name": "budget", "types": ["campaign.paused"], "severity": "critical",
+         "matches": {"reason": "budget"}},
+        {"name": "other", "types": ["campaign.paused"], "severity": "warning",
+         "not_matches": {"reason": "budget|manual"}},
+    ]})
+
+    def hits(reason: Any) -> list[str]:
+        return [r.name for r in rules.matching(example("campaign.paused", reason=reason))]
+
+    for reason in ("budget_alert", "BUDGET_ALERT", "Budget alert", "budgetAlert",
+                   "budget_exceeded", "daily-budget"):
+        assert hits(reason) == ["budget"], reason
+    for reason in ("manual", "MANUAL", "manual_pause"):
+        assert hits(reason) == [], reason
+    for reason in (None, "", "spend_limit", "compliance_hold", 7):
+        assert hits(reason) == ["other"], reason
+    event = example("campaign.paused")
+    del event["reason"]
+    assert [r.name for r in rules.matching(event)] == ["other"]  # absent: not recognised
 
 
 def test_equality_does_not_mix_booleans_and_numbers() -> None:
@@ -210,13 +240,19 @@ EXPECTED_LOCAL = {
     ("tool.failed", ()): {"tool_failed"},
     ("tool.failed.sawt", ()): {"tool_failed"},
     ("campaign.paused", ()): {"campaign_budget_paused"},
+    ("campaign.paused", (("reason", "BUDGET_ALERT"),)): {"campaign_budget_paused"},
+    ("campaign.paused", (("reason", "budget_exceeded"),)): {"campaign_budget_paused"},
     ("campaign.paused", (("reason", "manual"),)): set(),
+    ("campaign.paused", (("reason", "spend_cap"),)): {"campaign_paused_other"},
+    ("campaign.paused", (("reason", None),)): {"campaign_paused_other"},
     ("kb.upload.failed", ()): {"kb_upload_failed"},
     ("session.ended", ()): set(),  # sentiment 0.32
     ("session.ended", (("sentiment", -0.6), ("sentiment_label", "negative"))):
         {"negative_sentiment"},
     ("call.analyzed", ()): set(),  # positive
     ("call.analyzed", (("sentiment_label", "negative"),)): {"call_negative_sentiment"},
+    ("call.analyzed", (("sentiment_label", "very_negative"),)): {"call_negative_sentiment"},
+    ("call.analyzed", (("sentiment_label", None),)): set(),
     ("call.ended", ()): set(),
     ("tool.called", ()): set(),
 }

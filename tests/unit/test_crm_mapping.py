@@ -206,3 +206,14 @@ def test_fields_of_the_wrong_type_are_dropped() -> None:
     p = call_properties(merge(None, act))
     assert "hs_call_duration" not in p and "hs_call_direction" not in p
     assert activity(example("session.ended")).fields["duration_s"] == 184.32
+
+
+@pytest.mark.parametrize(("duration_s", "expected"), [
+    (47.5, "47500"), (47, "47000"), (0.0004, "0"), (-3, None), (None, None),
+])
+def test_any_json_number_duration_becomes_whole_milliseconds(
+        duration_s: Any, expected: str | None) -> None:
+    """Issue 13: Sarj.ai total_duration may be 47.5; HubSpot's hs_call_duration is whole,
+    non-negative milliseconds, so it is rounded, and a negative one is left out."""
+    p = props(example("call.ended", duration_s=duration_s))
+    assert p.get("hs_call_duration") == expected

@@ -56,3 +56,18 @@ def test_conflicting_fields_resolve_by_precedence_not_arrival() -> None:
     row = dict(zip(("call_key", "provider", "source", *CALL_FIELDS), rows.pop(), strict=False))
     assert row["duration_s"] == 42.0
     assert row["status"] == "finished"
+
+
+def test_fractional_duration_and_out_of_range_sentiment_fold_as_sent() -> None:
+    """Issue 13: a non-integer duration and a score outside [-1, 1] reach the
+    double precision columns unchanged; nulls leave a field to other events."""
+    ended = example("call.ended", call_id="c3", duration_s=47.5, recording_url=None,
+                    event_id=str(uuid.UUID(int=21)))
+    row = dict(zip(("call_key", "provider", "source", *CALL_FIELDS), fold_call([ended]),
+                   strict=False))
+    assert row["duration_s"] == 47.5 and row["recording_url"] is None
+    session = example("session.ended", sentiment=-4.5, sentiment_label=None,
+                      event_id=str(uuid.UUID(int=22)))
+    row = dict(zip(("call_key", "provider", "source", *CALL_FIELDS), fold_call([session]),
+                   strict=False))
+    assert row["sentiment"] == -4.5 and row["sentiment_label"] is None

@@ -9,7 +9,8 @@
   ``createdAt`` is ``occurred_at``. Typed fields, where the event carries them:
   ``durationMs`` / 1000 -> ``duration_s``; ``cost.totalUsd`` -> ``cost`` in USD;
   ``sentiment.avg`` -> ``sentiment`` and a derived ``sentiment_label``
-  (< -0.25 negative, > 0.25 positive, else neutral); ``transcriptUrl``;
+  (< -0.25 negative, > 0.25 positive, else neutral; only for a score in [-1, 1],
+  the scale the thresholds assume: the document states none); ``transcriptUrl``;
   ``metadata.callerNumber`` -> ``customer_number``; ``toolName``; ``error.code`` /
   ``error.message``; ``reason`` (escalation, pause); ``outcome`` (campaign rows).
 
@@ -53,9 +54,14 @@ CANONICAL_TYPES: dict[str, str] = {
 # Sentiment score (-1..1) to label: documented in docs/canonical.md.
 NEGATIVE_BELOW = -0.25
 POSITIVE_ABOVE = 0.25
+# The scale those thresholds assume. Saaya's document prints scores in it but states
+# no range; a score outside it is passed on as sent, without a label.
+SCORE_RANGE = (-1.0, 1.0)
 
 
-def sentiment_label(score: float) -> str:
+def sentiment_label(score: float) -> str | None:
+    if not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
+        return None
     if score < NEGATIVE_BELOW:
         return "negative"
     if score > POSITIVE_ABOVE:

@@ -12,9 +12,10 @@
   ``ended_at`` (``ended_at`` is ``occurred_at``), ``total_duration``
   (``duration_s``), ``recording_url`` and the transcript
   (``enhanced_transcript.transcript.messages``, roles assistant/user ->
-  agent/customer, text from ``content`` or ``text``). The five not-connected
-  types -> ``call.not_connected`` with ``outcome`` = the payload type; they
-  carry nothing else, so ``occurred_at`` is null.
+  agent/customer, text from ``content``, else from ``text`` when ``content`` is
+  absent or null). ``total_duration`` may be any number (47.5 stays 47.5). The
+  five not-connected types -> ``call.not_connected`` with ``outcome`` = the
+  payload type; they carry nothing else, so ``occurred_at`` is null.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def transcript(call_data: dict[str, Any]) -> list[TranscriptTurn] | None:
         if not isinstance(message, dict):
             raise TypeError(f"transcript message is {type(message).__name__}")
         role = _lower(message.get("role")) or "unknown"
-        body = message.get("content", message.get("text"))
+        body = message.get("content")
+        if body is None:  # absent or null: the turn may carry ``text`` instead
+            body = message.get("text")
         turns.append(TranscriptTurn(ROLES.get(role, role), _text(body)))
     return turns
 

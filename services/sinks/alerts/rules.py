@@ -6,7 +6,7 @@ table each::
     [[rule]]
     name = "campaign_budget_paused"          # [a-z][a-z0-9_]*: the `rule` label
     types = ["campaign.paused"]              # canonical types it looks at
-    where = { reason = "budget_alert" }      # optional: field == value (a list: one of)
+    matches = { reason = "budget" }          # optional: field's text contains the pattern
     severity = "critical"                    # critical | warning | info
     group_by = ["campaign_id"]               # event fields forming the grouping key
     summary = "Campaign {campaign_id} paused: {reason}"
@@ -16,12 +16,22 @@ table each::
     sentiment = -0.3
     # [rule.above]: numeric field > value
 
+Conditions: ``where = { field = value }`` (equal; a list: one of), ``matches =
+{ field = "regex" }`` (the field is a string in which the regular expression is
+found, case-insensitively: for the open value sets the documents never spell out,
+such as Saaya's pause reason), ``not_matches = { field = "regex" }`` (the opposite:
+the field is null, absent, not a string, or a string without a match), ``below`` /
+``above``.
+
 Optional keys: ``alertname`` (default: the name), ``description`` (a second
 template). Templates are ``str.format`` strings over the event's top-level
 fields (``{agent_id}``, ``{sentiment:.2f}``); a missing or null field renders
-as "". Every condition of a rule must hold. A field that is null, absent, or (for
-``below``/``above``) not a number never matches. Mistakes (an unknown key,
-field, type or severity, a bad template) are ``ConfigError``s naming the rule.
+as "". Every condition of a rule must hold. A field that is null or absent never
+matches ``where``, ``matches``, ``below`` or ``above`` (nor does a value of the wrong
+kind: not a string for ``matches``, not a number for ``below``/``above``); it
+always satisfies ``not_matches``.
+Mistakes (an unknown key, field, type or severity, a bad template or regular
+expression) are ``ConfigError``s naming the rule.
 """
 
 from __future__ import annotations
@@ -53,8 +63,9 @@ RESERVED_LABELS = frozenset({"alertname", "severity", "rule", "provider", "sourc
 FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(CanonicalEvent) if f.name not in ("data", "transcript"))
 
-RULE_KEYS = frozenset({"name", "alertname", "types", "where", "below", "above", "severity",
-                       "group_by", "summary", "description", "labels"})
+RULE_KEYS = frozenset({"name", "alertname", "types", "where", "matches", "not_matches",
+                       "below", "above", "severity", "group_by", "summary", "description",
+                       "labels"})
 DEFAULT_SUMMARY = "{type} from {provider} ({source})"
 
 Scalar = str | int | float | bool
@@ -134,6 +145,8 @@ class Rule:
     severity: str
     group_by: tuple[str, ...] = ()
     where: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()  # field in (values)
+    patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()  # `matches`: text with a match
+    not_patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()  # `not_matches`
     below: tuple[tuple[str, float], ...] = ()
     above: tuple[tuple[str, float], ...] = ()
     summary: str = DEFAULT_SUMMARY
@@ -146,6 +159,12 @@ class Rule:
         for field, allowed in self.where:
             actual = event.get(field)
             if actual is None or not any(_equal(actual, v) for v in allowed):
+                return False
+        for field, pattern in self.patterns:
+            if not _found(pattern, event.get(field)):
+                return False
+        for field, pattern in self.not_patterns:
+            if _found(pattern, event.get(field)):
                 return False
         for field, limit in self.below:
             actual = event.get(field)
@@ -164,6 +183,10 @@ class Rule:
     def group_key(self, event: Mapping[str, Any]) -> tuple[str, ...]:
         """What the repeat window is keyed by: the rule and its grouping values."""
         return (self.name, *self.group_values(event))
+
+
+def _found(pattern: re.Pattern[str], value: Any) -> bool:
+    return isinstance(value, str) and pattern.search(value) is not None
 
 
 def _is_type(value: Any, types: frozenset[str]) -> bool:
@@ -231,6 +254,21 @@ def _where(value: Any, where: str) -> tuple[tuple[str, tuple[Scalar, ...]], ...]
             raise ConfigError(f"{where}: where.{field} must be a string, number or boolean, "
                               f"or a non-empty list of them, got {expected!r}")
         out.append((field, tuple(values)))
+    return tuple(out)
+
+
+def _patterns(value: Any, where: str, key: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    out = []
+    for field, pattern in _conditions(value, where, key).items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"{where}: {key}.{field} must be a non-empty regular "
+                              f"expression, got {pattern!r}")
+        try:
+            compiled = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise ConfigError(f"{where}: {key}.{field}: bad regular expression "
+                              f"{pattern!r}: {exc}") from None
+        out.append((field, compiled))
     return tuple(out)
 
 
@@ -308,6 +346,9 @@ def parse_rule(raw: Any, index: int, known_types: frozenset[str] = frozenset()) 
         name=name, alertname=alertname, types=frozenset(types), severity=severity,
         group_by=group_by,
         where=_where(raw["where"], where) if "where" in raw else (),
+        patterns=_patterns(raw["matches"], where, "matches") if "matches" in raw else (),
+        not_patterns=(_patterns(raw["not_matches"], where, "not_matches")
+                     if "not_matches" in raw else ()),
         below=_limits(raw["below"], where, "below") if "below" in raw else (),
         above=_limits(raw["above"], where, "above") if "above" in raw else (),
         summary=summary, description=description,

@@ -130,8 +130,10 @@ def call_properties(record: dict[str, Any]) -> dict[str, str]:
     when = timestamp(record)
     if when:
         props["hs_timestamp"] = when
+    # Any JSON number may arrive (47.5 s is 47500 ms); HubSpot's duration is whole,
+    # non-negative milliseconds. 1e306 s is a valid number but no duration in ms.
     duration_ms = _float(record.get("duration_s")) * 1000
-    if math.isfinite(duration_ms):  # 1e306 s is a valid number but no duration in ms
+    if math.isfinite(duration_ms) and duration_ms >= 0:
         props["hs_call_duration"] = str(round(duration_ms))
     direction = str(record.get("direction") or "").upper()
     if direction in ("INBOUND", "OUTBOUND"):
