@@ -29,7 +29,7 @@ from .core.config import KafkaSettings
 from .core.errors import Invalid
 from .core.kafka import make_consumer, topic_partitions
 from .core.postgres import DATABASE_ERRORS
-from .core.record import H_REQUEST_ID, RawDelivery
+from .core.record import H_REQUEST_ID, LocalRecord, RawDelivery
 from .core.samples import Sample, fresh_copy, samples
 from .core.schemas import SchemaRegistry
 from .core.sources import Source
@@ -219,7 +219,7 @@ class Accounting:
         raw = RawDelivery(source=source.name, provider=source.provider.name,
                           received_at_ms=0, request_id=receipt, body=delivery.sample.body,
                           routing_key=headers.get(source.routing_key_header or "", None))
-        record = _Record(raw.body, raw.headers())
+        record = LocalRecord(raw.body, raw.headers())
         try:
             self.receipt_event[receipt] = self._decoder.decode(record).event_id
         except Invalid:
@@ -273,13 +273,3 @@ class Accounting:
             await self._consumer.stop()
         if self._pool is not None:
             await self._pool.close()
-
-
-@dataclasses.dataclass
-class _Record:
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    topic: str = "raw"
-    partition: int = 0
-    offset: int = 0
-    key: bytes | None = None

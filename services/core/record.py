@@ -60,3 +60,17 @@ class RawDelivery:
         return cls(found[H_SOURCE], found[H_PROVIDER], int(found[H_RECEIVED_AT]),
                    found[H_REQUEST_ID], value or b"", get(H_CONTENT_TYPE), get(H_ROUTING_KEY),
                    get(H_EVENT_ID))
+
+
+@dataclasses.dataclass
+class LocalRecord:
+    """A raw record as the normalizer's decoder reads it (the fields of aiokafka's
+    ``ConsumerRecord`` it uses), for a delivery that did not come from Kafka:
+    ``hookstream load``'s accounting decodes its own deliveries, and tests."""
+
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    topic: str = "raw"
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None

@@ -28,7 +28,7 @@ import pytest
 
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import end_offsets, make_producer
-from hookstream.core.record import RawDelivery
+from hookstream.core.record import LocalRecord, RawDelivery
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.core.sink import SinkEvent, SinkRunner, SinkSettings, sink_topics
 from hookstream.normalizer.pipeline import Decoder
@@ -53,16 +53,6 @@ def raw_of(variant: Variant, n: int) -> RawDelivery:
                        routing_key=variant.routing_key)
 
 
-@dataclasses.dataclass
-class Record:
-    """A consumed raw record, as the normalizer's decoder reads it."""
-
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    topic: str = "raw"
-    partition: int = 0
-    offset: int = 0
-    key: bytes | None = None
 
 
 def number_variants() -> list[Variant]:
@@ -122,7 +112,7 @@ async def test_every_variant_is_a_warehouse_row(warehouse: Warehouse) -> None:
     events: dict[str, tuple[Variant, dict[str, Any]]] = {}
     for n, variant in enumerate(todo):
         raw = raw_of(variant, n)
-        event = decoder.decode(Record(raw.body, raw.headers()))  # raises on a dead letter
+        event = decoder.decode(LocalRecord(raw.body, raw.headers()))  # raises on a dead letter
         events[event.event_id] = (variant, orjson.loads(event.to_json()))
     assert len(events) == len(todo)  # no two variants are one event
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import orjson
@@ -10,27 +9,17 @@ import pytest
 
 from hookstream.core import errors
 from hookstream.core.errors import Invalid
-from hookstream.core.record import RawDelivery
+from hookstream.core.record import LocalRecord, RawDelivery
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.normalizer.adapters import ADAPTERS
 from hookstream.normalizer.pipeline import Decoder
 
 
-@dataclasses.dataclass
-class Record:
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    topic: str = "raw"
-    partition: int = 0
-    offset: int = 0
-    key: bytes | None = None
-
-
-def record(provider: str, body: bytes, routing_key: str | None = None) -> Record:
+def record(provider: str, body: bytes, routing_key: str | None = None) -> LocalRecord:
     raw = RawDelivery(source=f"{provider}-main", provider=provider, received_at_ms=1,
                       request_id="r", body=body, routing_key=routing_key)
-    return Record(body, raw.headers())
+    return LocalRecord(body, raw.headers())
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +27,7 @@ def decoder() -> Decoder:
     return Decoder(SchemaRegistry())
 
 
-def reason_of(decoder: Decoder, rec: Record) -> str:
+def reason_of(decoder: Decoder, rec: LocalRecord) -> str:
     with pytest.raises(Invalid) as caught:
         decoder.decode(rec)
     return caught.value.reason
@@ -48,7 +37,7 @@ SAAYA = orjson.loads(next(s for s in samples("saaya") if s.event == "session.end
 
 
 @pytest.mark.parametrize(("reason", "rec"), [
-    (errors.MISSING_METADATA, Record(b"{}", [])),
+    (errors.MISSING_METADATA, LocalRecord(b"{}", [])),
     (errors.UNKNOWN_PROVIDER, record("vonage", b"{}")),
     (errors.INVALID_UTF8, record("sarj", b'{"call_id": "\xff"}')),
     (errors.MALFORMED_JSON, record("sarj", b'{"call_id": ')),
@@ -59,7 +48,7 @@ SAAYA = orjson.loads(next(s for s in samples("saaya") if s.event == "session.end
     (errors.SCHEMA_VIOLATION, record("saaya", orjson.dumps(
         {**SAAYA, "data": {**SAAYA["data"], "durationMs": "long"}}))),
 ])
-def test_each_reason(decoder: Decoder, reason: str, rec: Record) -> None:
+def test_each_reason(decoder: Decoder, reason: str, rec: LocalRecord) -> None:
     assert reason_of(decoder, rec) == reason
 
 

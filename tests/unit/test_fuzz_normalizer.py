@@ -23,12 +23,13 @@ from hypothesis import strategies as st
 
 from hookstream.core import errors
 from hookstream.core.config import KafkaSettings, load
+from hookstream.core.record import LocalRecord
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.normalizer.pipeline import DecodedBatch, Decoder, Normalizer
 
 from .test_canonical_schema import VALIDATOR
-from .test_decoder import Record, poison_body, record
+from .test_decoder import poison_body, record
 
 PROVIDERS = ("saaya", "sarj", "sawt")
 SAMPLES = [(s.provider, s.event, orjson.loads(s.body)) for s in samples()]
@@ -98,11 +99,11 @@ def mutated_sample(draw: st.DrawFn) -> tuple[str, str, Any]:
     return provider, event, payload
 
 
-def decode(records: Sequence[Record]) -> DecodedBatch:
+def decode(records: Sequence[LocalRecord]) -> DecodedBatch:
     return asyncio.run(NORMALIZER.decode_batch(records))
 
 
-def check_outcomes(records: Sequence[Record], batch: DecodedBatch) -> None:
+def check_outcomes(records: Sequence[LocalRecord], batch: DecodedBatch) -> None:
     """Each record exactly once: an event with a valid canonical envelope, or a dead
     letter whose reason is in the closed set."""
     assert len(batch.events) + len(batch.dead) == len(records)

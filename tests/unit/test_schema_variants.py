@@ -33,6 +33,7 @@ from jsonschema import Draft202012Validator
 
 from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.events import CanonicalEvent
+from hookstream.core.record import LocalRecord
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.core.sink import SinkEvent
@@ -64,7 +65,7 @@ from ..schema_variants import (
 from ..support import REPO
 from .test_canonical_schema import VALIDATOR as CANONICAL
 from .test_canonical_schema import _format_checker
-from .test_decoder import Record, record
+from .test_decoder import record
 from .test_fuzz_sinks import CRM_SETTINGS, FakeStore, _crm_server, assert_storable_call_row
 from .test_recordings_sink import MemoryIndex
 
@@ -94,7 +95,7 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-def rec(variant: Variant) -> Record:
+def rec(variant: Variant) -> LocalRecord:
     return record(variant.sample.provider, variant.sample.body, variant.routing_key)
 
 
