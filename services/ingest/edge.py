@@ -22,12 +22,20 @@ Past ``limit_concurrency`` (open connections or requests in progress), uvicorn a
 503 itself, before any app code, with neither ``Retry-After`` nor a JSON reason. Its
 answer is replaced (:func:`shed`): a 503 with ``Retry-After`` as every other 503 of
 ingest, counted as ``refused_heads_total{reason="concurrency"}``.
+
+Overload (more requests than the CPU can serve) is shed here too, by
+:class:`LagShedder`: while the event loop runs late, a share of new requests is
+answered 503 + Retry-After from the parser's callbacks, before uvicorn builds a scope
+or a task and before the body is read or verified, and the connection is kept alive.
+That answer costs a small fraction of a served request, so the requests let through
+are still answered within the provider's window (docs/reliability.md, overload).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any, ClassVar
 
 import httptools
@@ -49,6 +57,69 @@ REFUSALS: dict[str, tuple[int, bytes]] = {
 }
 
 
+class LagShedder:
+    """Admission by event-loop lag: what share of new requests the app may take.
+
+    Every ``interval_s`` a timer measures how late the loop ran it. That lateness is
+    the wait any newly arrived request has before this process even reads it, and it
+    is the only queue a CPU-bound process can see (requests behind it wait in socket
+    buffers). Above ``target_s`` (two ticks in a row) the admitted share is cut
+    (multiplicatively); below it, the share grows back by a small step: AIMD, as TCP
+    does. A request not
+    admitted is answered 503 + Retry-After at its head (:class:`EdgeHttpToolsProtocol`).
+    """
+
+    interval_s = 0.05
+    decrease = 0.75  # share kept per late tick
+    increase = 0.02  # share added per tick on time (0.4 a second)
+    floor = 0.01  # never shut out entirely: the lag must be measured with some load
+
+    def __init__(self, target_s: float) -> None:
+        self.target_s = target_s
+        self.admit = 1.0
+        self.lag_s = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start measuring on ``loop`` (idempotent: on the first connection)."""
+        if self._loop is loop and self._timer is not None:
+            return
+        self._loop = loop
+        self._due = loop.time() + self.interval_s
+        self._timer = loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        lag = max(0.0, now - self._due)
+        # Two late ticks in a row, not one: a lone stall (a GC pass, a burst of
+        # connections) is not overload, and shedding for it would refuse for nothing.
+        if lag > self.target_s and self.lag_s > self.target_s:
+            self.admit = max(self.floor, self.admit * self.decrease)
+        elif self.admit < 1.0:
+            self.admit = min(1.0, self.admit + self.increase)
+        self.lag_s = lag
+        metrics.LOOP_LAG.set(lag)
+        metrics.ADMIT_SHARE.set(self.admit)
+        self._due = now + self.interval_s
+        self._timer = loop.call_at(self._due, self._tick)
+
+    def shed(self) -> bool:
+        """Whether to turn the request whose head begins now away."""
+        return self.admit < 1.0 and random.random() >= self.admit
+
+
+_SHED_OVERLOAD = metrics.REFUSED_HEADS.labels("overload")
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a refused request."""
 
@@ -59,9 +130,13 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes: ClassVar[int] = 16384
     max_headers: ClassVar[int] = 100
     head_timeout_s: ClassVar[float] = 5.0
+    shedder: ClassVar[LagShedder | None] = None  # the public listener's; None on admin
+    retry_after: ClassVar[bytes] = b"2"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._shedding = False  # the request being parsed was turned away at its head
+        self._shed_next = False  # the next request to begin is turned away
         self._head_pending = True  # the next bytes fed belong to a request head
         self._head_bytes = 0
         self._header_count = 0
@@ -74,6 +149,8 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_timer()
+        if self.shedder is not None:
+            self.shedder.start(self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -82,6 +159,12 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:
             return  # lingering after a refusal: read and dropped
+        if (self.shedder is not None and self.shedder.admit < 1.0 and self._head_pending
+                and not self._began and (self.cycle is None or self.cycle.response_complete)
+                and self.shedder.shed()):
+            if self._shed_whole(data):
+                return
+            self._shed_next = True  # not one whole request: shed through the parser
         if not self._head_pending:
             # Within a body (the common case for large requests): fed whole. A pipelined
             # request's head starting in the same read is not counted (bounded by one read).
@@ -110,6 +193,37 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         if self._head_pending and self._head_bytes >= self.max_head_bytes:
             self._refuse("header_bytes")
 
+    def _shed_whole(self, data: bytes) -> bool:
+        """Turn away the request in ``data`` without the parser, when ``data`` is exactly
+        one whole HTTP/1.1 request framed by Content-Length (a webhook's usual read):
+        its bytes are never fed to the parser, which stays between messages. This costs
+        a few byte searches instead of a Python call per header, and shedding must cost
+        far less than serving: under overload every provider retries what is shed.
+        Anything else (chunked, several requests, HTTP/1.0, ``connection: close``, a
+        partial read, more than one Content-Length) returns False for the parser."""
+        end = data.find(b"\r\n\r\n", 0, self.max_head_bytes)
+        if end < 0:
+            return False
+        head = data[:end + 2].lower()
+        line_end = head.find(b"\r\n")
+        if not head.endswith(b"\r\n") or not head[:line_end].endswith(b" http/1.1"):
+            return False
+        at = head.find(b"\r\ncontent-length:")
+        if (at < 0 or head.find(b"\r\ncontent-length:", at + 17) >= 0
+                or b"\r\ntransfer-encoding:" in head or b"\r\nconnection: close" in head
+                or b"\r\nexpect:" in head):
+            return False
+        value = head[at + 17:head.find(b"\r\n", at + 17)].strip()
+        if not value.isdigit() or len(value) > 9 or end + 4 + int(value) != len(data):
+            return False
+        self._unset_keepalive_if_required()
+        self._cancel_head_timer()
+        _SHED_OVERLOAD.inc()
+        self.transport.write(self._shed_answer())
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        return True
+
     def _feed(self, data: bytes | memoryview) -> None:
         # uvicorn's data_received, except that a refusal raised by a callback below is
         # not reported as a malformed request (400).
@@ -131,13 +245,27 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
     # --- parser callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
         self._began = True
         self._header_count = 0
         if self._head_timer is None:  # a later request on a kept-alive connection
             self._arm_head_timer()
+        # Overload: turned away before uvicorn builds anything for it. Never while an
+        # earlier request on this connection is still answered (pipelining: uvicorn
+        # queues it, and answers must keep their order).
+        if self._shed_next or (self.shedder is not None and self.shedder.shed()
+                               and (self.cycle is None or self.cycle.response_complete)):
+            self._shed_next = False
+            self._shedding = True
+            return
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self._shedding:
+            super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._shedding:  # nothing kept; the head's byte cap still holds
+            return
         self._header_count += 1
         if self._header_count > self.max_headers:
             self._refuse("header_count")
@@ -148,15 +276,53 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         self._head_pending = False
         self._head_bytes = 0
         self._cancel_head_timer()
+        if self._shedding:  # answered now; the body that follows is read and dropped
+            _SHED_OVERLOAD.inc()
+            self.transport.write(self._shed_answer())
+            return
         # When the head was parsed (loop time): the app measures from it how long the
         # request waited for the loop, and answers within its deadline (app.HEAD_AT).
         self.scope[HEAD_AT] = self.loop.time()  # type: ignore[literal-required]
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._shedding:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
         self._began = False
         self._head_pending = True  # what follows is the next request's head
+        if not self._shedding:
+            super().on_message_complete()
+            return
+        self._shedding = False
+        if self.transport.is_closing():
+            return
+        if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
+            self.transport.close()  # after the answer written above is flushed
+        else:  # idle until the next request, as after any answer (uvicorn's timer)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    _answer_for: list[tuple[bytes, bytes]] | None = None  # default headers it was built with
+    _answer: bytes = b""
+
+    def _shed_answer(self) -> bytes:
+        """503 + Retry-After, built again only when uvicorn renews its default headers
+        (the date, once a second), not per request."""
+        defaults = self.server_state.default_headers
+        cls = type(self)
+        if cls._answer_for is not defaults:
+            cls._answer = b"".join([
+                STATUS_LINE[503],
+                *(name + b": " + value + b"\r\n" for name, value in defaults),
+                b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(SHED_BODY),
+                b"retry-after: " + self.retry_after + b"\r\n\r\n",
+                SHED_BODY,
+            ])
+            cls._answer_for = defaults
+        return cls._answer
 
     # --- the head deadline and refusals ------------------------------------------------
 
@@ -228,8 +394,10 @@ async def shed(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def edge_protocol(max_head_bytes: int, max_headers: int, head_timeout_s: float,
-                  retry_after_s: int = 2) -> type[EdgeHttpToolsProtocol]:
-    """An :class:`EdgeHttpToolsProtocol` class with these limits, for ``uvicorn.Config(http=)``.
+                  retry_after_s: int = 2, shedder: LagShedder | None = None,
+                  ) -> type[EdgeHttpToolsProtocol]:
+    """An :class:`EdgeHttpToolsProtocol` class with these limits, for ``uvicorn.Config(http=)``;
+    with ``shedder``, overload is shed at the request head.
 
     Also puts :func:`shed` in place of uvicorn's answer past ``limit_concurrency``
     (a module-level name uvicorn looks up per request; uvicorn is pinned to 0.54.x)."""
@@ -245,8 +413,10 @@ def edge_protocol(max_head_bytes: int, max_headers: int, head_timeout_s: float,
         "max_head_bytes": max_head_bytes,
         "max_headers": max_headers,
         "head_timeout_s": head_timeout_s,
+        "shedder": shedder,
+        "retry_after": _shed_retry_after,
     })
 
 
-for _reason in (*REFUSALS, "concurrency"):  # every series exists from the start, at 0
+for _reason in (*REFUSALS, "concurrency", "overload"):  # every series exists from the start, at 0
     metrics.REFUSED_HEADS.labels(_reason)

@@ -48,8 +48,19 @@ REFUSED_HEADS = Counter(
     "hookstream_ingest_refused_heads_total",
     "Connections refused at the request head, before any app code: header_bytes and "
     "header_count (431), head_timeout (408), idle (connected, sent nothing; closed), "
-    "concurrency (503 + Retry-After: over HOOKSTREAM_INGEST_LIMIT_CONCURRENCY)",
+    "concurrency (503 + Retry-After: over HOOKSTREAM_INGEST_LIMIT_CONCURRENCY), "
+    "overload (503 + Retry-After: shed while the event loop runs late, edge.LagShedder)",
     ["reason"],
+)
+LOOP_LAG = Gauge(
+    "hookstream_ingest_loop_lag_seconds",
+    "How late the event loop ran its last timer check (edge.LagShedder): the wait a "
+    "newly arrived request has before this process even reads it",
+)
+ADMIT_SHARE = Gauge(
+    "hookstream_ingest_admit_share",
+    "Share of new requests let through to the app; below 1 the rest are answered 503 + "
+    "Retry-After at their head because the event loop runs late (overload)",
 )
 
 # The local spool (ADR 7): deliveries the broker did not acknowledge within the spool

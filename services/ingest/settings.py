@@ -35,6 +35,12 @@ class IngestSettings:
         "a request whose handler starts this long after its head was parsed (the process is "
         "behind) is answered 503 at once, before its body is read or verified",
     )
+    shed_lag_s: float = env(
+        "HOOKSTREAM_INGEST_SHED_LAG_S", 0.5,
+        "overload: while the event loop runs later than this, a growing share of new "
+        "requests is answered 503 + Retry-After at their head, before any app code "
+        "(0: off)",
+    )
     retry_after_s: int = env(
         "HOOKSTREAM_INGEST_RETRY_AFTER_S", 2, "Retry-After sent with every 503"
     )

@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 from hookstream.core.config import KafkaSettings
 from hookstream.core.sources import parse_sources
 from hookstream.ingest.app import build_app
+from hookstream.ingest.edge import LagShedder
 from hookstream.ingest.main import server_config
 from hookstream.ingest.settings import IngestSettings
 
@@ -329,3 +330,87 @@ async def test_over_the_concurrency_limit_the_503_carries_retry_after() -> None:
             assert status(await asyncio.to_thread(read_response, alone)) == 202
     assert refusals("concurrency") == before + 1
     assert len(fake.calls) == 1
+
+
+# --- overload: shed at the head -------------------------------------------------------
+
+class _Held(LagShedder):
+    """A shedder whose admitted share the test sets (no timer moves it)."""
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+
+@pytest.fixture
+async def shedding() -> AsyncIterator[tuple[int, FakePublisher, _Held]]:
+    """The ingest app as hookstream-ingest runs it, with a shedder the test holds."""
+    fake = FakePublisher()
+    settings = IngestSettings(host="127.0.0.1", port=free_port(), keepalive_timeout_s=10,
+                              header_timeout_s=5, retry_after_s=3)
+    app = build_app(SOURCES, settings, KafkaSettings(), publisher=fake)  # type: ignore[arg-type]
+    config = server_config(app, settings)
+    held = _Held(0.5)
+    held.floor = 0.0
+    config.http = type("Held", (config.http,), {"shedder": held})  # type: ignore[misc,arg-type]
+    async with serve(app, settings.port, config):
+        yield settings.port, fake, held
+
+
+def shed_answer(response: bytes) -> bool:
+    head = response.split(b"\r\n\r\n")[0].lower()
+    return (status(response) == 503 and b"\r\nretry-after: 3" in head
+            and response.endswith(b'{"error":"overloaded, retry later"}'))
+
+
+async def test_overload_is_shed_at_the_head_and_the_connection_kept(shedding) -> None:
+    """Admitting nothing: every request is answered 503 + Retry-After without reaching
+    the app, whole or split over reads, and the kept-alive connection then serves the
+    next request once requests are admitted again."""
+    port, fake, held = shedding
+    held.admit = 0.0
+    before = refusals("overload")
+    with connect(port) as sock:
+        for _ in range(3):  # one whole request per read: the parser is not used
+            sock.sendall(request())
+            assert shed_answer(await asyncio.to_thread(read_response, sock))
+        whole = request()
+        split = whole.index(b"\r\n\r\n") + 4
+        sock.sendall(whole[:split])  # the head, then the body: shed through the parser
+        await asyncio.sleep(0.05)
+        sock.sendall(whole[split:])
+        assert shed_answer(await asyncio.to_thread(read_response, sock))
+        sock.sendall(request() + request())  # pipelined: two answers, in order
+        assert shed_answer(await asyncio.to_thread(read_response, sock))
+        assert shed_answer(await asyncio.to_thread(read_response, sock))
+        held.admit = 1.0
+        sock.sendall(request())  # the same connection, in step with the requests
+        assert status(await asyncio.to_thread(read_response, sock)) == 202
+    assert refusals("overload") == before + 6
+    assert len(fake.calls) == 1
+
+
+async def test_a_shed_request_asking_to_close_is_answered_then_closed(shedding) -> None:
+    port, fake, held = shedding
+    held.admit = 0.0
+    with connect(port) as sock:
+        sock.sendall(request(extra=b"Connection: close\r\n"))
+        assert shed_answer(await asyncio.to_thread(read_response, sock))
+        assert await asyncio.to_thread(closed_by_server, sock)
+    with connect(port) as sock:  # chunked: the parser frames it, and it is shed too
+        sock.sendall(REQUEST_LINE + b"Host: ingest\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"%x\r\n" % len(BODY) + BODY + b"\r\n0\r\n\r\n")
+        assert shed_answer(await asyncio.to_thread(read_response, sock))
+        held.admit = 1.0
+        sock.sendall(request())
+        assert status(await asyncio.to_thread(read_response, sock)) == 202
+    assert len(fake.calls) == 1
+
+
+async def test_a_shed_request_keeps_the_head_limits(shedding) -> None:
+    """Shedding skips the app, not the edge's limits: a head over the cap is 431."""
+    port, _fake, held = shedding
+    held.admit = 0.0
+    with connect(port) as sock:
+        sent, response = await asyncio.to_thread(
+            send_until_answered, sock, request(extra=b"X-Pad: " + b"a" * 40000 + b"\r\n"))
+        assert status(response) == 431, response[:200]
