@@ -14,7 +14,7 @@ import pytest
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.normalizer.pipeline import Decoder
 from hookstream.sinks.warehouse.store import (
-    CALL_COLUMNS,
+    _CALL_COLUMNS,
     CALL_FIELDS,
     STATE_RANK,
     chain_surplus,
@@ -90,7 +90,7 @@ def test_fractional_duration_and_out_of_range_sentiment_fold_as_sent() -> None:
 # --- issue 13: Sawt's transition chain, receive times, redeliveries ---------------------
 
 def folded(events: list[dict[str, Any]]) -> dict[str, Any]:
-    row = dict(zip(CALL_COLUMNS, fold_call(events), strict=True))
+    row = dict(zip(_CALL_COLUMNS, fold_call(events), strict=True))
     if row["transcript"] is not None:
         row["transcript"] = orjson.loads(row["transcript"])
     return row

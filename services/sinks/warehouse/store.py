@@ -48,15 +48,15 @@ CALL_FIELDS = ("status", "direction", "customer_number", "started_at", "ended_at
                "summary", "outcome", "transcript", "transcript_url", "recording_url",
                "agent_id", "campaign_id", "call_id", "session_id")
 TIMESTAMPS = {"started_at", "ended_at"}
-CALL_COLUMNS = ("call_key", "provider", "source", *CALL_FIELDS, "last_event_type",
+_CALL_COLUMNS = ("call_key", "provider", "source", *CALL_FIELDS, "last_event_type",
                  "state_rank", "state_at", "state_event_id", "first_event_at", "last_event_at")
 # The row is recomputed from all of the call's events (fold_call), so the upsert
 # simply overwrites; recording_location (the recordings sink's) is not touched.
 UPSERT_CALL = (
-    f"INSERT INTO calls AS c ({', '.join(CALL_COLUMNS)}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, len(CALL_COLUMNS) + 1))}) "
+    f"INSERT INTO calls AS c ({', '.join(_CALL_COLUMNS)}) VALUES "
+    f"({', '.join(f'${i}' for i in range(1, len(_CALL_COLUMNS) + 1))}) "
     "ON CONFLICT (call_key) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in CALL_COLUMNS[1:])
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CALL_COLUMNS[1:])
     + ", updated_at = now()"
 )
 # For each id of a batch, in order: its canonical text and whether it is stored.
