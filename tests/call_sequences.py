@@ -69,7 +69,8 @@ def natural_key(provider: str, body: bytes) -> bytes | None:
     """The raw record's key, as ingest sets it (``ProviderSpec.natural_key``)."""
     from hookstream.core.providers import PROVIDERS
 
-    return PROVIDERS[provider].natural_key(body)
+    key: bytes | None = PROVIDERS[provider].natural_key(body)
+    return key
 
 
 @dataclasses.dataclass(frozen=True)
