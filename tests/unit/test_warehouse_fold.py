@@ -193,3 +193,22 @@ def test_every_order_of_a_conversation_folds_to_its_row(provider: str) -> None:
             assert {c: row[c] for c in call_sequences.ROW} == {
                 **conversation.expected, "state_event_id": top}, (
                 conversation.name, [d.label for d in order])
+
+
+def test_a_retry_that_overtakes_its_original_changes_only_receipt_times() -> None:
+    """The documented limit (docs/warehouse.md, "Redeliveries"): when a provider's retry
+    is processed before its original (an original whose produce ingest gave up on, that
+    reached Kafka late), the retry's copy is kept. The chain still decides the state;
+    only the columns that come from that copy's receipt move."""
+    conversation = call_sequences.sawt_on_hold("overtaken")
+    sent = list(conversation.deliveries)
+    retry = conversation.delivery("on hold again (retry 1)")
+    overtaken = [retry] + [d for d in sent if d is not retry]
+    row = folded([e for e in _decode_in_order(overtaken) if e["type"] in STATE_RANK])
+    expected = {**conversation.expected, "state_event_id": DECODER.decode(
+        conversation.delivery("on hold again").record()).event_id}
+    moved = {"state_at", "last_event_at"}
+    assert {c: row[c] for c in call_sequences.ROW if c not in moved} == {
+        c: v for c, v in expected.items() if c not in moved}
+    retried_at = call_sequences.at_ms(retry.raw.received_at_ms)
+    assert row["state_at"] == row["last_event_at"] == retried_at
