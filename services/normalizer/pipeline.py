@@ -214,7 +214,7 @@ class Normalizer:
                 event, raw = self._decoder.decode_delivery(record)
                 # Serialised here, per record, so that whatever one event makes orjson
                 # raise dead-letters that event instead of failing the whole batch.
-                encoded[event.event_id] = event.to_json()
+                value = event.to_json()
             except Invalid as exc:
                 dead.append(DeadLetter(record, exc.reason, exc.detail, _provider_of(record)))
                 continue
@@ -223,7 +223,11 @@ class Normalizer:
                                        _provider_of(record)))
                 continue
             events.append(event)
-            received_ms[event.event_id] = raw.received_at_ms
+            # Two copies of one event in a batch (a provider's retry behind its original):
+            # ``complete`` publishes the first, so its bytes and receive time are the
+            # ones kept, not the retry's (issue 13: the copy processed first stands).
+            encoded.setdefault(event.event_id, value)
+            received_ms.setdefault(event.event_id, raw.received_at_ms)
         return DecodedBatch(records, events, received_ms, encoded, dead,
                             time.perf_counter() - started)
 

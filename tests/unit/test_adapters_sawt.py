@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -153,44 +154,64 @@ def test_tool_failure_without_tool_name_falls_back_on_error_type() -> None:
 # --- dedupe ------------------------------------------------------------------------
 
 
-def test_dedupe_key_parts() -> None:
-    sep = "\x1f"
-    assert ADAPTER.dedupe_key("call.updated", payload_of("call.updated")) == sep.join(
-        ["call_123", "call.updated", "CALLING", "IN_CALL", "2025-05-01T10:00:00.000Z", "", ""])
-    assert ADAPTER.dedupe_key("call.ended", payload_of("call.ended")) == sep.join(
-        ["call_123", "call.ended", "IN_CALL", "FINISHED", "2025-05-01T10:00:00.000Z",
-         "2025-05-01T10:05:15.000Z", "transcript"])
-    assert ADAPTER.dedupe_key("call.initializing", payload_of("call.initializing")) == sep.join(
-        ["call_123", "call.initializing", "", "RECEIVED_REQUEST_TO_AGENT", "", "", ""])
-    assert ADAPTER.dedupe_key("tool.knowledge_base.failed",
-                              payload_of("tool.knowledge_base.failed")) == sep.join(
-        ["call_123", "tool.knowledge_base.failed", "knowledge_base", "NO_RESULTS",
-         "No articles matched query", "2025-05-01T10:02:05.000Z"])
-    assert ADAPTER.dedupe_key("tool.function.failed", payload_of("tool.function.failed")) == (
-        sep.join(["call_123", "tool.function.failed", "send_sms", "", "Internal API timeout",
-                  "2025-05-01T10:03:44.000Z"]))
-    assert ADAPTER.dedupe_key("call.analyzed", payload_of("call.analyzed")) == sep.join(
-        ["call_123", "call.analyzed"])
+def digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def test_dedupe_key_is_stable_and_ignores_non_identifying_fields() -> None:
-    payload = payload_of("call.updated")
-    key = ADAPTER.dedupe_key("call.updated", payload)
-    assert ADAPTER.dedupe_key("call.updated", orjson.loads(orjson.dumps(payload))) == key
-    # duration/cost tick on within one transition's redelivery: same event
-    assert ADAPTER.dedupe_key("call.updated", payload | {"duration_s": 43}) == key
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.name)
+def test_dedupe_key_parts(sample: Any) -> None:
+    """``call_id``, the event name, then the SHA-256 of the canonical JSON."""
+    payload = orjson.loads(sample.body)
+    key = ADAPTER.dedupe_key(sample.event, payload)
+    assert key == "\x1f".join([payload["call_id"], sample.event, digest(payload)])
+    assert key.split("\x1f")[2] == sawt.content_digest(payload)
+
+
+def test_dedupe_key_is_the_same_for_the_same_content() -> None:
+    """A redelivery: the same bytes, or the same JSON re-serialised (key order,
+    whitespace), is the same event."""
+    body = BODIES["call.updated"]
+    key = ADAPTER.dedupe_key("call.updated", orjson.loads(body))
+    assert ADAPTER.dedupe_key("call.updated", orjson.loads(bytes(body))) == key
+    shuffled = dict(reversed(list(orjson.loads(body).items())))
+    assert ADAPTER.dedupe_key("call.updated", shuffled) == key
+    spaced = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+    assert spaced != body and ADAPTER.dedupe_key("call.updated", orjson.loads(spaced)) == key
+    nested = payload_of("call.ended")
+    turns = [dict(reversed(list(t.items()))) for t in nested["transcript_object"]]
+    assert ADAPTER.dedupe_key("call.ended", nested | {"transcript_object": turns}) == (
+        ADAPTER.dedupe_key("call.ended", nested))
+
+
+def test_a_repeated_transition_is_a_new_event() -> None:
+    """Issue 13: X->Y, Y->X, X->Y again: the second X->Y differs from the first in what
+    it reports (duration, cost), so it is an event of its own, not a duplicate."""
+    first = payload_of("call.updated")
+    back = first | {"previous_call_status": "IN_CALL", "call_status": "ON_HOLD",
+                    "duration_s": 60, "call_cost": 1.5}
+    again = first | {"previous_call_status": "ON_HOLD", "duration_s": 75}
+    keys = {ADAPTER.dedupe_key("call.updated", p) for p in (first, back, again)}
+    assert len(keys) == 3
 
 
 @pytest.mark.parametrize("change", [
     {"call_status": "RINGING"}, {"previous_call_status": "RINGING"},
     {"call_start_timestamp": "2025-05-01T10:00:01.000Z"},
     {"call_end_timestamp": "2025-05-01T10:09:00.000Z"}, {"call_id": "call_124"},
-    {"transcript_object": []},
+    {"transcript_object": []}, {"duration_s": 43}, {"call_cost": 1.16},
+    {"agent_version": "v3"}, {"duration_s": 42.0}, {"unknown_field": None},
 ])
-def test_dedupe_key_differs_per_transition(change: dict[str, Any]) -> None:
+def test_dedupe_key_differs_for_any_other_content(change: dict[str, Any]) -> None:
     payload = payload_of("call.updated")
     assert ADAPTER.dedupe_key("call.updated", payload) != ADAPTER.dedupe_key(
         "call.updated", payload | change)
+
+
+def test_dedupe_key_of_an_analysis_follows_its_content() -> None:
+    analysis = payload_of("call.analyzed")
+    key = ADAPTER.dedupe_key("call.analyzed", analysis)
+    assert ADAPTER.dedupe_key("call.analyzed", dict(analysis)) == key
+    assert ADAPTER.dedupe_key("call.analyzed", analysis | {"call_evaluation": False}) != key
 
 
 def test_dedupe_key_differs_per_event_name_and_tool_failure() -> None:
@@ -208,6 +229,22 @@ def test_separator_cannot_be_confused() -> None:
     a = {"call_id": "c", "call_status": "A", "previous_call_status": "B:C"}
     b = {"call_id": "c", "call_status": "A:B", "previous_call_status": "C"}
     assert ADAPTER.dedupe_key("call.updated", a) != ADAPTER.dedupe_key("call.updated", b)
+    c = {"call_id": "c\x1fcall.updated", "call_status": "A"}
+    assert ADAPTER.dedupe_key("call.updated", c) != ADAPTER.dedupe_key(
+        "call.updated", {"call_id": "c", "call_status": "A"})
+
+
+def test_dedupe_key_of_an_unserialisable_payload_is_mapping_failed() -> None:
+    """A payload nested deeper than orjson writes (the decoder's depth cap keeps real
+    bodies far from it) dead-letters as ``mapping_failed`` rather than raising."""
+    deep: dict[str, Any] = {"call_id": "c", "call_status": "IN_CALL"}
+    node = deep
+    for _ in range(300):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(Invalid) as info:
+        ADAPTER.dedupe_key("call.updated", deep)
+    assert info.value.reason == MAPPING_FAILED
 
 
 def test_all_example_keys_distinct() -> None:
@@ -252,7 +289,11 @@ def test_call_updated() -> None:
     event = run("call.updated")
     assert event.type == "call.updated"
     assert (event.previous_status, event.status) == ("calling", "in_call")
-    assert event.occurred_at == event.started_at == "2025-05-01T10:00:00.000Z"
+    # call_start_timestamp is when the call started, the same on every update: not the
+    # time of this transition, which the document does not give.
+    assert event.occurred_at is None
+    assert event.started_at == "2025-05-01T10:00:00.000Z"
+    assert event.received_at == "2025-05-01T10:05:15.000Z"
     assert event.ended_at is None
     assert event.duration_s == 42 and event.cost == 1.15
     assert event.transcript is None

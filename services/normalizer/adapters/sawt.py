@@ -35,13 +35,14 @@ Event name
 Dedupe key
 ==========
 
-Sawt sends no event id, so the key is built from what identifies one event:
-``call_id``, the event name, then for call lifecycle events
-``previous_call_status``, ``call_status``, ``call_start_timestamp``,
-``call_end_timestamp`` and whether a transcript is attached; for tool failures
-``tool_name``, ``error_type``, ``error_message`` and ``timestamp``; for
-``call.analyzed`` nothing more (one analysis per call). Parts are joined with
-the ASCII unit separator (``\\x1f``), absent/null values are empty strings.
+Sawt sends no event id. The rule (issue 13): identical content is a redelivery,
+different content is a different event. The key is ``call_id``, the event name
+and the SHA-256 of the payload's canonical JSON (keys sorted, no whitespace),
+joined with the ASCII unit separator (``\\x1f``; an absent/null call id is an
+empty string). A redelivery (the same bytes, or the same JSON re-serialised)
+gets the same key; a second X->Y transition of one call, whose duration or
+cost has moved on, is an event of its own. Two transitions that are the same
+in every byte cannot be told from a redelivery: they are one event.
 
 Mapping
 =======
@@ -53,16 +54,21 @@ state one); ``user_sentiment`` lower-cased is ``sentiment_label``;
 ``call_summary`` is ``summary``; ``transcript_object`` roles AGENT/CUSTOMER
 become ``agent`` / ``customer``; ``error_type`` is ``error_code``.
 ``occurred_at``: ``call_end_timestamp`` for call.ended, ``call_start_timestamp``
-for call.started/updated, ``timestamp`` for tool failures, else null.
+for call.started, ``timestamp`` for tool failures, else null. Not for
+call.updated: its ``call_start_timestamp`` is when the *call* started, the same
+on every update of the call, not when this transition happened (the document
+gives no time for a transition). The warehouse orders a call's updates by the
+``previous_call_status`` chain, then by receive time (docs/warehouse.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
 
-from ...core.errors import UNKNOWN_EVENT_TYPE, Invalid
+from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, Invalid
 from ...core.events import TranscriptTurn
 from ...core.record import RawDelivery
 from .base import MappingAdapter, lower_or_none, num_or_none, str_or_none
@@ -114,6 +120,19 @@ def _part(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
+def content_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the payload's canonical JSON: keys sorted at every level, no
+    whitespace. Equal for the same bytes and for the same JSON re-serialised (key
+    order, spacing), different as soon as any value differs."""
+    try:
+        canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    # Not reached for a body orjson parsed within the decoder's depth cap (64); a
+    # payload built otherwise (deeper than orjson writes) dead-letters, never raises.
+    except orjson.JSONEncodeError as exc:
+        raise Invalid(MAPPING_FAILED, f"sawt: payload not serialisable: {exc}") from None
+    return hashlib.sha256(canonical).hexdigest()
+
+
 def is_terminal(status: Any) -> bool:
     return isinstance(status, str) and status.upper() in TERMINAL_STATUSES
 
@@ -163,17 +182,10 @@ class SawtAdapter(MappingAdapter):
         return infer(payload), None, True
 
     def dedupe_key(self, event_type: str, payload: dict[str, Any]) -> str:
-        parts: list[Any] = [payload.get("call_id"), event_type]
-        if event_type in TOOL_FAILURES:
-            parts += [payload.get(k) for k in
-                      ("tool_name", "error_type", "error_message", "timestamp")]
-        elif event_type != "call.analyzed":
-            parts += [payload.get(k) for k in
-                      ("previous_call_status", "call_status",
-                       "call_start_timestamp", "call_end_timestamp")]
-            parts.append("transcript" if "transcript_object" in payload else "")
-        return SEP.join(_part(p) for p in parts)
-
+        # No event id: the content is the identity (module doc). The call id and the
+        # event name stay readable in front of the digest; the name keeps one body sent
+        # under two routing keys two events, as before.
+        return SEP.join((_part(payload.get("call_id")), event_type, content_digest(payload)))
 
     def _fields(self, payload: dict[str, Any], event_type: str) -> dict[str, Any]:
         direction = _lower(payload.get("direction"))
@@ -187,7 +199,7 @@ class SawtAdapter(MappingAdapter):
         ended_at = _str(payload.get("call_end_timestamp"))
         if event_type == "call.ended":
             occurred_at = ended_at
-        elif event_type in ("call.started", "call.updated"):
+        elif event_type == "call.started":
             occurred_at = started_at
         elif event_type in TOOL_FAILURES:
             occurred_at = _str(payload.get("timestamp"))

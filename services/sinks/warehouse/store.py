@@ -148,9 +148,45 @@ def _field(name: str, value: Any) -> Any:
     return _text(value)
 
 
-def _precedence(event: dict[str, Any]) -> tuple[int, dt.datetime, str]:
-    received = parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
-    return (STATE_RANK[str(event["type"])], parse_ts(event.get("occurred_at")) or received,
+Precedence = tuple[int, int, dt.datetime, dt.datetime, str]
+
+
+def _received(event: dict[str, Any]) -> dt.datetime:
+    return parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
+
+
+def chain_surplus(events: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
+    """Per (lifecycle rank, status): the events of that rank that move the call into
+    the status, minus those that move it out, counting only events that state both
+    ends (Sawt's ``previous_call_status`` -> ``call_status``).
+
+    The transitions of one call form a walk. Every status it passes through is
+    entered as often as it is left, except its first (one more exit) and its last
+    (one more entry): a status with a surplus is where the chain ends, whatever
+    order the events were seen in and however often a transition repeats
+    (X->Y, Y->X, X->Y leaves Y at +1). A chain with a gap has more than one such
+    status; a walk that returns to its start has none. Both are ties that the
+    receive time breaks (``_precedence``)."""
+    surplus: dict[tuple[int, str], int] = {}
+    for event in events:
+        before, after = _text(event.get("previous_status")), _text(event.get("status"))
+        if before is None or after is None:
+            continue
+        rank = STATE_RANK[str(event["type"])]
+        surplus[(rank, after)] = surplus.get((rank, after), 0) + 1
+        surplus[(rank, before)] = surplus.get((rank, before), 0) - 1
+    return surplus
+
+
+def _precedence(event: dict[str, Any], surplus: dict[tuple[int, str], int]) -> Precedence:
+    """Lifecycle rank; then, among events of one rank, one that moves the call into
+    the end of its transition chain; then the time the provider states (occurred_at),
+    else the receive time; then the receive time; then the event id (total order)."""
+    rank = STATE_RANK[str(event["type"])]
+    status = _text(event.get("status"))
+    chain_end = int(status is not None and surplus.get((rank, status), 0) > 0)
+    received = _received(event)
+    return (rank, chain_end, parse_ts(event.get("occurred_at")) or received, received,
             str(event["event_id"]))
 
 
@@ -158,21 +194,23 @@ def fold_call(events: list[dict[str, Any]]) -> tuple[Any, ...]:
     """One call's row from all its lifecycle events: a pure function of the *set* of
     events, so every arrival order gives the same row.
 
-    Events are ordered by precedence (lifecycle rank, occurred_at, event id); each
-    field takes the value of the highest-precedence event that has one (a late
-    ``call.updated`` never overwrites what ``call.ended`` said; the analysis fills in
-    what nothing later contradicts); the state columns come from the top event.
+    Events are ordered by precedence (``_precedence``: lifecycle rank, chain end,
+    occurred_at, received_at, event id); each field takes the value of the
+    highest-precedence event that has one (a late ``call.updated`` never overwrites
+    what ``call.ended`` said; the analysis fills in what nothing later contradicts);
+    the state columns come from the top event.
     """
-    ordered = sorted(events, key=_precedence)
-    top = ordered[-1]
+    surplus = chain_surplus(events)
+    keyed = sorted(((_precedence(e, surplus), e) for e in events), key=lambda p: p[0])
+    top_key, top = keyed[-1]
     values = {name: None for name in CALL_FIELDS}
-    for event in ordered:
+    for _, event in keyed:
         for name in CALL_FIELDS:
             value = _field(name, event.get(name))
             if value is not None:
                 values[name] = value
-    rank, state_at, state_event = _precedence(top)
-    times = [_precedence(e)[1] for e in ordered]
+    rank, _, state_at, _, state_event = top_key
+    times = [k[2] for k, _ in keyed]
     return (call_key(top), _text(top.get("provider")) or "", _text(top.get("source")) or "",
             *(values[name] for name in CALL_FIELDS), top.get("type"), rank, state_at,
             state_event, min(times), max(times))
