@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -20,6 +21,8 @@ from ..config import ConfigError
 # names (verifiers look up lower-cased names).
 HeaderMap = Mapping[str, str]
 SecretLookup = Callable[[str], str]
+# An HTTP header name (RFC 9110 token): a configured name outside it could never match.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class Verifier(Protocol):
