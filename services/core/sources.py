@@ -297,6 +297,11 @@ def _routing_key_place(name: str, table: Mapping[str, Any],
     return _RoutingKeyPlace(place)  # path: the segment after the path secret
 
 
+def known_keys() -> set[str]:
+    """Every setting some source may set: the common ones and each provider's."""
+    return set(COMMON_KEYS).union(*(spec.options for spec in PROVIDERS.values()))
+
+
 def build_source(
     name: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> Source:
@@ -307,6 +312,13 @@ def build_source(
             f"source {name!r}: provider must be one of {sorted(PROVIDERS)}, got {provider_name!r}"
         )
     provider = PROVIDERS[provider_name]
+    # A misspelt setting would otherwise be silently ignored and its default used.
+    # A warning, not a refusal: [defaults] may hold any provider's settings, and a
+    # setting another provider knows is not flagged for that reason.
+    unknown = sorted(set(table) - known_keys())
+    if unknown:
+        log.warning("source %r: unknown settings %s are ignored (docs/sources.md lists "
+                    "every setting)", name, unknown)
     lookup = _env_lookup(environ, name)
     verifier = provider.build_verifier(name, table, lookup)
 

@@ -48,6 +48,9 @@ class ProviderSpec:
     natural_key: Callable[[bytes], bytes | None]
     default_routing_key_header: str | None = None
     default_event_id_header: str | None = None
+    # The provider's own settings in a source's table, with their defaults (as
+    # documented in docs/sources.md, whose table a test keeps equal to these).
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # The shortest secret (HMAC key, shared secret, password) a source may use, in bytes

@@ -318,9 +318,19 @@ def natural_key(body: bytes) -> bytes | None:
     return top_level_string(body, "id")
 
 
+OPTIONS: dict[str, Any] = {
+    "secret_env": None,  # required, or secrets_env
+    "secrets_env": None,
+    "preset": DEFAULT_PRESET,
+    "signature_scheme": None,  # the older name of preset
+    **{key: "<preset>" for key in SIGNATURE_KEYS},
+    "timestamp_tolerance_s": DEFAULT_TOLERANCE_S,
+}
+
 PROVIDER = ProviderSpec(
     name="saaya",
     build_verifier=build_verifier,
     natural_key=natural_key,
     default_event_id_header="webhook-id",
+    options=OPTIONS,
 )
