@@ -6,7 +6,9 @@ publisher (no network, no Kafka).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -286,3 +288,27 @@ async def test_the_body_is_never_read_for_the_key(client: httpx.AsyncClient,
     for path in ("/v1/webhooks/sawt-query", "/v1/webhooks/sawt-path-only"):
         assert (await client.post(path, content=body, headers=AUTH)).status_code == 202
     assert [c.header("hs-routing-key") for c in fake.calls] == [None, None]
+
+
+def test_check_config_prints_where_each_source_takes_its_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from hookstream.ingest import main as ingest_main
+
+    path = tmp_path / "sources.toml"
+    path.write_text("\n".join(
+        [f"[sources.{name}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in table.items())
+         for name, table in SOURCES_DOC["sources"].items()]))
+    for var in ("SAWT_SECRET", "PATH_SECRET", "PATH_SECRET_OLD"):
+        monkeypatch.setenv(var, ENV[var])
+    assert ingest_main.main(["--check-config", "--sources", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "sawt-fixed: provider=sawt POST /v1/webhooks/sawt-fixed  (routing key call.analyzed)",
+        "sawt-header: provider=sawt POST /v1/webhooks/sawt-header  (routing key in X-Routing-Key)",
+        "sawt-header-secret: provider=sawt POST /v1/webhooks/sawt-header-secret/<path secret>"
+        "  (routing key in X-Routing-Key)",
+        "sawt-path: provider=sawt POST /v1/webhooks/sawt-path/<path secret>/<routing key>",
+        "sawt-path-only: provider=sawt POST /v1/webhooks/sawt-path-only/<routing key>",
+        "sawt-query: provider=sawt POST /v1/webhooks/sawt-query?routing_key=<routing key>",
+        "sawt-query-named: provider=sawt POST /v1/webhooks/sawt-query-named?event=<routing key>",
+    ]
