@@ -74,11 +74,14 @@ def pick_sources(sources: dict[str, Source], only: str | None) -> dict[str, Sour
 
 def signed_request(source: Source, sample: Sample, now: float, delivery_id: str
                    ) -> tuple[str, dict[str, str]]:
+    """(path, headers) of ``sample`` as the provider would send it to ``source``: signed
+    in the source's form, a Sawt routing key where the source takes it (header, query
+    parameter or path segment; a fixed-key source needs none)."""
     headers = {"Content-Type": "application/json"}
     headers.update(source.verifier.sign(sample.body, now, delivery_id))
-    if source.routing_key_header and source.provider.name == "sawt":
-        headers[source.routing_key_header] = sample.event
-    return source.url_path(), headers
+    routing_key = sample.event if source.provider.name == "sawt" else None
+    headers.update(source.routing_key_headers(routing_key))
+    return source.url_path(routing_key), headers
 
 
 async def _find_on_raw_topic(kafka: KafkaSettings, start: dict[TopicPartition, int],

@@ -218,7 +218,8 @@ class Accounting:
                receipt: str) -> None:
         raw = RawDelivery(source=source.name, provider=source.provider.name,
                           received_at_ms=0, request_id=receipt, body=delivery.sample.body,
-                          routing_key=headers.get(source.routing_key_header or "", None))
+                          routing_key=source.recorded_routing_key(
+                              delivery.sample.event if source.provider.name == "sawt" else None))
         record = LocalRecord(raw.body, raw.headers())
         try:
             self.receipt_event[receipt] = self._decoder.decode(record).event_id

@@ -16,7 +16,7 @@ H_PROVIDER = "hs-provider"
 H_RECEIVED_AT = "hs-received-at"  # integer milliseconds since the epoch
 H_REQUEST_ID = "hs-request-id"
 H_CONTENT_TYPE = "content-type"
-H_ROUTING_KEY = "hs-routing-key"  # the provider's event name, when a header carried it
+H_ROUTING_KEY = "hs-routing-key"  # the provider's event name, when the request carried one
 H_EVENT_ID = "hs-event-id"  # the provider's delivery/event id, when a header carried it
 
 KafkaHeaders = Sequence[tuple[str, bytes]]

@@ -27,15 +27,17 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
 from .providers import PROVIDERS
+from .providers.base import HEADER_NAME, ProviderSpec, Verifier, any_digest_matches
 from .providers.base import MIN_SECRET_BYTES as MIN_SECRET_BYTES  # re-exported
-from .providers.base import ProviderSpec, Verifier, any_digest_matches
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,17 @@ MIN_PATH_SECRET_CHARS = 24
 # provider reads it (providers/base.py: secrets_from).
 # The value the shipped manifests put where a real secret belongs: never accepted.
 PLACEHOLDER = "REPLACE_ME"
+# Where a delivery's routing key (Sawt's event name) travels: its document leaves it open.
+ROUTING_KEY_PLACES = ("header", "query", "path", "fixed")
+DEFAULT_ROUTING_KEY_PARAM = "routing_key"
+# The limit ingest applies to every value it copies onto the record (app.py truncates a
+# longer one); a fixed key is checked against it at start-up instead.
+MAX_ROUTING_KEY_CHARS = 256
 # trusted_proxies wider than these prefixes are logged as a warning at start-up:
 # every address in them may name the client in X-Forwarded-For.
 WIDE_PROXY_PREFIX = {4: 16, 6: 48}
+# The query parameter names a routing key may travel in.
+_QUERY_NAME = re.compile(r"[0-9A-Za-z_.\-]+")
 
 # Settings any source may set, with their defaults (documented in docs/sources.md).
 COMMON_KEYS: dict[str, Any] = {
@@ -63,7 +73,10 @@ COMMON_KEYS: dict[str, Any] = {
     "path_secrets_env": None,
     "allow_cidrs": [],
     "trusted_proxies": [],
+    "routing_key_from": "header",  # header | query | path | fixed
     "routing_key_header": "<provider default>",
+    "routing_key_param": DEFAULT_ROUTING_KEY_PARAM,
+    "routing_key": None,  # required with routing_key_from = "fixed"
     "event_id_header": "<provider default>",
     "allow_unauthenticated": False,
 }
@@ -80,7 +93,10 @@ class Source:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     content_types: tuple[str, ...] = DEFAULT_CONTENT_TYPES
     allow_missing_content_type: bool = True
+    routing_key_from: str = "header"
     routing_key_header: str | None = None
+    routing_key_param: str | None = None
+    routing_key_value: str | None = None  # routing_key_from = "fixed"
     event_id_header: str | None = None
 
     def path_secret_ok(self, given: str | None) -> bool:
@@ -120,10 +136,46 @@ class Source:
         media_type = value.split(";", 1)[0].strip().lower()
         return media_type in self.content_types
 
-    def url_path(self) -> str:
-        """The path a provider is given for this source (with its first path secret)."""
-        base = f"/v1/webhooks/{self.name}"
-        return f"{base}/{self.path_secrets[0].decode()}" if self.path_secrets else base
+    def split_path(self, rest: list[str]) -> tuple[str | None, str | None] | None:
+        """The path segments after the source's name as (path secret, routing key), or
+        None when this source has no such URL (more segments than it takes).
+
+        Position alone decides: with path secrets the first segment is always the
+        secret, so a routing key is never taken for one (or the other way round).
+        """
+        first = rest[0] if rest else None
+        if self.routing_key_from != "path":
+            return None if len(rest) > 1 else (first, None)
+        if not self.path_secrets:
+            return None if len(rest) > 1 else (None, first)
+        return None if len(rest) > 2 else (first, rest[1] if len(rest) == 2 else None)
+
+    def url_path(self, routing_key: str | None = None) -> str:
+        """The path a provider is given for this source (with its first path secret),
+        with ``routing_key`` where the source expects it when that is in the URL."""
+        path = f"/v1/webhooks/{self.name}"
+        if self.path_secrets:
+            path += f"/{self.path_secrets[0].decode()}"
+        if routing_key is not None and self.routing_key_from == "path":
+            path += f"/{urllib.parse.quote(routing_key, safe='')}"
+        elif routing_key is not None and self.routing_key_from == "query":
+            path += "?" + urllib.parse.urlencode({self.routing_key_param or "": routing_key})
+        return path
+
+    def routing_key_headers(self, routing_key: str | None) -> dict[str, str]:
+        """The header carrying ``routing_key``, when this source takes it from one."""
+        if routing_key is None or self.routing_key_from != "header" or not self.routing_key_header:
+            return {}
+        return {self.routing_key_header: routing_key}
+
+    def recorded_routing_key(self, sent: str | None) -> str | None:
+        """The routing key ingest records for a delivery sent with ``sent`` where this
+        source expects it (``url_path`` and ``routing_key_headers``)."""
+        if self.routing_key_from == "fixed":
+            return self.routing_key_value
+        if self.routing_key_from == "header" and not self.routing_key_header:
+            return None
+        return sent
 
 
 def _unmapped(address: IPAddress) -> IPAddress:
@@ -196,6 +248,60 @@ def _env_lookup(environ: Mapping[str, str], source: str) -> Any:
     return lookup
 
 
+@dataclasses.dataclass(frozen=True)
+class _RoutingKeyPlace:
+    place: str = "header"
+    header: str | None = None
+    param: str | None = None
+    value: str | None = None
+
+
+def _routing_key_place(name: str, table: Mapping[str, Any],
+                       provider: ProviderSpec) -> _RoutingKeyPlace:
+    """Where this source's routing key travels, checked: the key that names the place
+    must be the one set, so a setting for another place is refused, not ignored."""
+    place = table.get("routing_key_from", "header")
+    if place not in ROUTING_KEY_PLACES:
+        raise ConfigError(f"source {name!r}: routing_key_from must be one of "
+                          f"{list(ROUTING_KEY_PLACES)}, got {place!r}")
+    owner = {"routing_key_header": "header", "routing_key_param": "query",
+             "routing_key": "fixed"}
+    for key, needs in owner.items():
+        if key in table and place != needs:
+            raise ConfigError(f"source {name!r}: {key} applies only with "
+                              f'routing_key_from = "{needs}" (this source has "{place}")')
+    if place == "header":
+        header = table.get("routing_key_header", provider.default_routing_key_header)
+        if header is not None and not (isinstance(header, str) and HEADER_NAME.fullmatch(header)):
+            raise ConfigError(f"source {name!r}: routing_key_header must be an HTTP header "
+                              f"name, got {header!r}")
+        return _RoutingKeyPlace(place, header=header)
+    if place == "query":
+        param = table.get("routing_key_param", DEFAULT_ROUTING_KEY_PARAM)
+        if not isinstance(param, str) or not param or not _QUERY_NAME.fullmatch(param):
+            raise ConfigError(f"source {name!r}: routing_key_param must be a query parameter "
+                              f"name (letters, digits, '-', '_', '.'), got {param!r}")
+        return _RoutingKeyPlace(place, param=param)
+    if place == "fixed":
+        value = table.get("routing_key")
+        # The limits ingest applies to a key it copies from a request (ASCII, at most
+        # MAX_ROUTING_KEY_CHARS), so a fixed key is stored exactly as configured.
+        if (not isinstance(value, str) or not value.strip() or value != value.strip()
+                or len(value) > MAX_ROUTING_KEY_CHARS
+                or not (value.isascii() and value.isprintable())):
+            raise ConfigError(
+                f"source {name!r}: routing_key_from = \"fixed\" needs routing_key, the event "
+                f"name every delivery to this source carries (e.g. \"call.ended\"; printable "
+                f"ASCII, at most {MAX_ROUTING_KEY_CHARS} characters), got {value!r}")
+        return _RoutingKeyPlace(place, value=value)
+    return _RoutingKeyPlace(place)  # path: the segment after the path secret
+
+
+def known_keys() -> set[str]:
+    """Every setting some source may set: the common ones and each provider's."""
+    return set(COMMON_KEYS).union(*(spec.options for spec in PROVIDERS.values()))
+
+
 def build_source(
     name: str, table: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> Source:
@@ -206,6 +312,13 @@ def build_source(
             f"source {name!r}: provider must be one of {sorted(PROVIDERS)}, got {provider_name!r}"
         )
     provider = PROVIDERS[provider_name]
+    # A misspelt setting would otherwise be silently ignored and its default used.
+    # A warning, not a refusal: [defaults] may hold any provider's settings, and a
+    # setting another provider knows is not flagged for that reason.
+    unknown = sorted(set(table) - known_keys())
+    if unknown:
+        log.warning("source %r: unknown settings %s are ignored (docs/sources.md lists "
+                    "every setting)", name, unknown)
     lookup = _env_lookup(environ, name)
     verifier = provider.build_verifier(name, table, lookup)
 
@@ -234,6 +347,7 @@ def build_source(
             "path_secret_env and/or allow_cidrs (or allow_unauthenticated = true)"
         )
 
+    routing = _routing_key_place(name, table, provider)
     content_types = table.get("content_types", list(DEFAULT_CONTENT_TYPES))
     return Source(
         name=name,
@@ -245,7 +359,10 @@ def build_source(
         max_body_bytes=int(table.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
         content_types=tuple(str(c).lower() for c in content_types),
         allow_missing_content_type=bool(table.get("allow_missing_content_type", True)),
-        routing_key_header=table.get("routing_key_header", provider.default_routing_key_header),
+        routing_key_from=routing.place,
+        routing_key_header=routing.header,
+        routing_key_param=routing.param,
+        routing_key_value=routing.value,
         event_id_header=table.get("event_id_header", provider.default_event_id_header),
     )
 

@@ -23,6 +23,7 @@ import gc
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -102,6 +103,34 @@ def _copied_header(headers: Headers, name: str | None) -> str | None:
     return None if name is None else _copied(headers.get(name))
 
 
+def _query_value(query: bytes, name: str) -> str | None:
+    """The first value of query parameter ``name`` (percent-decoded), or None.
+
+    Only the one name is looked for: no dict of every parameter is built per request.
+    """
+    wanted = name.encode()
+    for pair in query.split(b"&"):
+        key, sep, value = pair.partition(b"=")
+        if sep and urllib.parse.unquote_to_bytes(key.replace(b"+", b" ")) == wanted:
+            return urllib.parse.unquote_plus(value.decode("latin-1"), errors="replace")
+    return None
+
+
+def _routing_key(source: Source, headers: Headers, scope: Scope,
+                 path_key: str | None) -> str | None:
+    """The delivery's routing key from where this source's sender puts it (never from
+    the body), under the same limits as every copied header: ASCII, truncated."""
+    place = source.routing_key_from
+    if place == "header":
+        return _copied_header(headers, source.routing_key_header)
+    if place == "fixed":
+        return source.routing_key_value  # checked against those limits at start-up
+    given = path_key if place == "path" else _query_value(
+        scope.get("query_string", b""), source.routing_key_param or "")
+    # An empty segment or parameter is no key: the normalizer infers the event.
+    return _copied(given) or None
+
+
 async def _respond(send: Send, status: int, body: bytes,
                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
@@ -159,8 +188,10 @@ class WebhookHandler:
         deadline = head_at + self._answer_within_s
         parts = scope["path"][len(PREFIX):].split("/")
         name = parts[0]
-        source = self._sources.get(name) if len(parts) <= 2 else None
-        if source is None:
+        source = self._sources.get(name)
+        # (path secret, routing key) by position; None: a URL this source does not have.
+        segments = source.split_path(parts[1:]) if source is not None else None
+        if source is None or segments is None:
             return await self._answer(send, "unknown", 404, "unknown source")
         if scope["method"] != "POST":
             return await self._answer(send, name, 405, "method not allowed",
@@ -183,7 +214,7 @@ class WebhookHandler:
         # Proxies may add their own X-Forwarded-For line: every line counts, in order.
         client = scope.get("client")
         peer = client[0] if client else None
-        path_secret = parts[1] if len(parts) == 2 else None
+        path_secret, path_key = segments
         forwarded = ", ".join(headers.getlist("x-forwarded-for")) or None
         if not (source.path_secret_ok(path_secret) & source.network_ok(peer, forwarded)):
             return await self._answer(send, name, 401, "unauthorized")
@@ -216,7 +247,7 @@ class WebhookHandler:
             request_id=os.urandom(16).hex(),  # 128 random bits; uuid4 costs 4x more
             body=body,
             content_type=_copied(content_type),
-            routing_key=_copied_header(headers, source.routing_key_header),
+            routing_key=_routing_key(source, headers, scope, path_key),
             event_id=_copied_header(headers, source.event_id_header),
         )
         try:

@@ -120,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         for name, source in sorted(sources.items()):
             path = f"/v1/webhooks/{name}" + ("/<path secret>" if source.path_secrets else "")
+            # Where the routing key goes, so the URL given to the provider is complete.
+            if source.routing_key_from == "path":
+                path += "/<routing key>"
+            elif source.routing_key_from == "query":
+                path += f"?{source.routing_key_param}=<routing key>"
+            elif source.routing_key_from == "fixed":
+                path += f"  (routing key {source.routing_key_value})"
+            elif source.routing_key_header:
+                path += f"  (routing key in {source.routing_key_header})"
             print(f"{name}: provider={source.provider.name} POST {path}")
         return 0
 

@@ -58,6 +58,34 @@ def hex_signature(key: bytes, body: bytes) -> str:
     return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
+def signature_headers(key: bytes, body: bytes, *, header: str, encoding: str = "hex",
+                      prefix: str = "", signed: str = "body", combined: bool = False,
+                      msg_id: str = "msg_1", timestamp: str | int = 0,
+                      id_header: str = "webhook-id",
+                      timestamp_header: str = "webhook-timestamp") -> dict[str, str]:
+    """Headers of a Saaya delivery signed in any of the configurable forms, written
+    from the forms' descriptions (docs/sources.md), not via the provider module.
+
+    ``signed`` is ``body``, ``timestamp.body`` or ``id.timestamp.body``; ``combined``
+    writes ``<header>: t=<timestamp>,v1=<signature>`` instead of ``<prefix><signature>``.
+    """
+    parts = {"body": [body],
+             "timestamp.body": [str(timestamp).encode(), body],
+             "id.timestamp.body": [msg_id.encode(), str(timestamp).encode(), body]}[signed]
+    digest = hmac.new(key, b".".join(parts), hashlib.sha256).digest()
+    text = digest.hex() if encoding == "hex" else base64.b64encode(digest).decode()
+    headers: dict[str, str] = {}
+    if signed.startswith("id."):
+        headers[id_header] = msg_id
+    if combined:
+        headers[header] = f"t={timestamp},v1={text}"
+    else:
+        if "timestamp" in signed:
+            headers[timestamp_header] = str(timestamp)
+        headers[header] = prefix + text
+    return headers
+
+
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 

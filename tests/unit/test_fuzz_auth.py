@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from typing import Any
 
 import httpx
@@ -42,6 +43,16 @@ SOURCES_DOC: dict[str, Any] = {
                       "allow_cidrs": ["127.0.0.0/8"]},
         "sarj-proxied": {"provider": "sarj", "allow_cidrs": ["203.0.113.0/24"],
                          "trusted_proxies": ["127.0.0.0/8"]},
+        # Issue 13: the combined t=,v1= Saaya form, and a Sawt routing key from the
+        # query or the path (auth "none" behind a path secret, so fuzzed requests
+        # reach the routing key's extraction).
+        "saaya-combined": {"provider": "saaya", "preset": "hex", "signature_form": "combined",
+                           "signed_string": "timestamp.body",
+                           "signature_header": "Saaya-Signature", "secret_env": "SAAYA_HEX"},
+        "sawt-open-query": {"provider": "sawt", "auth": "none", "path_secret_env": "PATH_SECRET",
+                            "routing_key_from": "query"},
+        "sawt-open-path": {"provider": "sawt", "auth": "none", "path_secret_env": "PATH_SECRET",
+                           "routing_key_from": "path"},
     },
 }
 SOURCES: dict[str, Source] = parse_sources(SOURCES_DOC, ENV)
@@ -51,10 +62,11 @@ NOW = 1_700_000_000.0
 # The names the verifiers and the app read, in any case, and arbitrary other ones.
 KNOWN = ["webhook-id", "webhook-timestamp", "webhook-signature", "x-signature",
          "x-webhook-secret", "authorization", "content-type", "content-length",
-         "x-forwarded-for", "x-routing-key"]
+         "x-forwarded-for", "x-routing-key", "saaya-signature"]
 names = st.one_of(st.sampled_from(KNOWN), st.sampled_from(KNOWN).map(str.upper), st.text())
 digits = st.integers(min_value=1, max_value=6000).map(lambda n: "9" * n)
-prefixed = st.sampled_from(["v1,", "sha256=", "Bearer ", "Basic ", "whsec_", "-", "+", " "])
+prefixed = st.sampled_from(["v1,", "sha256=", "Bearer ", "Basic ", "whsec_", "-", "+", " ",
+                            "t=", f"t={int(NOW)},v1=", "v1=", ","])
 values = st.one_of(
     st.text(),                                     # any code point, surrogates included
     st.text(alphabet=st.characters(max_codepoint=0xFF)),  # what latin-1 decoding gives
@@ -124,7 +136,8 @@ def test_saaya_genuine_delivery_still_accepted() -> None:
 
 # --- through the app ------------------------------------------------------------------
 
-PATHS = ["/v1/webhooks/saaya-main", "/v1/webhooks/saaya-hex", "/v1/webhooks/sawt-main",
+PATHS = ["/v1/webhooks/saaya-main", "/v1/webhooks/saaya-hex", "/v1/webhooks/saaya-combined",
+         "/v1/webhooks/sawt-main",
          "/v1/webhooks/sawt-basic", f"/v1/webhooks/sawt-open/{PATH_SECRET}",
          f"/v1/webhooks/sarj-main/{PATH_SECRET}", "/v1/webhooks/sarj-proxied"]
 # Header lines as they arrive on the wire: a token name, any bytes but CR, LF and NUL.
@@ -188,6 +201,20 @@ def _fuzz_app(path: str, headers: list[tuple[str, bytes]], body: bytes,
 def test_app_answers_2xx_or_4xx_never_5xx(path: str, headers: list[tuple[str, bytes]],
                                           body: bytes, fail: str | None) -> None:
     _fuzz_app(path, headers, body, fail)
+
+
+@given(tail=st.text(max_size=400), query=st.text(max_size=400))
+@example(tail="call.ended", query="routing_key=call.ended").via("the genuine shapes")
+@example(tail="k" * 400, query="routing_key=" + "k" * 400).via("truncated, not refused")
+@example(tail="\ud800", query="routing_key=%ED%A0%80").via("a lone surrogate")
+@example(tail="a/b", query="routing_key=%FF&routing_key").via("extra segment; bad UTF-8")
+def test_routing_key_from_query_or_path_never_raises(tail: str, query: str) -> None:
+    for path in (f"/v1/webhooks/sawt-open-path/{PATH_SECRET}/"
+                 + urllib.parse.quote(tail, safe="/", errors="replace"),
+                 f"/v1/webhooks/sawt-open-query/{PATH_SECRET}?"
+                 + urllib.parse.quote(query, safe="=&%+", errors="replace")):
+        response = _fuzz_app(path, [("content-type", b"application/json")], b"{}")
+        assert response.status_code in (202, 404), (path, response.status_code)
 
 
 def test_long_content_type_is_truncated_on_the_record() -> None:

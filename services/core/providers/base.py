@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -20,6 +21,8 @@ from ..config import ConfigError
 # names (verifiers look up lower-cased names).
 HeaderMap = Mapping[str, str]
 SecretLookup = Callable[[str], str]
+# An HTTP header name (RFC 9110 token): a configured name outside it could never match.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class Verifier(Protocol):
@@ -45,6 +48,9 @@ class ProviderSpec:
     natural_key: Callable[[bytes], bytes | None]
     default_routing_key_header: str | None = None
     default_event_id_header: str | None = None
+    # The provider's own settings in a source's table, with their defaults (as
+    # documented in docs/sources.md, whose table a test keeps equal to these).
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # The shortest secret (HMAC key, shared secret, password) a source may use, in bytes

@@ -13,8 +13,9 @@ from typing import Any
 
 MAX_ID_CHARS = 256  # webhook-id (Standard Webhooks ids are ~30 characters)
 MAX_TIMESTAMP_DIGITS = 12  # webhook-timestamp: integer seconds (10 digits until 2286)
-MAX_SIGNATURES_CHARS = 2048  # webhook-signature: space-separated "v1,<base64>" (~47 each)
-MAX_HEX_SIGNATURE_CHARS = 256  # X-Signature: "sha256=" + 64 hex digits
+# A Saaya signature header in any configured form: space-separated "v1,<base64>" (~47
+# each), "sha256=<hex>" (71), or "t=<timestamp>,v1=<sig>,..." (Saaya's document names none).
+MAX_SIGNATURES_CHARS = 2048
 MAX_CREDENTIAL_CHARS = 1024  # a shared-secret header or an Authorization: Basic value
 
 

@@ -9,9 +9,11 @@ so each source chooses (``auth``):
   ``basic_password_env`` / ``basic_passwords_env``.
 * ``none``: only allowed together with a path secret or an IP allow-list.
 
-Sawt's body carries no event name; the routing key may arrive in a header
-(``routing_key_header``, default ``X-Routing-Key``) and is passed on as
-record metadata, or not at all (the normalizer then infers it).
+Sawt's body carries no event name, and its document does not say where the
+routing key travels. Each source says (``routing_key_from``, in sources.py):
+a header (default, ``routing_key_header``, default ``X-Routing-Key``), a query
+parameter, a path segment after the path secret, or a fixed value. Ingest
+passes it on as record metadata; without one the normalizer infers the event.
 """
 
 from __future__ import annotations
@@ -113,9 +115,20 @@ def natural_key(body: bytes) -> bytes | None:
     return top_level_string(body, "call_id")
 
 
+OPTIONS: dict[str, Any] = {
+    "auth": "header",
+    "auth_header": DEFAULT_AUTH_HEADER,
+    "secret_env": None,  # required with auth = "header", or secrets_env
+    "secrets_env": None,
+    "basic_user_env": None,  # required with auth = "basic"
+    "basic_password_env": None,  # required with auth = "basic", or basic_passwords_env
+    "basic_passwords_env": None,
+}
+
 PROVIDER = ProviderSpec(
     name="sawt",
     build_verifier=build_verifier,
     natural_key=natural_key,
     default_routing_key_header=DEFAULT_ROUTING_KEY_HEADER,
+    options=OPTIONS,
 )

@@ -3,11 +3,12 @@
 Event name
 ==========
 
-1. **Routing key header.** When the delivery carried one
-   (``RawDelivery.routing_key``, copied by ingest from the source's
-   ``routing_key_header``), it names the event. Surrounding whitespace is
-   ignored; an empty value counts as absent. A value that is not one of the
-   seven routing keys is ``unknown_event_type`` (it is never guessed around).
+1. **Routing key.** When the delivery carried one (``RawDelivery.routing_key``,
+   copied by ingest from where the source's ``routing_key_from`` says: a header,
+   a query parameter, a path segment or a fixed value), it names the event.
+   Surrounding whitespace is ignored; an empty value counts as absent. A value
+   that is not one of the seven routing keys is ``unknown_event_type`` (it is
+   never guessed around).
 2. **Inferred from the body's shape** otherwise (``type_inferred`` is then true),
    checking in this order:
 
@@ -30,7 +31,7 @@ Event name
 
    Without a routing key a ``call.updated`` into a terminal status cannot be
    told from ``call.ended``; it is inferred as ``call.ended``. Configure the
-   routing key header where the subscription allows it.
+   routing key where the subscription allows it (docs/sources.md).
 
 Dedupe key
 ==========
