@@ -63,7 +63,8 @@ class LagShedder:
     Every ``interval_s`` a timer measures how late the loop ran it. That lateness is
     the wait any newly arrived request has before this process even reads it, and it
     is the only queue a CPU-bound process can see (requests behind it wait in socket
-    buffers). Above ``target_s`` (two ticks in a row) the admitted share is cut
+    buffers). Above ``target_s`` (two ticks in a row, or one tick over four times
+    it) the admitted share is cut
     (multiplicatively); below it, the share grows back by a small step: AIMD, as TCP
     does. A request not
     admitted is answered 503 + Retry-After at its head (:class:`EdgeHttpToolsProtocol`).
@@ -100,9 +101,10 @@ class LagShedder:
         assert loop is not None
         now = loop.time()
         lag = max(0.0, now - self._due)
-        # Two late ticks in a row, not one: a lone stall (a GC pass, a burst of
-        # connections) is not overload, and shedding for it would refuse for nothing.
-        if lag > self.target_s and self.lag_s > self.target_s:
+        # Two late ticks in a row, or one very late: a lone short stall (a GC pass) is
+        # not overload, and shedding for it would refuse for nothing; a stall of
+        # seconds (thousands of connections accepted at once) is.
+        if lag > self.target_s and (self.lag_s > self.target_s or lag > 4 * self.target_s):
             self.admit = max(self.floor, self.admit * self.decrease)
         elif self.admit < 1.0:
             self.admit = min(1.0, self.admit + self.increase)

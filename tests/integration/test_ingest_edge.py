@@ -411,6 +411,6 @@ async def test_a_shed_request_keeps_the_head_limits(shedding) -> None:
     port, _fake, held = shedding
     held.admit = 0.0
     with connect(port) as sock:
-        sent, response = await asyncio.to_thread(
+        _sent, response = await asyncio.to_thread(
             send_until_answered, sock, request(extra=b"X-Pad: " + b"a" * 40000 + b"\r\n"))
         assert status(response) == 431, response[:200]
