@@ -239,7 +239,7 @@ async def submit_batches(producer: AIOKafkaProducer, topic: str, partition: int,
     A partition the producer does not know yet (just added) is learned first
     (``learn_partition``).
     """
-    if partition not in await producer.partitions_for(topic):
+    if partition not in known_partitions(producer, topic):
         await learn_partition(producer, topic, partition)
     futures: list[asyncio.Future[Any]] = []
     batch = producer.create_batch()
@@ -266,6 +266,12 @@ CONSUMER_METADATA_MAX_AGE_MS = 10_000
 _LEARN_PARTITION_WAITS_S = (0.0, 0.1, 0.3, 0.6, 1.0)
 
 
+def known_partitions(producer: AIOKafkaProducer, topic: str) -> set[int]:
+    """The partitions of ``topic`` in ``producer``'s metadata as it is now: a lookup,
+    not ``await partitions_for()`` (a coroutine per batch on ingest's hot path)."""
+    return producer.client.cluster.partitions_for_topic(topic) or set()
+
+
 async def learn_partition(producer: AIOKafkaProducer, topic: str, partition: int) -> None:
     """Refresh ``producer``'s metadata until it knows ``partition`` of ``topic``.
 
@@ -279,7 +285,7 @@ async def learn_partition(producer: AIOKafkaProducer, topic: str, partition: int
     for wait_s in _LEARN_PARTITION_WAITS_S:
         await asyncio.sleep(wait_s)
         await producer.client.force_metadata_update()
-        if partition in await producer.partitions_for(topic):
+        if partition in known_partitions(producer, topic):
             log.info("producer learned a new partition",
                      extra={"topic": topic, "partition": partition})
             return

@@ -37,6 +37,10 @@ class FakeClient:
     def __init__(self, producer: FakeProducer) -> None:
         self.producer = producer
         self.refreshes = 0
+        self.cluster = self  # cluster.partitions_for_topic: the producer's metadata
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(self.producer.known)
 
     def force_metadata_update(self) -> asyncio.Future[bool]:
         self.refreshes += 1

@@ -44,6 +44,7 @@ class FakeProducer:
         self.sent: list[dict[str, Any]] = []
         self.batches: list[FakeBatch] = []
         self.futures: list[asyncio.Future[Any]] = []
+        self.client = FakeClient()  # client.cluster: the metadata submit_batches reads
 
     async def partitions_for(self, topic: str) -> set[int]:
         return {0}
@@ -291,6 +292,8 @@ class FakeCluster:
 
 
 class FakeClient:
+    cluster = FakeCluster()
+
     async def fetch_all_metadata(self) -> FakeCluster:
         return FakeCluster()
 
