@@ -41,7 +41,9 @@ from typing import Any, ClassVar
 import httptools
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from . import metrics
 
@@ -79,6 +81,9 @@ class LagShedder:
         self.target_s = target_s
         self.admit = 1.0
         self.lag_s = 0.0
+        self._worst_s = 0.0  # the worst lag since the gauge was last set
+        self._gauge_at = 0.0
+        metrics.ADMIT_SHARE.set(1.0)  # not 0 before the first connection
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -109,7 +114,12 @@ class LagShedder:
         elif self.admit < 1.0:
             self.admit = min(1.0, self.admit + self.increase)
         self.lag_s = lag
-        metrics.LOOP_LAG.set(lag)
+        # The gauge shows the worst lag of the last second, not the last tick's: a
+        # scrape must not land on the quick tick between two long stalls.
+        self._worst_s = max(self._worst_s, lag)
+        if now - self._gauge_at >= 1.0:
+            metrics.LOOP_LAG.set(self._worst_s)
+            self._worst_s, self._gauge_at = 0.0, now
         metrics.ADMIT_SHARE.set(self.admit)
         self._due = now + self.interval_s
         self._timer = loop.call_at(self._due, self._tick)
@@ -139,6 +149,7 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._shedding = False  # the request being parsed was turned away at its head
         self._shed_next = False  # the next request to begin is turned away
+        self._addressed = False  # self.server and self.client looked up (on first use)
         self._head_pending = True  # the next bytes fed belong to a request head
         self._head_bytes = 0
         self._header_count = 0
@@ -149,10 +160,24 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
     # --- connection ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn's connection_made (0.54), except that the two addresses are looked up
+        # when the connection's first request is let through (_look_up_addresses), not
+        # here: uvicorn's helpers build a socket object per connection (getsockname,
+        # getsockopt, getpeername), the costliest part of a new connection on a VM
+        # (bench.shed --close), and a connection whose requests are all shed never
+        # needs them.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.scheme = "https" if is_ssl(transport) else "http"
         self._arm_head_timer()
         if self.shedder is not None:
             self.shedder.start(self.loop)
+
+    def _look_up_addresses(self) -> None:
+        self._addressed = True
+        self.server = get_local_addr(self.transport)
+        self.client = get_remote_addr(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -259,6 +284,8 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
             self._shed_next = False
             self._shedding = True
             return
+        if not self._addressed:
+            self._look_up_addresses()
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:

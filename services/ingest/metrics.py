@@ -54,8 +54,8 @@ REFUSED_HEADS = Counter(
 )
 LOOP_LAG = Gauge(
     "hookstream_ingest_loop_lag_seconds",
-    "How late the event loop ran its last timer check (edge.LagShedder): the wait a "
-    "newly arrived request has before this process even reads it",
+    "How late the event loop ran its timer checks (edge.LagShedder; the worst of the "
+    "last second): the wait a newly arrived request has before this process reads it",
 )
 ADMIT_SHARE = Gauge(
     "hookstream_ingest_admit_share",
