@@ -84,6 +84,8 @@ REQUIRED_ALERTS = {
     "HookstreamIngestSpoolBacklog",  # the spool is in use and not draining
     "HookstreamIngestSpoolNearlyFull",
     "HookstreamIngestSpoolErrors",
+    "HookstreamIngestShedding",  # overload: requests shed at the head for 5 minutes
+    "HookstreamIngestLoopLagHigh",  # the event loop runs late: answers miss the window
 }
 
 
