@@ -69,6 +69,9 @@ DASHBOARD_METRICS = {
     # ingest's local spool (issue 12): records, bytes, oldest age, drain rate
     "hookstream_ingest_spool_records", "hookstream_ingest_spool_bytes",
     "hookstream_ingest_spool_oldest_age_seconds", "hookstream_ingest_spool_drained_total",
+    # overload shed at the request head (edge.LagShedder): admitted share, loop lag, sheds
+    "hookstream_ingest_admit_share", "hookstream_ingest_loop_lag_seconds",
+    "hookstream_ingest_refused_heads_total",
 }
 REQUIRED_ALERTS = {
     "HookstreamIngest5xx",  # ingest 5xx or 503 rate
@@ -81,6 +84,8 @@ REQUIRED_ALERTS = {
     "HookstreamIngestSpoolBacklog",  # the spool is in use and not draining
     "HookstreamIngestSpoolNearlyFull",
     "HookstreamIngestSpoolErrors",
+    "HookstreamIngestShedding",  # overload: requests shed at the head for 5 minutes
+    "HookstreamIngestLoopLagHigh",  # the event loop runs late: answers miss the window
 }
 
 
