@@ -1008,10 +1008,11 @@ async def _watch_shedding(url: str, out: Path) -> None:
 
     wanted = ("hookstream_ingest_loop_lag_seconds", "hookstream_ingest_admit_share",
               'hookstream_ingest_refused_heads_total{reason="overload"}',
-              'hookstream_ingest_refused_heads_total{reason="concurrency"}')
+              'hookstream_ingest_refused_heads_total{reason="concurrency"}',
+              "hookstream_ingest_accept_queue", "hookstream_ingest_connections_total")
     with out.open("w") as table:
         table.write("seconds\tloop_lag_s\tadmit_share\tshed_at_head\tshed_concurrency"
-                    "\tanswered_202\tanswered_503\n")
+                    "\taccept_queue\tconnections\tanswered_202\tanswered_503\n")
         began = time.monotonic()
         async with httpx.AsyncClient(timeout=5) as client:
             while True:

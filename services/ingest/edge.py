@@ -36,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import struct
 from typing import Any, ClassVar
 
 import httptools
@@ -79,6 +81,9 @@ class LagShedder:
 
     def __init__(self, target_s: float) -> None:
         self.target_s = target_s
+        self.listeners: list[Any] = []  # listening sockets whose accept queue is read
+        self.queued = 0  # the most connections waiting in an accept queue, last tick
+        self._worst_queued = 0
         self.admit = 1.0
         self.lag_s = 0.0
         self._worst_s = 0.0  # the worst lag since the gauge was last set
@@ -106,23 +111,43 @@ class LagShedder:
         assert loop is not None
         now = loop.time()
         lag = max(0.0, now - self._due)
+        queued = self._accept_queue()
         # Two late ticks in a row, or one very late: a lone short stall (a GC pass) is
         # not overload, and shedding for it would refuse for nothing; a stall of
         # seconds (thousands of connections accepted at once) is.
-        if lag > self.target_s and (self.lag_s > self.target_s or lag > 4 * self.target_s):
+        # The accept queue is measured (a gauge) but does not steer: under overload it
+        # stayed full whatever share was admitted, so steering by it pinned the share
+        # at the floor and the 202s collapsed (docs/reliability.md, overload).
+        late = lag > self.target_s
+        was_late = self.lag_s > self.target_s
+        if late and (was_late or lag > 4 * self.target_s):
             self.admit = max(self.floor, self.admit * self.decrease)
-        elif self.admit < 1.0:
+        elif not late and self.admit < 1.0:
             self.admit = min(1.0, self.admit + self.increase)
-        self.lag_s = lag
+        self.lag_s, self.queued = lag, queued
+        self._worst_queued = max(self._worst_queued, queued)
         # The gauge shows the worst lag of the last second, not the last tick's: a
         # scrape must not land on the quick tick between two long stalls.
         self._worst_s = max(self._worst_s, lag)
         if now - self._gauge_at >= 1.0:
             metrics.LOOP_LAG.set(self._worst_s)
-            self._worst_s, self._gauge_at = 0.0, now
+            metrics.ACCEPT_QUEUE.set(self._worst_queued)
+            self._worst_s, self._worst_queued, self._gauge_at = 0.0, 0, now
         metrics.ADMIT_SHARE.set(self.admit)
         self._due = now + self.interval_s
         self._timer = loop.call_at(self._due, self._tick)
+
+    def _accept_queue(self) -> int:
+        """The most connections waiting in a listener's accept queue: TCP_INFO of a
+        listening socket carries its queue length in ``tcpi_unacked`` (Linux)."""
+        queued = 0
+        for sock in self.listeners:
+            try:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+            except (OSError, AttributeError):  # not Linux, or the listener is closed
+                continue
+            queued = max(queued, _LISTEN_QUEUE.unpack_from(info)[0])
+        return queued
 
     def shed(self) -> bool:
         """Whether to turn the request whose head begins now away."""
@@ -130,6 +155,10 @@ class LagShedder:
 
 
 _SHED_OVERLOAD = metrics.REFUSED_HEADS.labels("overload")
+_CONNECTIONS = metrics.CONNECTIONS
+# struct tcp_info: 8 one-byte fields, then rto, ato, snd_mss, rcv_mss, unacked (u32s);
+# for a listening socket, unacked is the accept queue's length.
+_LISTEN_QUEUE = struct.Struct("<24xI")
 
 
 class _Refused(Exception):
@@ -167,6 +196,8 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         # (bench.shed --close), and a connection whose requests are all shed never
         # needs them.
         self.connections.add(self)
+        if self.shedder is not None:  # the webhook listener's, not the admin one's
+            _CONNECTIONS.inc()
         self.transport = transport
         self.flow = FlowControl(transport)
         self.scheme = "https" if is_ssl(transport) else "http"

@@ -60,6 +60,7 @@ def server_config(app: Any, settings: IngestSettings) -> uvicorn.Config:
         access_log=False,
         log_config=None,
         limit_concurrency=settings.limit_concurrency,
+        backlog=settings.backlog,
         timeout_keep_alive=settings.keepalive_timeout_s,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         server_header=False,
@@ -85,6 +86,17 @@ def admin_config(app: Any, settings: IngestSettings) -> uvicorn.Config:
     )
 
 
+async def _watch_accept_queue(server: uvicorn.Server, config: uvicorn.Config) -> None:
+    """Once listening, hand the listening sockets to the shedder, which reports their
+    accept queues (``hookstream_ingest_accept_queue``)."""
+    shedder = getattr(config.http, "shedder", None)
+    if shedder is None:
+        return
+    while not server.started:
+        await asyncio.sleep(0.05)
+    shedder.listeners = [sock for listener in server.servers for sock in listener.sockets]
+
+
 async def serve(app: Any, settings: IngestSettings) -> None:
     """Run the admin listener, then the public one until it stops (SIGTERM: drained)."""
     admin = uvicorn.Server(admin_config(app, settings))
@@ -97,7 +109,13 @@ async def serve(app: Any, settings: IngestSettings) -> None:
             raise RuntimeError("the admin listener stopped during start-up")
         await asyncio.sleep(0.01)
     try:
-        await uvicorn.Server(server_config(app, settings)).serve()
+        config = server_config(app, settings)
+        server = uvicorn.Server(config)
+        watching = asyncio.create_task(_watch_accept_queue(server, config))
+        try:
+            await server.serve()
+        finally:
+            watching.cancel()
     finally:
         admin.should_exit = True
         await admin_task

@@ -57,6 +57,16 @@ LOOP_LAG = Gauge(
     "How late the event loop ran its timer checks (edge.LagShedder; the worst of the "
     "last second): the wait a newly arrived request has before this process reads it",
 )
+CONNECTIONS = Counter(
+    "hookstream_ingest_connections_total",
+    "Connections accepted by the webhook listener (each costs far more than a request "
+    "on a kept-alive one: bench.shed --close)",
+)
+ACCEPT_QUEUE = Gauge(
+    "hookstream_ingest_accept_queue",
+    "Connections waiting in the kernel's accept queue of the webhook listener (the most "
+    "of the last second): the process is behind on new connections",
+)
 ADMIT_SHARE = Gauge(
     "hookstream_ingest_admit_share",
     "Share of new requests let through to the app; below 1 the rest are answered 503 + "

@@ -41,6 +41,11 @@ class IngestSettings:
         "requests is answered 503 + Retry-After at their head, before any app code "
         "(0: off)",
     )
+    backlog: int = env(
+        "HOOKSTREAM_INGEST_BACKLOG", 2048,
+        "the listener's accept queue (listen backlog): connections past it are not taken "
+        "by the kernel, and the sender's TCP retries its connect",
+    )
     retry_after_s: int = env(
         "HOOKSTREAM_INGEST_RETRY_AFTER_S", 2, "Retry-After sent with every 503"
     )
