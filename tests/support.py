@@ -68,6 +68,31 @@ def stack(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -
                            f"{result.stdout}\n{result.stderr}")
 
 
+async def read_from(kafka: Any, start: dict[Any, int], want: int, timeout_s: float = 30
+                    ) -> list[Any]:
+    """The records after the offsets ``start`` (TopicPartition -> offset, e.g. from
+    ``core.kafka.end_offsets`` taken before sending), until ``want`` are read or
+    ``timeout_s`` passes."""
+    import time
+
+    from hookstream.core.kafka import make_consumer
+
+    consumer = make_consumer(kafka, None)
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout_s
+        while len(out) < want and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
 async def read_topic(kafka: Any, topic: str, want: int, timeout_s: float = 30) -> list[Any]:
     """Every record of ``topic``, re-reading until at least ``want`` are there (or timeout)."""
     import time

@@ -26,7 +26,7 @@ from aiokafka import TopicPartition
 from hookstream.cli import signed_request
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings
-from hookstream.core.kafka import end_offsets, make_consumer
+from hookstream.core.kafka import end_offsets
 from hookstream.core.providers.saaya import SaayaVerifier
 from hookstream.core.record import RawDelivery
 from hookstream.core.samples import Sample, fresh_copy, samples
@@ -34,7 +34,7 @@ from hookstream.core.sources import Source, load_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 
-from ..support import free_port, serve
+from ..support import free_port, read_from, serve
 
 PATH_SECRET = "sawt-path-secret-" + "q" * 24
 SAWT_SECRET = "sawt-integration-shared-secret"
@@ -141,20 +141,8 @@ SAAYA_FORMS = {
 
 async def _read_raw(kafka: KafkaSettings, start: dict[TopicPartition, int], want: int,
                     timeout_s: float = 30) -> list[RawDelivery]:
-    consumer = make_consumer(kafka, None)
-    await consumer.start()
-    out: list[RawDelivery] = []
-    try:
-        consumer.assign(list(start))
-        for tp, offset in start.items():
-            consumer.seek(tp, offset)
-        deadline = time.monotonic() + timeout_s
-        while len(out) < want and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(RawDelivery.from_kafka(r.headers, r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return out
+    return [RawDelivery.from_kafka(r.headers, r.value)
+            for r in await read_from(kafka, start, want, timeout_s)]
 
 
 @pytest.fixture(scope="module")

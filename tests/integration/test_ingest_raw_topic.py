@@ -18,14 +18,14 @@ from aiokafka import TopicPartition
 from hookstream.cli import signed_request
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings
-from hookstream.core.kafka import end_offsets, make_consumer
+from hookstream.core.kafka import end_offsets
 from hookstream.core.record import RawDelivery
 from hookstream.core.samples import samples
 from hookstream.core.sources import Source, load_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 
-from ..support import SOURCES_FILE, free_port, serve
+from ..support import SOURCES_FILE, free_port, read_from, serve
 from ..support import stack as run_stack
 
 Stored = tuple[bytes | None, RawDelivery, dict[str, bytes]]
@@ -33,22 +33,8 @@ Stored = tuple[bytes | None, RawDelivery, dict[str, bytes]]
 
 async def _read_raw(kafka: KafkaSettings, start: dict[TopicPartition, int], want: int,
                     timeout_s: float = 30) -> list[Stored]:
-    consumer = make_consumer(kafka, None)
-    await consumer.start()
-    out: list[Stored] = []
-    try:
-        consumer.assign(list(start))
-        for tp, offset in start.items():
-            consumer.seek(tp, offset)
-        deadline = time.monotonic() + timeout_s
-        while len(out) < want and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for r in records:
-                    out.append((r.key, RawDelivery.from_kafka(r.headers, r.value),
-                                dict(r.headers)))
-    finally:
-        await consumer.stop()
-    return out
+    return [(r.key, RawDelivery.from_kafka(r.headers, r.value), dict(r.headers))
+            for r in await read_from(kafka, start, want, timeout_s)]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ async def ticks(shedder: LagShedder, count: int) -> None:
 
 async def stall(seconds: float) -> None:
     """Hold the event loop (as a CPU-bound process would), then yield to its timers."""
-    time.sleep(seconds)
+    time.sleep(seconds)  # noqa: ASYNC251 (blocking the loop is the point)
     await asyncio.sleep(0)
 
 
