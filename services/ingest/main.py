@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -97,6 +98,33 @@ async def _watch_accept_queue(server: uvicorn.Server, config: uvicorn.Config) ->
     shedder.listeners = [sock for listener in server.servers for sock in listener.sockets]
 
 
+def listening_sockets(settings: IngestSettings) -> list[socket.socket]:
+    """``settings.listeners`` sockets bound to the webhook port with SO_REUSEPORT.
+
+    libuv (under uvloop) accepts one connection per listening socket per loop pass
+    (libuv/libuv#3696). Under overload a pass takes a while, and new connections wait
+    in the kernel's accept queue past the provider's timeout. With several sockets
+    the kernel spreads new connections over them and a pass accepts up to one each:
+    more than one, and still bounded (accepting everything at once, as the standard
+    library's loop does, stalled the loop for seconds: ADR 8)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    count = max(1, settings.listeners)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((settings.host, settings.port))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 async def serve(app: Any, settings: IngestSettings) -> None:
     """Run the admin listener, then the public one until it stops (SIGTERM: drained)."""
     admin = uvicorn.Server(admin_config(app, settings))
@@ -113,7 +141,7 @@ async def serve(app: Any, settings: IngestSettings) -> None:
         server = uvicorn.Server(config)
         watching = asyncio.create_task(_watch_accept_queue(server, config))
         try:
-            await server.serve()
+            await server.serve(sockets=listening_sockets(settings))
         finally:
             watching.cancel()
     finally:

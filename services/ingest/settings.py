@@ -41,6 +41,11 @@ class IngestSettings:
         "requests is answered 503 + Retry-After at their head, before any app code "
         "(0: off)",
     )
+    listeners: int = env(
+        "HOOKSTREAM_INGEST_LISTENERS", 8,
+        "listening sockets on the webhook port (SO_REUSEPORT): the event loop accepts one "
+        "new connection per socket per pass, so this bounds accepts per pass (ADR 8)",
+    )
     backlog: int = env(
         "HOOKSTREAM_INGEST_BACKLOG", 2048,
         "the listener's accept queue (listen backlog): connections past it are not taken "

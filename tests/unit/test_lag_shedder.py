@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import struct
 import time
 
 from prometheus_client import REGISTRY
@@ -103,3 +104,39 @@ async def test_the_accept_queue_of_a_listener_is_read_and_reported() -> None:
         shedder.stop()
         for client in clients:
             client.close()
+
+
+def test_ingest_listens_on_several_sockets_of_one_port() -> None:
+    """HOOKSTREAM_INGEST_LISTENERS sockets share the webhook port (SO_REUSEPORT), so the
+    event loop accepts up to one new connection per socket per pass (ADR 8)."""
+    from hookstream.ingest.main import listening_sockets
+    from hookstream.ingest.settings import IngestSettings
+
+    from ..support import free_port
+
+    port = free_port()
+    sockets = listening_sockets(IngestSettings(host="127.0.0.1", port=port, listeners=4))
+    try:
+        assert len(sockets) == 4
+        assert {s.getsockname() for s in sockets} == {("127.0.0.1", port)}
+        for sock in sockets:
+            sock.listen(16)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
+        shedder = LagShedder(0.5)
+        shedder.listeners = sockets
+        # Every connection waits in one of the four queues; the kernel spreads them.
+        queued = [struct.unpack_from("<24xI", s.getsockopt(socket.IPPROTO_TCP,
+                                                           socket.TCP_INFO, 32))[0]
+                  for s in sockets]
+        assert sum(queued) == 32, queued
+        assert 0 < shedder._accept_queue() < 32
+        for client in clients:
+            client.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+    alone = listening_sockets(IngestSettings(host="127.0.0.1", port=port, listeners=1))
+    try:  # one socket: no SO_REUSEPORT, so a second process cannot share the port
+        assert alone[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+    finally:
+        alone[0].close()
