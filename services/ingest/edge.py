@@ -360,7 +360,9 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
             self.transport.close()  # after the answer written above is flushed
-        else:  # idle until the next request, as after any answer (uvicorn's timer)
+        else:  # idle until the next request, as after any answer (uvicorn's timer; a
+            # pipelined request answered just before armed one already: replaced)
+            self._unset_keepalive_if_required()
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
