@@ -70,6 +70,10 @@ class CanonicalEvent:
     provider_version: str | None = None
     type_inferred: bool = False  # Sawt: routing key inferred from the payload's shape
     request_id: str | None = None  # ingest receipt of the delivery this came from
+    # A test delivery (issue 13): kept in the warehouse's events, flagged, and kept out
+    # of the folded call state, the CRM, alerts and recordings. Absent in events written
+    # before the field existed: read those as false (``is_test``).
+    test: bool = False
     # Subject ids, whichever exist.
     call_id: str | None = None
     session_id: str | None = None
@@ -108,3 +112,9 @@ class CanonicalEvent:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
+
+
+def is_test(event: dict[str, Any]) -> bool:
+    """Whether a canonical event (as parsed JSON) is a test delivery. An event written
+    before the field existed has no ``test``: it is a real one."""
+    return event.get("test") is True

@@ -18,6 +18,10 @@ H_REQUEST_ID = "hs-request-id"
 H_CONTENT_TYPE = "content-type"
 H_ROUTING_KEY = "hs-routing-key"  # the provider's event name, when the request carried one
 H_EVENT_ID = "hs-event-id"  # the provider's delivery/event id, when a header carried it
+H_TEST = "hs-test"  # "1": the request carried X-Hookstream-Test (a smoke test of our own)
+# The request header that marks a delivery as a test, and the values that set it.
+TEST_REQUEST_HEADER = "x-hookstream-test"
+TEST_HEADER_VALUES = frozenset({"1", "true"})
 
 KafkaHeaders = Sequence[tuple[str, bytes]]
 
@@ -36,6 +40,7 @@ class RawDelivery:
     content_type: str | None = None
     routing_key: str | None = None
     event_id: str | None = None
+    test: bool = False  # X-Hookstream-Test: 1 / true on the request
 
     def headers(self) -> list[tuple[str, bytes]]:
         out = [
@@ -50,6 +55,8 @@ class RawDelivery:
             out.append((H_ROUTING_KEY, self.routing_key.encode()))
         if self.event_id is not None:
             out.append((H_EVENT_ID, self.event_id.encode()))
+        if self.test:
+            out.append((H_TEST, b"1"))
         return out
 
     @classmethod
@@ -59,7 +66,7 @@ class RawDelivery:
         get = found.get
         return cls(found[H_SOURCE], found[H_PROVIDER], int(found[H_RECEIVED_AT]),
                    found[H_REQUEST_ID], value or b"", get(H_CONTENT_TYPE), get(H_ROUTING_KEY),
-                   get(H_EVENT_ID))
+                   get(H_EVENT_ID), get(H_TEST) == "1")
 
 
 @dataclasses.dataclass
@@ -74,3 +81,9 @@ class LocalRecord:
     partition: int = 0
     offset: int = 0
     key: bytes | None = None
+
+
+def marks_test(value: str | None) -> bool:
+    """Whether an ``X-Hookstream-Test`` request header's value marks a test (``1`` or
+    ``true``, any case, surrounding blanks ignored); absent or anything else: no."""
+    return value is not None and value.strip().lower() in TEST_HEADER_VALUES

@@ -45,6 +45,7 @@ from . import dlq, health, logs, topics
 from .config import ConfigError, KafkaSettings, LogSettings, env, help_epilog, load
 from .consumer import ConsumeLoop, stop_on_signals
 from .errors import INTERNAL_ERROR, Retryable, describe
+from .events import is_test
 from .kafka import ProducerKeeper, make_consumer
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ RETRIES = PromCounter("hookstream_sink_batch_retries_total",
 END_TO_END = Histogram("hookstream_sink_end_to_end_seconds",
                        "From ingest's receive time to the sink's durable write", ["sink"],
                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+TEST_SKIPPED = PromCounter("hookstream_sink_test_events_skipped_total",
+                           "Test deliveries (canonical `test: true`) a sink left alone: "
+                           "committed, never written, parked or dead-lettered (also "
+                           "counted as skipped in hookstream_sink_events_total)", ["sink"])
 DEFERRED_DUE = Gauge("hookstream_sink_retry_oldest_age_seconds",
                      "Age of the parked event being re-offered (0 when none)", ["sink"])
 
@@ -127,6 +132,9 @@ class WriteOutcome:
 class Sink(Protocol):
     name: str  # "warehouse" -> group hookstream-sink-warehouse, its retry and DLQ topics
     default_http_port: int
+    # Whether ``write`` is given test deliveries (canonical ``test: true``): only the
+    # warehouse, which keeps them in ``events``. Every other sink never sees one.
+    takes_test_events: bool
 
     def wants(self, event_type: str) -> bool: ...
 
@@ -180,7 +188,8 @@ class SinkRunner:
         name = sink.name  # every series of this sink exists from the start, at 0
         for outcome in ("written", "skipped", "deferred", "dead_letter"):
             EVENTS.labels(name, outcome)
-        for metric in (RETRIES, WRITE_SECONDS, BATCH_SIZE, END_TO_END, DEFERRED_DUE):
+        for metric in (RETRIES, WRITE_SECONDS, BATCH_SIZE, END_TO_END, DEFERRED_DUE,
+                       TEST_SKIPPED):
             metric.labels(name)
 
     # ------------------------------------------------------------ outcomes
@@ -295,11 +304,23 @@ class SinkRunner:
                              attempt_of(record))
             if not isinstance(event, dict):
                 malformed.append(item)
+            elif is_test(event) and not self.sink.takes_test_events:
+                skipped += 1
+                self._skip_test(item)
             elif self.sink.wants(item.type):
                 wanted.append(item)
             else:
                 skipped += 1
         return wanted, malformed, skipped
+
+    def _skip_test(self, item: SinkEvent) -> None:
+        """A test delivery: counted and logged (setting up an integration is visible),
+        then committed with the batch; never written, parked or dead-lettered."""
+        TEST_SKIPPED.labels(self.sink.name).inc()
+        log.info("test delivery skipped", extra={
+            "sink": self.sink.name, "event_id": item.event.get("event_id"),
+            "type": item.type, "source": item.event.get("source"),
+            "call_id": item.event.get("call_id") or item.event.get("session_id")})
 
     async def dead_letter(self, record: Any, exc: BaseException) -> None:
         """One record whose handling raised unexpectedly (the consume loop isolated it):

@@ -79,7 +79,73 @@ COMMON_KEYS: dict[str, Any] = {
     "routing_key": None,  # required with routing_key_from = "fixed"
     "event_id_header": "<provider default>",
     "allow_unauthenticated": False,
+    "test_call_ids": [],  # call ids whose deliveries are tests (issue 13)
+    "test_call_id_pattern": None,  # a regex; a call id it matches (re.fullmatch) is a test
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class TestCalls:
+    """Which call ids of one source are test calls: the ids listed, or those the pattern
+    matches whole (``re.fullmatch``). The call id is Sarj.ai's and Sawt's ``call_id``,
+    Saaya's ``sessionId``. Read by the normalizer, which sets ``test`` on the event."""
+
+    __test__ = False  # not a pytest class
+
+    ids: frozenset[str] = frozenset()
+    pattern: re.Pattern[str] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.ids) or self.pattern is not None
+
+    def match(self, call_id: str | None) -> bool:
+        if call_id is None:
+            return False
+        return call_id in self.ids or (
+            self.pattern is not None and self.pattern.fullmatch(call_id) is not None)
+
+
+def parse_test_calls(name: str, table: Mapping[str, Any]) -> TestCalls:
+    """A source's ``test_call_ids`` and ``test_call_id_pattern``, checked."""
+    ids = table.get("test_call_ids", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise ConfigError(f"source {name!r}: test_call_ids must be a list of call ids "
+                          f"(non-empty strings), got {ids!r}")
+    pattern = table.get("test_call_id_pattern")
+    if pattern is None:
+        return TestCalls(frozenset(ids))
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"source {name!r}: test_call_id_pattern must be a regular "
+                          f"expression, got {pattern!r}")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"source {name!r}: test_call_id_pattern {pattern!r}: {exc}") from None
+    return TestCalls(frozenset(ids), compiled)
+
+
+def load_test_calls(path: str | Path) -> dict[str, TestCalls]:
+    """Every source's test calls from the sources file, for the normalizer: only these
+    settings are read (and ``[defaults]``), so no secret has to be in its environment."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"sources file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sources file {path}: {exc}") from None
+    defaults = document.get("defaults", {})
+    tables = document.get("sources", {})
+    if not isinstance(defaults, dict) or not isinstance(tables, dict):
+        raise ConfigError(f"sources file {path}: [defaults] and [sources.<name>] must be tables")
+    found: dict[str, TestCalls] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"sources.{name} must be a table")
+        rule = parse_test_calls(name, {**defaults, **table})
+        if rule:
+            found[name] = rule
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +164,7 @@ class Source:
     routing_key_param: str | None = None
     routing_key_value: str | None = None  # routing_key_from = "fixed"
     event_id_header: str | None = None
+    test_calls: TestCalls = TestCalls()
 
     def path_secret_ok(self, given: str | None) -> bool:
         if not self.path_secrets:
@@ -364,6 +431,7 @@ def build_source(
         routing_key_param=routing.param,
         routing_key_value=routing.value,
         event_id_header=table.get("event_id_header", provider.default_event_id_header),
+        test_calls=parse_test_calls(name, table),
     )
 
 

@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..core import health
 from ..core.config import KafkaSettings
-from ..core.record import RawDelivery
+from ..core.record import TEST_REQUEST_HEADER, RawDelivery, marks_test
 from ..core.sources import Source
 from . import metrics
 from .edge import HEAD_AT
@@ -249,6 +249,8 @@ class WebhookHandler:
             content_type=_copied(content_type),
             routing_key=_routing_key(source, headers, scope, path_key),
             event_id=_copied_header(headers, source.event_id_header),
+            # Our own smoke tests mark themselves; the body is not read for it.
+            test=marks_test(headers.get(TEST_REQUEST_HEADER)),
         )
         try:
             async with asyncio.timeout_at(deadline):

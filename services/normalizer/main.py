@@ -16,6 +16,7 @@ from ..core.config import (
     load,
 )
 from ..core.consumer import stop_on_signals
+from ..core.sources import load_test_calls
 from ..core.times import parse_time
 from .service import replay, run
 from .settings import NormalizerSettings
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load(NormalizerSettings)
         kafka, pg = load(KafkaSettings), load(PostgresSettings)
         logs.configure("normalizer", load(LogSettings))
+        if settings.sources_file:  # refused here, cleanly, rather than in the service
+            load_test_calls(settings.sources_file)
     except ConfigError as exc:
         print(f"hookstream-normalizer: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -28,6 +28,7 @@ from ..core.kafka import Outgoing, ProducerKeeper, publish_batched
 from ..core.postgres import DATABASE_ERRORS
 from ..core.record import RawDelivery
 from ..core.schemas import SchemaRegistry
+from ..core.sources import TestCalls
 from . import metrics
 from .adapters import ADAPTERS, Adapter
 from .dedupe import DedupeStore
@@ -91,8 +92,10 @@ class Decoder:
 
     def __init__(self, registry: SchemaRegistry, saaya_versions: Sequence[str] = (), *,
                  max_depth: int = DEFAULT_MAX_DEPTH,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 test_calls: Mapping[str, TestCalls] | None = None) -> None:
         self._registry = registry
+        self._test_calls = dict(test_calls or {})
         self._saaya_versions = set(saaya_versions)
         self._adapters: dict[str, Adapter] = ADAPTERS
         self._max_depth = max_depth
@@ -138,12 +141,24 @@ class Decoder:
         self._registry.validate(raw.provider, version, event_type, payload)
         key = adapter.dedupe_key(event_type, payload)
         try:
-            return adapter.to_canonical(raw, payload, event_type, version, inferred,
-                                        event_id(raw.provider, key)), raw
+            event = adapter.to_canonical(raw, payload, event_type, version, inferred,
+                                         event_id(raw.provider, key))
         except Invalid:
             raise
         except Exception as exc:  # a mapping bug must dead-letter, not stop the partition
             raise Invalid(errors.MAPPING_FAILED, repr(exc)) from None
+        event.test = self.is_test(raw, event)
+        return event, raw
+
+    def is_test(self, raw: RawDelivery, event: CanonicalEvent) -> bool:
+        """A test delivery: marked by the request's ``X-Hookstream-Test`` header (ingest's
+        ``hs-test``), or its call id is one of its source's ``test_call_ids`` / matches
+        its ``test_call_id_pattern``. No provider document shows a marker in the
+        payload itself (docs/providers.md), so the body is not looked at for one."""
+        if raw.test:
+            return True
+        rule = self._test_calls.get(raw.source)
+        return rule is not None and rule.match(event.call_id or event.session_id)
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:

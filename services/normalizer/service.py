@@ -18,6 +18,7 @@ from ..core.errors import Retryable
 from ..core.kafka import ProducerKeeper, make_consumer, scan
 from ..core.postgres import DATABASE_ERRORS, create_pool
 from ..core.schemas import SchemaRegistry
+from ..core.sources import load_test_calls
 from .dedupe import DedupeStore
 from .pipeline import Decoder, Normalizer
 from .settings import NormalizerSettings
@@ -39,8 +40,10 @@ async def normalizer_parts(
                              settings.dedupe_table)
         await dedupe.migrate()
         await producers.start()
+        test_calls = load_test_calls(settings.sources_file) if settings.sources_file else {}
         decoder = Decoder(SchemaRegistry(), settings.saaya_versions,
-                          max_depth=settings.max_depth, max_body_bytes=settings.max_body_bytes)
+                          max_depth=settings.max_depth, max_body_bytes=settings.max_body_bytes,
+                          test_calls=test_calls)
         yield (Normalizer(kafka, producers, dedupe, decoder, settings.produce_timeout_s),
                dedupe, pool, producers)
     finally:

@@ -32,6 +32,11 @@ class NormalizerSettings:
     max_body_bytes: int = env("HOOKSTREAM_NORMALIZER_MAX_BODY_BYTES", 1_048_576,
                               "largest body accepted (keep >= every source's max_body_bytes); "
                               "larger ones are dead-lettered too_large")
+    sources_file: str = env(
+        "HOOKSTREAM_NORMALIZER_SOURCES_FILE", "",
+        "the sources file (ingest's HOOKSTREAM_SOURCES_FILE) whose test_call_ids / "
+        "test_call_id_pattern mark test deliveries; only those settings are read "
+        "(empty: no source has test calls; X-Hookstream-Test still marks them)")
     retry_backoff_max_s: float = env("HOOKSTREAM_NORMALIZER_RETRY_BACKOFF_MAX_S", 30.0,
                                      "longest pause between retries of a failing batch")
     http_host: str = env("HOOKSTREAM_NORMALIZER_HTTP_HOST", "127.0.0.1",

@@ -41,6 +41,7 @@ class ListSink:
 
     name: str = "isolation"
     default_http_port: int = 0
+    takes_test_events: bool = False
     written: list[str] = dataclasses.field(default_factory=list)
 
     def wants(self, event_type: str) -> bool:

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from hookstream.core import dlq, errors, record, topics
 from hookstream.core.config import KafkaSettings
-from hookstream.core.events import ENVELOPE, CanonicalEvent, TranscriptTurn
+from hookstream.core.events import ENVELOPE, CanonicalEvent, TranscriptTurn, is_test
 from hookstream.core.samples import SCHEMAS_DIR
 from hookstream.normalizer import catalog, pipeline
 from hookstream.normalizer.adapters import ADAPTERS
@@ -44,11 +44,19 @@ def test_schema_is_valid_2020_12() -> None:
     assert SCHEMA["properties"]["envelope"]["const"] == ENVELOPE
 
 
+# Fields added within v1: to_dict() emits them, but an event written before they
+# existed lacks them, so the schema does not require them (each has a default).
+ADDED_IN_V1 = {"test": False}
+
+
 def test_schema_fields_are_exactly_the_dataclass_fields() -> None:
     fields = [f.name for f in dataclasses.fields(CanonicalEvent)]
     assert fields[0] == "envelope"
     assert list(SCHEMA["properties"]) == fields
-    assert SCHEMA["required"] == fields  # to_dict() always emits every field
+    # to_dict() always emits every field; all but those added within v1 are required
+    assert SCHEMA["required"] == [f for f in fields if f not in ADDED_IN_V1]
+    for name, default in ADDED_IN_V1.items():
+        assert SCHEMA["properties"][name]["default"] == default
     for name, prop in SCHEMA["properties"].items():
         assert prop.get("description"), name
 
@@ -87,6 +95,19 @@ def test_minimal_event_validates_and_bad_ones_do_not() -> None:
     missing = _event()
     del missing["call_id"]
     assert list(VALIDATOR.iter_errors(missing))
+
+
+def test_test_flag_is_written_and_optional() -> None:
+    """``test`` is always written (false by default); an event from before it existed
+    (no ``test``) still validates and reads as a real event."""
+    assert _event()["test"] is False
+    assert list(VALIDATOR.iter_errors(_event(test=True))) == []
+    assert list(VALIDATOR.iter_errors(_event(test="yes")))
+    old = _event()
+    del old["test"]
+    assert list(VALIDATOR.iter_errors(old)) == []
+    assert is_test(old) is False
+    assert is_test(_event(test=True)) is True
 
 
 def test_a_new_field_is_accepted() -> None:

@@ -251,7 +251,7 @@ def field_values(name: str, wild: bool) -> st.SearchStrategy[Any]:
         return transcripts(wild)
     if name in ("transcript_url", "recording_url"):
         return st.one_of(st.none(), uris(wild))
-    if name == "type_inferred":
+    if name in ("type_inferred", "test"):
         return st.booleans()
     return st.one_of(st.none(), texts(wild))  # every other nullable string
 

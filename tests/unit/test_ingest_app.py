@@ -174,6 +174,29 @@ async def test_sawt_without_routing_key(client, fake) -> None:
     assert "hs-routing-key" not in call.header_names()
 
 
+async def test_x_hookstream_test_copied_as_hs_test(client, fake) -> None:
+    """Our own smoke tests mark themselves; ingest copies the mark, never reads the body."""
+    response = await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY,
+                                 headers=sawt_headers(**{"X-Hookstream-Test": "True"}))
+    call = assert_accepted(response, fake)
+    assert call.header("hs-test") == b"1"
+    assert call.value == SAWT_BODY
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", ""])
+async def test_other_x_hookstream_test_values_mark_nothing(client, fake, value: str) -> None:
+    response = await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY,
+                                 headers=sawt_headers(**{"X-Hookstream-Test": value}))
+    call = assert_accepted(response, fake)
+    assert "hs-test" not in call.header_names()
+
+
+async def test_no_x_hookstream_test_header_no_hs_test(client, fake) -> None:
+    response = await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY,
+                                 headers=sawt_headers())
+    assert "hs-test" not in assert_accepted(response, fake).header_names()
+
+
 async def test_sawt_routing_key_truncated(client, fake) -> None:
     long_key = "k" * (MAX_HEADER_VALUE_CHARS + 50)
     response = await client.post("/v1/webhooks/sawt-main", content=SAWT_BODY,

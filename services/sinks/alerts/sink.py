@@ -338,6 +338,7 @@ class AlertsSink:
 
     name = "alerts"
     default_http_port = 8093
+    takes_test_events = False  # the runner skips test deliveries (counted, logged)
 
     def __init__(self, settings: AlertsSettings, rules: Rules | None = None, *,
                  client: httpx.AsyncClient | None = None,

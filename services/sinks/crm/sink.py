@@ -47,6 +47,7 @@ CIRCUIT_OPEN_DETAIL = "crm circuit open"
 class CRMSink:
     name = "crm"
     default_http_port = 8094
+    takes_test_events = False  # the runner skips test deliveries (counted, logged)
 
     def __init__(self, settings: CRMSettings, *, adapter: CRMAdapter | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,

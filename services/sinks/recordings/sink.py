@@ -109,6 +109,7 @@ def _uuid(value: Any) -> bool:
 class RecordingsSink:
     name = "recordings"
     default_http_port = 8095
+    takes_test_events = False  # the runner skips test deliveries (counted, logged)
 
     def __init__(self, settings: RecordingsSettings, pg: PostgresSettings | None = None,
                  warehouse: WarehouseSettings | None = None, *,

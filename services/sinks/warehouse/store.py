@@ -20,12 +20,14 @@ import orjson
 
 from ...core import migrate
 from ...core.config import PostgresSettings
+from ...core.events import is_test
 from ...core.postgres import create_pool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 EVENT_COLUMNS = ("event_id", "received_at", "occurred_at", "provider", "source", "type",
-                 "provider_type", "call_id", "session_id", "agent_id", "campaign_id", "event")
+                 "provider_type", "call_id", "session_id", "agent_id", "campaign_id", "test",
+                 "event")
 
 # Lifecycle order: a call's row only moves forward. Rank 0 events (analysis)
 # never move the state; they only fill fields that are still empty.
@@ -65,9 +67,10 @@ KNOWN_IDS = (
     " FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)"
     " LEFT JOIN event_ids e ON e.event_id = t.id ORDER BY t.n"
 )
-# Every stored lifecycle event of the given calls (the new ones included).
+# Every stored lifecycle event of the given calls (the new ones included); test
+# deliveries never count towards a call.
 CALL_EVENTS = (
-    "SELECT event FROM events WHERE type = ANY($1::text[])"
+    "SELECT event FROM events WHERE type = ANY($1::text[]) AND NOT test"
     " AND (call_id = ANY($2::text[]) OR session_id = ANY($2::text[]))"
 )
 
@@ -123,16 +126,18 @@ def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
         _text(event.get("provider")) or "", _text(event.get("source")) or "",
         _text(event.get("type")) or "", _text(event.get("provider_type")) or "",
         _text(event.get("call_id")), _text(event.get("session_id")),
-        _text(event.get("agent_id")), _text(event.get("campaign_id")), event_json(event),
+        _text(event.get("agent_id")), _text(event.get("campaign_id")), is_test(event),
+        event_json(event),
     )
 
 
 def call_key(event: dict[str, Any]) -> str | None:
-    """``<provider>:<call or session id>`` of a lifecycle event, else None."""
+    """``<provider>:<call or session id>`` of a lifecycle event, else None (also for a
+    test delivery: it is stored in ``events`` but is no call's state)."""
     # NUL-free, as the stored event it is read back from (the key is a query argument):
     # a call id of only NUL is no call id.
     subject = _text(event.get("call_id")) or _text(event.get("session_id"))
-    if str(event.get("type")) not in STATE_RANK or not subject:
+    if str(event.get("type")) not in STATE_RANK or not subject or is_test(event):
         return None
     return f"{event.get('provider')}:{subject}".replace("\x00", "")
 
