@@ -55,7 +55,7 @@ def make_events(count: int) -> list[dict[str, Any]]:
 BARE_TABLE = ("CREATE TABLE {schema}.events (event_id uuid, received_at timestamptz,"
               " occurred_at timestamptz, provider text, source text, type text,"
               " provider_type text, call_id text, session_id text, agent_id text,"
-              " campaign_id text, event jsonb)")
+              " campaign_id text, event jsonb, test boolean)")
 
 
 async def _fill_topic(kafka: KafkaSettings, events: list[dict[str, Any]]) -> None:

@@ -127,13 +127,7 @@ def parse_test_calls(name: str, table: Mapping[str, Any]) -> TestCalls:
 def load_test_calls(path: str | Path) -> dict[str, TestCalls]:
     """Every source's test calls from the sources file, for the normalizer: only these
     settings are read (and ``[defaults]``), so no secret has to be in its environment."""
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"sources file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"sources file {path}: {exc}") from None
+    document = _read_sources_file(path)
     defaults = document.get("defaults", {})
     tables = document.get("sources", {})
     if not isinstance(defaults, dict) or not isinstance(tables, dict):
@@ -452,11 +446,15 @@ def parse_sources(
 
 def load_sources(path: str | Path, environ: Mapping[str, str] | None = None) -> dict[str, Source]:
     """Read and validate the sources file; any problem raises ``ConfigError``."""
+    return parse_sources(_read_sources_file(path), environ)
+
+
+def _read_sources_file(path: str | Path) -> dict[str, Any]:
+    """The sources file's TOML document; a missing or unreadable file is ``ConfigError``."""
     try:
         with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"sources file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"sources file {path}: {exc}") from None
-    return parse_sources(document, environ)
