@@ -68,10 +68,10 @@ class LagShedder:
     the wait any newly arrived request has before this process even reads it, and it
     is the only queue a CPU-bound process can see (requests behind it wait in socket
     buffers). Above ``target_s`` (two ticks in a row, or one tick over four times
-    it) the admitted share is cut
-    (multiplicatively); below it, the share grows back by a small step: AIMD, as TCP
-    does. A request not
-    admitted is answered 503 + Retry-After at its head (:class:`EdgeHttpToolsProtocol`).
+    it) the admitted share is cut (multiplicatively); below it, the share grows back
+    by a small step: AIMD, as TCP does. A request not admitted is answered 503 +
+    Retry-After at its head (:class:`EdgeHttpToolsProtocol`). The listeners' accept
+    queue is reported once a second, not steered by (ADR 8).
     """
 
     interval_s = 0.05
@@ -82,8 +82,6 @@ class LagShedder:
     def __init__(self, target_s: float) -> None:
         self.target_s = target_s
         self.listeners: list[Any] = []  # listening sockets whose accept queue is read
-        self.queued = 0  # the most connections waiting in an accept queue, last tick
-        self._worst_queued = 0
         self.admit = 1.0
         self.lag_s = 0.0
         self._worst_s = 0.0  # the worst lag since the gauge was last set
@@ -111,7 +109,6 @@ class LagShedder:
         assert loop is not None
         now = loop.time()
         lag = max(0.0, now - self._due)
-        queued = self._accept_queue()
         # Two late ticks in a row, or one very late: a lone short stall (a GC pass) is
         # not overload, and shedding for it would refuse for nothing; a stall of
         # seconds (thousands of connections accepted at once) is.
@@ -124,15 +121,14 @@ class LagShedder:
             self.admit = max(self.floor, self.admit * self.decrease)
         elif not late and self.admit < 1.0:
             self.admit = min(1.0, self.admit + self.increase)
-        self.lag_s, self.queued = lag, queued
-        self._worst_queued = max(self._worst_queued, queued)
+        self.lag_s = lag
         # The gauge shows the worst lag of the last second, not the last tick's: a
         # scrape must not land on the quick tick between two long stalls.
         self._worst_s = max(self._worst_s, lag)
         if now - self._gauge_at >= 1.0:
             metrics.LOOP_LAG.set(self._worst_s)
-            metrics.ACCEPT_QUEUE.set(self._worst_queued)
-            self._worst_s, self._worst_queued, self._gauge_at = 0.0, 0, now
+            metrics.ACCEPT_QUEUE.set(self._accept_queue())  # a syscall a listener: not per tick
+            self._worst_s, self._gauge_at = 0.0, now
         metrics.ADMIT_SHARE.set(self.admit)
         self._due = now + self.interval_s
         self._timer = loop.call_at(self._due, self._tick)
@@ -155,7 +151,6 @@ class LagShedder:
 
 
 _SHED_OVERLOAD = metrics.REFUSED_HEADS.labels("overload")
-_CONNECTIONS = metrics.CONNECTIONS
 # struct tcp_info: 8 one-byte fields, then rto, ato, snd_mss, rcv_mss, unacked (u32s);
 # for a listening socket, unacked is the accept queue's length.
 _LISTEN_QUEUE = struct.Struct("<24xI")
@@ -197,7 +192,7 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         # needs them.
         self.connections.add(self)
         if self.shedder is not None:  # the webhook listener's, not the admin one's
-            _CONNECTIONS.inc()
+            metrics.CONNECTIONS.inc()
         self.transport = transport
         self.flow = FlowControl(transport)
         self.scheme = "https" if is_ssl(transport) else "http"

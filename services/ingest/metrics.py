@@ -64,8 +64,8 @@ CONNECTIONS = Counter(
 )
 ACCEPT_QUEUE = Gauge(
     "hookstream_ingest_accept_queue",
-    "Connections waiting in the kernel's accept queue of the webhook listener (the most "
-    "of the last second): the process is behind on new connections",
+    "Connections waiting in the kernel's accept queue of the webhook listeners (the "
+    "longest queue, read once a second): the process is behind on new connections",
 )
 ADMIT_SHARE = Gauge(
     "hookstream_ingest_admit_share",
