@@ -40,7 +40,7 @@ from ..core.config import KafkaSettings
 from ..core.record import TEST_REQUEST_HEADER, RawDelivery, marks_test
 from ..core.sources import Source
 from . import metrics
-from .edge import HEAD_AT
+from .edge import HEAD_AT, LagShedder
 from .publisher import NOT_STORED_REASONS, NotStored, Publisher
 from .settings import IngestSettings
 from .spool import Spool
@@ -275,12 +275,14 @@ class WebhookHandler:
 class IngestApp:
     """The webhook path straight to :class:`WebhookHandler`; the rest to Starlette."""
 
-    def __init__(self, webhooks: WebhookHandler, rest: Starlette, admin: Starlette) -> None:
+    def __init__(self, webhooks: WebhookHandler, rest: Starlette, admin: Starlette,
+                 shedder: LagShedder | None = None) -> None:
         self._webhooks = webhooks
         self._rest = rest
         self.state = rest.state
         self.router = rest.router  # its lifespan, for tests and embedding
         self.admin = admin  # /healthz, /readyz, /metrics: the admin listener's app
+        self.shedder = shedder  # overload shedding: the public listener's (main.server_config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
@@ -301,6 +303,9 @@ def build_app(
                       max_age_s=settings.spool_max_age_s,
                       min_free_bytes=settings.spool_min_free_bytes,
                       segment_bytes=settings.spool_segment_bytes)
+    # Overload shedding at the request head (edge.py); the publisher also reads it, so
+    # that a late ack while this process runs behind is not taken for a broker fault.
+    shedder = LagShedder(settings.shed_lag_s) if settings.shed_lag_s > 0 else None
     publisher = publisher or Publisher(
         kafka,
         ack_timeout_s=settings.ack_timeout_s,
@@ -312,6 +317,7 @@ def build_app(
         spool_budget_s=settings.spool_budget_s,
         drain_batch=settings.spool_drain_batch,
         drain_rate=settings.spool_drain_rate,
+        behind=shedder.behind if shedder is not None else None,
     )
     checks = health.Health()
     # Ready while a delivery arriving now would be stored: acknowledged by Kafka, or
@@ -354,4 +360,5 @@ def build_app(
     rest.state.publisher = publisher
     admin = Starlette(exception_handlers={HTTPException: http_error},
                       routes=health.routes(checks))
-    return IngestApp(WebhookHandler(sources, settings, kafka.raw_topic, publisher), rest, admin)
+    return IngestApp(WebhookHandler(sources, settings, kafka.raw_topic, publisher), rest, admin,
+                     shedder)

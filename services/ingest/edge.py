@@ -145,6 +145,11 @@ class LagShedder:
             queued = max(queued, _LISTEN_QUEUE.unpack_from(info)[0])
         return queued
 
+    def behind(self) -> bool:
+        """Whether this process runs behind (late now, or still shedding): then a slow
+        answer from the broker may only be waiting for the loop (``Publisher``)."""
+        return self.admit < 1.0 or self.lag_s > self.target_s
+
     def shed(self) -> bool:
         """Whether to turn the request whose head begins now away."""
         return self.admit < 1.0 and random.random() >= self.admit

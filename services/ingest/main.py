@@ -22,7 +22,7 @@ from ..core import logs
 from ..core.config import ConfigError, KafkaSettings, LogSettings, help_epilog, load
 from ..core.sources import load_sources
 from .app import build_app
-from .edge import LagShedder, edge_protocol
+from .edge import edge_protocol
 from .settings import IngestSettings
 
 log = logging.getLogger("hookstream.ingest")
@@ -56,7 +56,7 @@ def server_config(app: Any, settings: IngestSettings) -> uvicorn.Config:
         # httptools, with a cap on head bytes and header lines and a head deadline.
         http=edge_protocol(settings.max_header_bytes, settings.max_headers,
                            settings.header_timeout_s, settings.retry_after_s,
-                           LagShedder(settings.shed_lag_s) if settings.shed_lag_s > 0 else None),
+                           getattr(app, "shedder", None)),
         lifespan="on",
         access_log=False,
         log_config=None,

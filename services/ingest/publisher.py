@@ -26,6 +26,15 @@ for ``reset_after_s``. A batch that failed that way is re-sent on the new
 producer while its deadline lasts, so its requests can still be answered 202.
 Readiness is false while no producer is connected, the last probe failed, or
 produces fail with none succeeding since.
+
+A late ack is evidence against the broker only while this process keeps up. When
+ingest itself is behind (its event loop runs late: CPU overload, ``behind()``), an
+ack arrives late because the loop has not got to it yet: then the batch waits up to
+``ack_timeout_s`` instead of the spool budget, a timeout counts neither towards
+replacing the producer nor against readiness, and the spool does not drain (the
+drain competes for the CPU that is short; what is spooled is durable already).
+Spooling there would double the work of every delivery (write it, then drain it)
+exactly when there is none to spare (docs/reliability.md, overload).
 """
 
 from __future__ import annotations
@@ -95,8 +104,11 @@ class Publisher:
         spool_budget_s: float = 1.0,
         drain_batch: int = 500,
         drain_rate: float = 2000.0,
+        behind: Callable[[], bool] | None = None,
     ) -> None:
         self._kafka = kafka
+        # Whether this process runs behind (edge.LagShedder.behind): slow acks are ours.
+        self._behind = behind or _never
         self._spool = spool
         self._spool_budget_s = spool_budget_s
         self._drain_batch = drain_batch
@@ -134,13 +146,16 @@ class Publisher:
         producer = self._producer
         return producer is not None and self._broker_ok and not producer_wedged(producer)
 
+    def _can_drain(self) -> bool:
+        return self._can_send() and not self._behind()
+
     async def start(self) -> None:
         """Open the spool (recovering what a previous run left), then connect in the
         background: the process starts (and is live) without a broker."""
         if self._spool is not None:
             await self._spool.open()
             self._drainer = asyncio.create_task(
-                self._spool.drain_forever(self.send_spooled, self._can_send,
+                self._spool.drain_forever(self.send_spooled, self._can_drain,
                                           batch=self._drain_batch, rate=self._drain_rate),
                 name="spool-drainer")
         self._supervisor = asyncio.create_task(self._supervise(), name="publisher-supervisor")
@@ -191,7 +206,12 @@ class Publisher:
                 found = cluster.partitions_for_topic(topic)
                 if found:
                     self._partitions[topic] = sorted(found)
-        except (KafkaError, OSError, TimeoutError):
+        except TimeoutError:
+            # Not answered in time while this process runs late says nothing about
+            # the cluster: the answer may be waiting for the loop.
+            if not self._behind():
+                self._set_broker_ok(False)
+        except (KafkaError, OSError):
             self._set_broker_ok(False)
         except Exception:  # the supervisor must outlive any surprise from the client
             log.exception("readiness probe failed")
@@ -220,6 +240,8 @@ class Publisher:
             task.add_done_callback(self._closing.discard)
 
     def _produce_failed(self, producer: AIOKafkaProducer | None, exc: BaseException) -> None:
+        if isinstance(exc, TimeoutError) and self._behind():
+            return  # late because this process is: not the producer's failure
         if self._failing_since is None:
             self._failing_since = asyncio.get_running_loop().time()
         if producer is not None and producer is self._producer and (
@@ -316,7 +338,10 @@ class Publisher:
                 # One deadline for the batch, from its oldest record: no record waits
                 # longer than ack_timeout_s (spool_budget_s with the spool taking
                 # records), even behind a stuck batch.
-                budget = self._spool_budget_s if spooling else self._ack_timeout_s
+                # While this process runs behind, a slow ack is its own doing: wait
+                # for it as long as without a spool rather than spool it (module doc).
+                budget = (self._spool_budget_s if spooling and not self._behind()
+                          else self._ack_timeout_s)
                 async with asyncio.timeout_at(oldest + budget):
                     await self._send(topic, partition, records)
             except (TimeoutError, KafkaError) as exc:
@@ -455,6 +480,10 @@ class Publisher:
             log.warning("spool not drained at shutdown; it drains at the next start",
                         extra={"records": spool.records})
         await spool.close()
+
+
+def _never() -> bool:
+    return False
 
 
 def _succeed(waiters: list[asyncio.Future[None]]) -> None:

@@ -40,12 +40,14 @@ async def test_a_loop_that_keeps_running_late_cuts_the_share_and_it_grows_back()
         for _ in range(4):  # every tick late by more than the target
             await stall(0.25)
         assert shedder.admit <= 0.75 ** 2, shedder.admit
+        assert shedder.behind()  # the publisher then takes a late ack for its own doing
         cut = shedder.admit
         assert gauge("hookstream_ingest_admit_share") == cut
         await ticks(shedder, 6)  # on time again: the share grows back step by step
         assert cut < shedder.admit < 1.0
         await ticks(shedder, int(1 / shedder.increase) + 10)
         assert shedder.admit == 1.0
+        assert not shedder.behind()
     finally:
         shedder.stop()
 

@@ -28,9 +28,11 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
     await spool.close()
 
 
-def make(spool: Spool, producer: FakeProducer | None, *, broker_ok: bool = True) -> Publisher:
-    publisher = Publisher(KafkaSettings(), ack_timeout_s=2.0, max_in_flight=100,
-                          max_in_flight_bytes=1 << 20, spool=spool, spool_budget_s=BUDGET_S)
+def make(spool: Spool, producer: FakeProducer | None, *, broker_ok: bool = True,
+         behind: bool = False, ack_timeout_s: float = 2.0) -> Publisher:
+    publisher = Publisher(KafkaSettings(), ack_timeout_s=ack_timeout_s, max_in_flight=100,
+                          max_in_flight_bytes=1 << 20, spool=spool, spool_budget_s=BUDGET_S,
+                          behind=lambda: behind)
     publisher._producer = producer  # type: ignore[assignment]
     publisher._broker_ok = broker_ok
     return publisher
@@ -48,6 +50,33 @@ async def test_an_unacknowledged_batch_is_spooled_after_the_budget(spool: Spool)
     assert publisher.ready  # Kafka is not, the spool is: a delivery now would be stored
     assert not publisher.kafka_ready
     assert publisher._in_flight == 0
+
+
+async def test_while_ingest_runs_behind_a_late_ack_is_awaited_not_spooled(
+        spool: Spool) -> None:
+    """CPU overload (edge.LagShedder.behind): an ack arrives late because the loop is
+    late, not the broker. Spooling it would double the work (write, then drain) when
+    there is none to spare: the batch waits for its ack up to ack_timeout_s instead."""
+    producer = FakeProducer()
+    publisher = make(spool, producer, behind=True)
+    request = asyncio.create_task(publisher.publish("raw", b"value", b"key", HEADERS))
+    await asyncio.sleep(BUDGET_S * 2)  # past the spool budget
+    assert not request.done() and spool.records == 0
+    for future in producer.futures:
+        future.set_result(object())
+    await asyncio.wait_for(request, 1)  # acknowledged by Kafka: 202 without the spool
+    assert spool.records == 0
+
+
+async def test_while_ingest_runs_behind_a_timeout_is_not_a_broker_fault(
+        spool: Spool) -> None:
+    """Past even ack_timeout_s the delivery is spooled, but the timeout counts neither
+    towards replacing the producer nor against readiness, and the drainer waits."""
+    publisher = make(spool, FakeProducer(), behind=True, ack_timeout_s=BUDGET_S)
+    await publisher.publish("raw", b"value", b"key", HEADERS)
+    assert spool.records == 1
+    assert publisher._failing_since is None and publisher.kafka_ready
+    assert not publisher._can_drain()  # the drain would compete for the CPU that is short
 
 
 async def test_without_a_producer_deliveries_go_straight_to_the_spool(spool: Spool) -> None:
