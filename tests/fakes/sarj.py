@@ -64,6 +64,7 @@ class FakeSarj:
         self.details: dict[str, dict[str, Any]] = {}
         self.recordings: dict[str, bytes] = {}
         self.valid: dict[str, set[str]] = {}  # call id -> signatures not expired
+        self.expired_at_once: set[str] = set()  # calls whose every URL is born expired
         self.requests: Counter[str] = Counter()
         self.downloads: Counter[str] = Counter()
         self.faults: deque[Fault] = deque()
@@ -86,7 +87,9 @@ class FakeSarj:
     def sign(self, call_id: str) -> str:
         """A new signed URL of the call's recording (as the webhook would carry)."""
         signature = f"sig{next(self._signatures)}"
-        self.valid.setdefault(call_id, set()).add(signature)
+        signatures = self.valid.setdefault(call_id, set())
+        if call_id not in self.expired_at_once:
+            signatures.add(signature)
         return (f"{self.url}/storage/{call_id}.wav?X-Goog-Algorithm=GOOG4-RSA-SHA256"
                 f"&X-Goog-Expires=900&X-Goog-Signature={signature}")
 
