@@ -14,6 +14,7 @@ from .core.config import KafkaSettings, LogSettings, PostgresSettings, markdown_
 from .core.sink import SinkSettings
 from .ingest.settings import IngestSettings
 from .normalizer.settings import NormalizerSettings
+from .sarjapi.settings import SarjApiSettings
 from .sinks.alerts.sink import AlertsSettings
 from .sinks.crm.settings import CRMSettings
 from .sinks.recordings.settings import RecordingsSettings
@@ -29,6 +30,7 @@ SECTIONS: list[tuple[str, tuple[type[Any], ...]]] = [
     ("hookstream-sink-alerts", (AlertsSettings,)),
     ("hookstream-sink-crm", (CRMSettings,)),
     ("hookstream-sink-recordings", (RecordingsSettings,)),
+    ("Sarj.ai call API (hookstream-sink-recordings, hookstream backfill)", (SarjApiSettings,)),
 ]
 
 START = "<!-- config-reference:start (generated: python -m hookstream.reference) -->"

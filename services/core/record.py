@@ -8,6 +8,8 @@ to route, replay or audit it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from collections.abc import Sequence
 
 # Header names on the raw topic. Lower-case ASCII; values are UTF-8.
@@ -19,6 +21,10 @@ H_CONTENT_TYPE = "content-type"
 H_ROUTING_KEY = "hs-routing-key"  # the provider's event name, when the request carried one
 H_EVENT_ID = "hs-event-id"  # the provider's delivery/event id, when a header carried it
 H_TEST = "hs-test"  # "1": the request carried X-Hookstream-Test (a smoke test of our own)
+# Set only on a record that did not come through ingest: "api-backfill" (``hookstream
+# backfill``, fetched from a provider's API). Absent: a webhook delivery.
+H_ORIGIN = "hs-origin"
+ORIGIN_API_BACKFILL = "api-backfill"
 # The request header that marks a delivery as a test, and the values that set it.
 TEST_REQUEST_HEADER = "x-hookstream-test"
 TEST_HEADER_VALUES = frozenset({"1", "true"})
@@ -41,6 +47,7 @@ class RawDelivery:
     routing_key: str | None = None
     event_id: str | None = None
     test: bool = False  # X-Hookstream-Test: 1 / true on the request
+    origin: str | None = None  # H_ORIGIN: None for a webhook delivery
 
     def headers(self) -> list[tuple[str, bytes]]:
         out = [
@@ -57,6 +64,8 @@ class RawDelivery:
             out.append((H_EVENT_ID, self.event_id.encode()))
         if self.test:
             out.append((H_TEST, b"1"))
+        if self.origin is not None:
+            out.append((H_ORIGIN, self.origin.encode()))
         return out
 
     @classmethod
@@ -66,7 +75,18 @@ class RawDelivery:
         get = found.get
         return cls(found[H_SOURCE], found[H_PROVIDER], int(found[H_RECEIVED_AT]),
                    found[H_REQUEST_ID], value or b"", get(H_CONTENT_TYPE), get(H_ROUTING_KEY),
-                   get(H_EVENT_ID), get(H_TEST) == "1")
+                   get(H_EVENT_ID), get(H_TEST) == "1", get(H_ORIGIN))
+
+
+def new_request_id() -> str:
+    """A delivery's ``hs-request-id`` (ingest's receipt): 128 random bits as hex
+    (``uuid4`` costs 4x more, and ingest makes one per request)."""
+    return os.urandom(16).hex()
+
+
+def now_ms() -> int:
+    """``hs-received-at`` for a delivery received now: integer ms since the epoch."""
+    return time.time_ns() // 1_000_000
 
 
 @dataclasses.dataclass

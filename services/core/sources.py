@@ -142,6 +142,36 @@ def load_test_calls(path: str | Path) -> dict[str, TestCalls]:
     return found
 
 
+def load_api_keys(path: str | Path, environ: Mapping[str, str] | None = None
+                  ) -> dict[str, str]:
+    """Each Sarj.ai source's call-API key (its ``api_key_env`` variable), for the
+    recordings sink and ``hookstream backfill``: only that setting is read, so no webhook
+    secret has to be in their environment. A named variable that is unset or holds the
+    placeholder is a ``ConfigError``; a source without ``api_key_env`` has no key."""
+    from .providers.sarj import api_key_var
+
+    environ = os.environ if environ is None else environ
+    document = _read_sources_file(path)
+    defaults = document.get("defaults", {})
+    tables = document.get("sources", {})
+    if not isinstance(defaults, dict) or not isinstance(tables, dict):
+        raise ConfigError(f"sources file {path}: [defaults] and [sources.<name>] must be tables")
+    keys: dict[str, str] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"sources.{name} must be a table")
+        merged = {**defaults, **table}
+        if merged.get("provider") != "sarj":
+            continue
+        try:
+            var = api_key_var(name, merged)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if var is not None:
+            keys[name] = _env_lookup(environ, name)(var)
+    return keys
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     name: str

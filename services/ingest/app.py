@@ -21,7 +21,6 @@ import contextlib
 import functools
 import gc
 import logging
-import os
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -37,7 +36,13 @@ from starlette.types import Receive, Scope, Send
 
 from ..core import health
 from ..core.config import KafkaSettings
-from ..core.record import TEST_REQUEST_HEADER, RawDelivery, marks_test
+from ..core.record import (
+    TEST_REQUEST_HEADER,
+    RawDelivery,
+    marks_test,
+    new_request_id,
+    now_ms,
+)
 from ..core.sources import Source
 from . import metrics
 from .edge import HEAD_AT, LagShedder
@@ -243,8 +248,8 @@ class WebhookHandler:
         delivery = RawDelivery(
             source=name,
             provider=source.provider.name,
-            received_at_ms=time.time_ns() // 1_000_000,
-            request_id=os.urandom(16).hex(),  # 128 random bits; uuid4 costs 4x more
+            received_at_ms=now_ms(),
+            request_id=new_request_id(),
             body=body,
             content_type=_copied(content_type),
             routing_key=_routing_key(source, headers, scope, path_key),

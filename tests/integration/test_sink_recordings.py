@@ -26,6 +26,7 @@ from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import end_offsets, make_consumer, make_producer, scan
 from hookstream.core.sink import SinkRunner, SinkSettings
+from hookstream.sarjapi.client import SarjApi
 from hookstream.sinks.recordings.index import PgRecordingsIndex, RecordingRow
 from hookstream.sinks.recordings.settings import RecordingsSettings
 from hookstream.sinks.recordings.sink import RecordingsSink
@@ -88,13 +89,15 @@ class Env:
             await producer.stop()
 
     @contextlib.asynccontextmanager
-    async def running(self, allow_private: bool = True) -> AsyncIterator[RecordingsSink]:
+    async def running(self, allow_private: bool = True,
+                      api: SarjApi | None = None) -> AsyncIterator[RecordingsSink]:
         stop = asyncio.Event()
         # The fake bucket is on loopback: allow-listed by address, and private addresses
         # allowed (tests and development only; production allows public addresses only).
         settings = RecordingsSettings(dir=str(self.root), allowed_hosts=("127.0.0.1",),
                                       allow_private_addresses=allow_private)
-        sink = RecordingsSink(settings, PostgresSettings(), WarehouseSettings(schema=self.schema))
+        sink = RecordingsSink(settings, PostgresSettings(), WarehouseSettings(schema=self.schema),
+                              api=api)
         runner = SinkRunner(sink, self.kafka, SinkSettings(poll_timeout_ms=100),
                             group_id=f"test-recordings-{self.run_id}")
         task = asyncio.create_task(runner.run(stop, serve_http=False))

@@ -68,13 +68,30 @@ def test_sarj_complete() -> None:
     assert p["hs_call_to_number"] == "+966512345678"
     assert p["hs_call_duration"] == "47000"
     assert p["hs_call_status"] == "COMPLETED"
-    assert p["hs_call_recording_url"] == event["recording_url"]
+    # The signed URL expires: it is neither the property nor in the notes or details.
+    assert "hs_call_recording_url" not in p
+    assert "X-Goog" not in p["hs_call_body"] and "X-Goog" not in p["hookstream_details"]
     assert p["hs_timestamp"] == "2026-04-12T10:30:52Z"
     assert p["hs_call_title"] == "Sarj.ai outbound call"
     assert "أيوه أرسله" in p["hs_call_body"]
-    assert "Recording:" in p["hs_call_body"]
-    # HTML-escaped: the signed URL's & must not break the markup
-    assert "&amp;X-Goog-Expires" in p["hs_call_body"]
+    assert "Recording:" not in p["hs_call_body"]
+
+
+def test_only_an_archived_recording_location_is_stored() -> None:
+    archived = "https://recordings.example.test/sarj/2026/04/call.wav?a=1&b=2"
+    event = {**example("call.ended"), "recording_location": archived}
+    p = call_properties(merge(None, activity(event)))
+    assert p["hs_call_recording_url"] == archived
+    # HTML-escaped: the URL's & must not break the markup
+    assert "Recording:" in p["hs_call_body"] and "a=1&amp;b=2" in p["hs_call_body"]
+    # An s3:// location is no link a CRM user can open: left out.
+    event = {**example("call.ended"), "recording_location": "s3://recs/sarj/call.wav"}
+    p = call_properties(merge(None, activity(event)))
+    assert "hs_call_recording_url" not in p and "Recording:" not in p["hs_call_body"]
+    assert "recording_location" not in orjson.loads(p["hookstream_details"])
+    # A call record merged before this rule drops the expiring URL at its next write.
+    old = {"call_key": "sarj:c", "recording_url": "https://storage.googleapis.com/x?sig=1"}
+    assert "recording_url" not in merge(old, activity(example("call.ended")))
 
 
 @pytest.mark.parametrize(("outcome", "status"), [
@@ -191,7 +208,7 @@ def test_webhook_document() -> None:
     assert doc["call_key"] == "sarj:call_8f9b2c1e-4a5d-4f6e-8b1a-2c3d4e5f6a7b"
     assert doc["contact"] == {"phone": "+966512345678", "raw_phone": "+966512345678"}
     assert doc["call"]["duration_s"] == 47.0
-    assert doc["call"]["recording_url"] == event["recording_url"]
+    assert "recording_url" not in doc["call"]
     assert doc["call"]["title"] == "Sarj.ai outbound call"
     assert doc["call"]["timestamp"] == "2026-04-12T10:30:52Z"
     assert "event_ids" not in doc["call"]

@@ -29,13 +29,13 @@ HOSTILE = [
 def sarj_with(url: str) -> dict[str, Any]:
     event = example("call.ended")
     assert event["provider"] == "sarj" and event.get("recording_url")
-    return {**event, "recording_url": url, "transcript_url": url}
+    return {**event, "recording_url": url, "recording_location": url, "transcript_url": url}
 
 
 @pytest.mark.parametrize("url", HOSTILE)
 def test_a_non_http_url_never_reaches_the_crm(url: str) -> None:
     act = activity(sarj_with(url))
-    assert "recording_url" not in act.fields and "transcript_url" not in act.fields
+    assert not {"recording_url", "recording_location", "transcript_url"} & set(act.fields)
     record = merge(None, act)
     props = call_properties(record)
     assert "hs_call_recording_url" not in props
@@ -50,7 +50,7 @@ def test_a_non_http_url_never_reaches_the_crm(url: str) -> None:
 def test_a_stored_record_with_a_non_http_url_is_not_rendered(url: str) -> None:
     """A record merged from details written before the check is rendered safely too."""
     record = {"provider": "sarj", "call_id": "c", "call_key": "sarj:c",
-              "recording_url": url, "transcript_url": url}
+              "recording_location": url, "transcript_url": url}
     assert "<a " not in body_html(record)
     assert "hs_call_recording_url" not in call_properties(record)
 
@@ -61,7 +61,7 @@ def test_http_and_https_urls_are_kept() -> None:
     url = ("https://storage.googleapis.com/sarj-recordings-prod/org_1/c.wav"
            "?X-Goog-Expires=3600&X-Goog-Signature=ab")
     props = call_properties(merge(None, activity(sarj_with(url))))
-    assert props["hs_call_recording_url"] == url
+    assert props["hs_call_recording_url"] == url  # (as an archived location)
     assert 'href="https://storage.googleapis.com/' in props["hs_call_body"]
     assert web_url("HTTP://example.com/a") == "HTTP://example.com/a"
     assert web_url("http://example.com") == "http://example.com"

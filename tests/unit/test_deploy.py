@@ -199,20 +199,21 @@ def settings_problems(script: str, environ: dict[str, str]) -> list[str]:
     from hookstream.core.sink import SinkSettings
     from hookstream.ingest.settings import IngestSettings
     from hookstream.normalizer.settings import NormalizerSettings
+    from hookstream.sarjapi.settings import SarjApiSettings
     from hookstream.sinks.alerts.sink import AlertsSettings
     from hookstream.sinks.crm.settings import CRMSettings
     from hookstream.sinks.recordings.settings import RecordingsSettings
     from hookstream.sinks.warehouse.settings import WarehouseSettings
 
-    own = {"hookstream-sink-alerts": AlertsSettings, "hookstream-sink-crm": CRMSettings,
-           "hookstream-sink-recordings": RecordingsSettings}
+    own = {"hookstream-sink-alerts": (AlertsSettings,), "hookstream-sink-crm": (CRMSettings,),
+           "hookstream-sink-recordings": (RecordingsSettings, SarjApiSettings)}
     problems = []
     for cls in (KafkaSettings, LogSettings, PostgresSettings, SinkSettings, IngestSettings,
                 NormalizerSettings, WarehouseSettings, AlertsSettings, CRMSettings,
-                RecordingsSettings):
+                RecordingsSettings, SarjApiSettings):
         try:
             settings = load(cls, environ)
-            if own.get(script) is cls:
+            if cls in own.get(script, ()):
                 settings.validate()
         except ConfigError as exc:
             problems.append(f"{script}: {exc}")
@@ -796,9 +797,12 @@ def test_each_workload_gets_only_the_secret_keys_it_reads() -> None:
     sources = _by_kind("ConfigMap")["hookstream-files"]["data"]["sources.toml"]
     document = tomllib.loads(sources)
     ingest_vars: set[str] = set()
+    api_key_vars: set[str] = set()  # Sarj.ai's call API: the recordings sink's, not ingest's
     for table in document["sources"].values():
         for key, value in table.items():
-            if key.endswith("_env"):
+            if key == "api_key_env":
+                api_key_vars.add(value)
+            elif key.endswith("_env"):
                 ingest_vars.update([value] if isinstance(value, str) else value)
     used: set[str] = set()
     workloads = dict(workload_containers(base_resources()))
@@ -806,6 +810,8 @@ def test_each_workload_gets_only_the_secret_keys_it_reads() -> None:
     for name, container in workloads.items():
         wanted = ingest_vars if name == "hookstream-ingest" else (
             settings_vars(*SETTINGS_OF[name]) & set(secret))
+        if name == "hookstream-sink-recordings":
+            wanted = wanted | api_key_vars
         refs = secret_key_refs(container)
         assert {var: key for var, (_, key) in refs.items()} == {v: v for v in wanted}, name
         assert all(s == "hookstream-secrets" for s, _ in refs.values()), name

@@ -6,14 +6,12 @@ import datetime as dt
 import hashlib
 from pathlib import Path
 
-import httpx
 import pytest
 
 from hookstream.core.config import ConfigError
 from hookstream.sinks.recordings.settings import RecordingsSettings
 from hookstream.sinks.recordings.store import (
     LocalDirStore,
-    S3Store,
     Spooled,
     StoreError,
     extension,
@@ -111,97 +109,6 @@ async def test_local_write_failure_is_a_store_error_and_leaves_no_spool(tmp_path
     assert not spooled.path.exists()
 
 
-class FakeS3:
-    """Enough of S3 for the store: HEAD and PUT of objects, recorded."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
-        self.requests: list[httpx.Request] = []
-        self.put_status = 200
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        path = request.url.path
-        if request.method == "HEAD":
-            if path not in self.objects:
-                return httpx.Response(404)
-            body, meta = self.objects[path]
-            return httpx.Response(200, headers={"content-length": str(len(body)), **meta})
-        if request.method == "PUT":
-            if self.put_status != 200:
-                return httpx.Response(self.put_status, text="<Error>SlowDown</Error>")
-            body = request.read()
-            meta = {k: v for k, v in request.headers.items() if k.startswith("x-amz-meta-")}
-            self.objects[path] = (body, meta)
-            return httpx.Response(200)
-        return httpx.Response(405)
-
-
-def s3_store(fake: FakeS3, tmp_path: Path) -> S3Store:
-    return S3Store("https://s3.eu-central-1.example.test", "recs", region="eu-central-1",
-                   access_key_id="AKID", secret_access_key="secret", prefix="hs/",
-                   spool=tmp_path / "spool", transport=httpx.MockTransport(fake.handler))
-
-
-async def test_s3_put_signs_and_sends_the_bytes(tmp_path: Path) -> None:
-    fake = FakeS3()
-    store = s3_store(fake, tmp_path)
-    await store.start()
-    data = b"recording bytes" * 1000
-    spooled = spool(store.spool_dir(), data)
-    stored = await store.put(f"sarj/2026/04/{CALL}.wav", spooled)
-    assert stored == type(stored)(f"s3://recs/hs/sarj/2026/04/{CALL}.wav", True)
-    assert not spooled.path.exists()
-    head, put = fake.requests
-    assert (head.method, put.method) == ("HEAD", "PUT")
-    assert put.url == f"https://s3.eu-central-1.example.test/recs/hs/sarj/2026/04/{CALL}.wav"
-    assert put.headers["x-amz-content-sha256"] == spooled.sha256  # S3 checks the bytes
-    assert put.headers["x-amz-meta-sha256"] == spooled.sha256
-    assert put.headers["content-length"] == str(len(data))
-    assert "transfer-encoding" not in put.headers
-    auth = put.headers["authorization"]
-    assert auth.startswith("AWS4-HMAC-SHA256 Credential=AKID/")
-    assert "/eu-central-1/s3/aws4_request" in auth
-    assert "x-amz-meta-sha256" in auth.split("SignedHeaders=")[1]
-    assert fake.objects[put.url.path][0] == data
-    await store.close()
-
-
-async def test_s3_put_of_the_same_bytes_is_skipped(tmp_path: Path) -> None:
-    fake = FakeS3()
-    store = s3_store(fake, tmp_path)
-    await store.start()
-    data = b"abc" * 100
-    await store.put("k.wav", spool(store.spool_dir(), data, "a.part"))
-    again = await store.put("k.wav", spool(store.spool_dir(), data, "b.part"))
-    assert not again.written and store.writes == 1
-    assert [r.method for r in fake.requests] == ["HEAD", "PUT", "HEAD"]
-    assert list(store.spool_dir().iterdir()) == []
-    assert await store.exists(again.location, len(data))
-    assert not await store.exists("s3://recs/hs/other.wav", 1)
-    assert not await store.exists("file:///elsewhere.wav", 1)
-    await store.close()
-
-
-async def test_s3_failure_is_a_store_error(tmp_path: Path) -> None:
-    fake = FakeS3()
-    fake.put_status = 503
-    store = s3_store(fake, tmp_path)
-    await store.start()
-    spooled = spool(store.spool_dir(), b"abc")
-    with pytest.raises(StoreError, match="503"):
-        await store.put("k.wav", spooled)
-    assert not spooled.path.exists()
-    denied = S3Store("https://s3.example.test", "recs", region="us-east-1",
-                     access_key_id="a", secret_access_key="b", spool=tmp_path / "s2",
-                     transport=httpx.MockTransport(lambda r: httpx.Response(403)))
-    await denied.start()
-    with pytest.raises(StoreError, match="403"):
-        await denied.exists("s3://recs/k.wav", 3)
-    await store.close()
-    await denied.close()
-
-
 def test_settings_validation() -> None:
     RecordingsSettings().validate()
     with pytest.raises(ConfigError, match="HOOKSTREAM_RECORDINGS_STORE"):
@@ -213,4 +120,12 @@ def test_settings_validation() -> None:
         RecordingsSettings(store="s3", s3_endpoint="s3.example.test").validate()
     RecordingsSettings(store="s3", s3_endpoint="http://127.0.0.1:9000", s3_bucket="b",
                        s3_access_key_id="a", s3_secret_access_key="s").validate()
+    with pytest.raises(ConfigError, match="HOOKSTREAM_S3_PART_BYTES"):
+        RecordingsSettings(store="s3", s3_endpoint="http://127.0.0.1:9000", s3_bucket="b",
+                           s3_access_key_id="a", s3_secret_access_key="s",
+                           s3_part_bytes=1024).validate()
+    with pytest.raises(ConfigError, match="S3's most parts"):
+        RecordingsSettings(store="s3", s3_endpoint="http://127.0.0.1:9000", s3_bucket="b",
+                           s3_access_key_id="a", s3_secret_access_key="s",
+                           max_bytes=6 * 1024**4).validate()
     assert "secret" not in repr(RecordingsSettings(s3_secret_access_key="secret"))

@@ -141,7 +141,8 @@ def call_properties(record: dict[str, Any]) -> dict[str, str]:
     status = call_status(record)
     if status:
         props["hs_call_status"] = status
-    recording = web_url(record.get("recording_url"))
+    # The archived copy only, never the expiring signed URL (mapping.py).
+    recording = web_url(record.get("recording_location"))
     if recording:
         props["hs_call_recording_url"] = recording
     phone = record.get("phone")

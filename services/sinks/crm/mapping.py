@@ -6,6 +6,14 @@ One *call* in the CRM is identified by its **call key**: ``<provider>:<call id>`
 the fields it knows (:attr:`CallActivity.fields`), and :func:`merge` folds them
 into one order-independent record, so ended-then-analyzed and analyzed-then-ended
 end in the same CRM activity.
+
+A recording's link: never the event's ``recording_url``. Sarj.ai's is signed and
+expires (the document states no lifetime), so a CRM user would find it dead. Only
+an archived location (``recording_location``, the recordings sink's copy) is
+stored, when the event carries one and it is an http(s) URL a CRM user can open
+(an ``s3://`` location is left out). Canonical
+events carry none today (the recordings sink writes it to the warehouse, which the
+CRM sink does not read), so the CRM gets no recording link: docs/sinks-crm.md.
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ PROVIDER_NAMES = {"sawt": "Sawt", "sarj": "Sarj.ai", "saaya": "Saaya"}
 # Canonical fields copied when the event sets them (not null): text, and numbers.
 _TEXT = ("provider", "call_id", "session_id", "agent_id", "campaign_id", "direction",
          "status", "outcome", "customer_number", "started_at", "ended_at", "summary",
-         "sentiment_label", "transcript_url", "recording_url")
+         "sentiment_label", "transcript_url", "recording_location")
 _NUMBERS = ("duration_s", "sentiment")
 # Fields that become links in the CRM: kept only when web_url() accepts them.
-_URLS = ("transcript_url", "recording_url")
+_URLS = ("transcript_url", "recording_location")
+# Never kept: the expiring signed URL (a record merged before this rule may hold it).
+_NEVER = ("recording_url",)
 _WEB_URL = re.compile(r"https?://[^\x00-\x20\x7f/?#@]+(?:[/?#][^\x00-\x20\x7f]*)?",
                       re.IGNORECASE)
 
@@ -175,6 +185,8 @@ def merge(existing: dict[str, Any] | None, new: CallActivity) -> dict[str, Any]:
             merged[name] = min(merged[name], value)
         else:
             merged[name] = value
+    for name in _NEVER:
+        merged.pop(name, None)
     merged["call_key"] = new.call_key
     if new.phone is not None:
         merged["phone"] = new.phone
@@ -256,7 +268,7 @@ def body_html(record: dict[str, Any]) -> str:
         parts.append(f"<p><strong>Outcome:</strong> {esc(str(record['outcome']))}</p>")
     if record.get("duration_s") is not None:
         parts.append(f"<p><strong>Duration:</strong> {float(record['duration_s']):g} s</p>")
-    for name, label in (("transcript_url", "Transcript"), ("recording_url", "Recording")):
+    for name, label in (("transcript_url", "Transcript"), ("recording_location", "Recording")):
         url = web_url(record.get(name))
         if url:
             parts.append(f'<p><strong>{label}:</strong> <a href="{esc(str(url))}">'

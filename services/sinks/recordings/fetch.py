@@ -61,10 +61,17 @@ TRANSIENT_STATUS = frozenset({408, 425, 429})
 
 
 class FetchFailed(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.status = status  # the HTTP status that decided it, when one did
+
+    @property
+    def expired(self) -> bool:
+        """A 4xx from the storage: the signed URL may have expired (storage services
+        answer 400, 401 or 403 for that); a fresh one may still work."""
+        return self.status is not None and 400 <= self.status < 500
 
 
 class FetchTransient(Exception):
@@ -295,7 +302,7 @@ def _status(response: httpx.Response) -> None:
     if code in TRANSIENT_STATUS or code >= 500:
         raise FetchTransient(f"GET {where}: HTTP {code}")
     raise FetchFailed(RECORDING_UNAVAILABLE, f"GET {where}: HTTP {code} (a signed URL that "
-                      "expired, or a recording that is gone)")
+                      "expired, or a recording that is gone)", code)
 
 
 async def download(client: httpx.AsyncClient, url: str, spool_dir: Path, *, max_bytes: int,

@@ -10,7 +10,8 @@ from ...core.config import ConfigError, env
 
 STORES = ("local", "s3")
 MIB = 1024 * 1024
-S3_SINGLE_PUT_MAX = 5 * 1024 * MIB  # one S3 PUT carries at most 5 GiB
+S3_MIN_PART = 5 * MIB  # S3's smallest part of a multipart upload (but the last)
+S3_MAX_PARTS = 10_000  # and its most parts per upload
 
 
 def _secret(name: str, doc: str) -> Any:
@@ -50,9 +51,16 @@ class RecordingsSettings:
                            "s3 store: endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com "
                            "or http://127.0.0.1:9000 (path-style requests)")
     s3_bucket: str = env("HOOKSTREAM_S3_BUCKET", "", "s3 store: bucket")
-    s3_region: str = env("HOOKSTREAM_S3_REGION", "us-east-1", "s3 store: region (SigV4 scope)")
+    s3_region: str = env("HOOKSTREAM_S3_REGION", "us-east-1", "s3 store: region")
     s3_prefix: str = env("HOOKSTREAM_S3_PREFIX", "",
                          "s3 store: key prefix, e.g. recordings/ (letters, digits, . _ - /)")
+    s3_multipart_threshold_bytes: int = env(
+        "HOOKSTREAM_S3_MULTIPART_THRESHOLD_BYTES", 16 * MIB,
+        "s3 store: a recording larger than this is a multipart upload (else one PUT, "
+        "read into memory whole)")
+    s3_part_bytes: int = env("HOOKSTREAM_S3_PART_BYTES", 8 * MIB,
+                             "s3 store: part size of a multipart upload (at least 5 MiB; "
+                             "one part per upload is in memory at a time)")
     s3_access_key_id: str = env("HOOKSTREAM_S3_ACCESS_KEY_ID", "", "s3 store: access key id")
     s3_secret_access_key: str = _secret("HOOKSTREAM_S3_SECRET_ACCESS_KEY",
                                         "s3 store: secret access key")
@@ -91,6 +99,11 @@ class RecordingsSettings:
             if self.s3_prefix and not re.fullmatch(r"[A-Za-z0-9._/-]+", self.s3_prefix):
                 raise ConfigError(f"HOOKSTREAM_S3_PREFIX={self.s3_prefix!r}: letters, digits "
                                   "and . _ - / only")
-            if self.max_bytes > S3_SINGLE_PUT_MAX:
-                raise ConfigError("HOOKSTREAM_RECORDINGS_MAX_BYTES must be at most 5 GiB with "
-                                  "the s3 store (one PUT, no multipart upload)")
+            if self.s3_part_bytes < S3_MIN_PART:
+                raise ConfigError("HOOKSTREAM_S3_PART_BYTES must be at least 5 MiB (S3's "
+                                  "smallest part)")
+            if self.s3_multipart_threshold_bytes < 1:
+                raise ConfigError("HOOKSTREAM_S3_MULTIPART_THRESHOLD_BYTES must be positive")
+            if self.max_bytes > self.s3_part_bytes * S3_MAX_PARTS:
+                raise ConfigError("HOOKSTREAM_RECORDINGS_MAX_BYTES must be at most "
+                                  "HOOKSTREAM_S3_PART_BYTES x 10000 (S3's most parts)")

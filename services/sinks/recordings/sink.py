@@ -1,7 +1,9 @@
-"""The recordings sink: fetch each call's recording while its signed URL is valid.
+"""The recordings sink: fetch each call's recording to a durable store.
 
 Sarj.ai's ``complete`` webhook (canonical ``call.ended``) carries a signed,
-expiring ``recording_url``. Per event, in a batch:
+expiring ``recording_url``; the document states no lifetime, only "download
+promptly or generate a fresh one via ``GET /calls/{call_id}``". Per event, in a
+batch:
 
 1. no URL (other providers, unrecorded calls): nothing to do, written;
 2. already recorded in the warehouse and still in the store: nothing to do
@@ -11,17 +13,22 @@ expiring ``recording_url``. Per event, in a batch:
 4. record the locations of the batch in the warehouse in one transaction
    (index.py): ``recordings`` and ``calls.recording_location``.
 
+An expired URL: the storage answers a 4xx. For a Sarj.ai call whose source has a
+call-API key (``api_key_env``, ``HOOKSTREAM_SARJ_API_*``), the sink asks the call
+API for the call again, takes its fresh ``recording_url`` and downloads once more
+before giving up. So no lifetime is assumed anywhere: a recording parked on the
+retry topic for longer than its URL lives is still fetched.
+
 Failures:
 
-* the URL is dead (403/404/410/other 4xx), too large, or not allowed: dead
-  letter (``recording_unavailable``, ``recording_too_large``,
-  ``recording_url_rejected``), the partition moves on;
-* the *source* is failing transiently (5xx, 429, timeout, connection error):
-  the event is parked on the retry topic (``WriteOutcome.deferred``), not the
-  batch retried in place. The other recordings of the partition have URLs that
-  expire too, so one slow or failing object must not hold them up; the retry
-  delays (5 s ... 30 min by default) fit within Sarj.ai's one-hour URL
-  lifetime, and a re-offer after expiry ends as ``recording_unavailable``;
+* the URL is dead (4xx, and no fresh one, or the fresh one fails too), too
+  large, or not allowed: dead letter (``recording_unavailable``,
+  ``recording_too_large``, ``recording_url_rejected``), the partition moves on;
+* the *source* is failing transiently (5xx, 429, timeout, connection error; or
+  the call API, after its own retries): the event is parked on the retry topic
+  (``WriteOutcome.deferred``), not the batch retried in place. The other
+  recordings of the partition have URLs that expire too, so one slow or
+  failing object must not hold them up;
 * *our* side is failing (the store, the database): ``Retryable``, the whole
   batch waits with backoff. Every event would fail alike, and parking them
   would only burn their retry budget.
@@ -46,12 +53,22 @@ from ...core.config import PostgresSettings
 from ...core.errors import Retryable
 from ...core.postgres import DATABASE_ERRORS
 from ...core.sink import MALFORMED_EVENT, SinkEvent, WriteOutcome
+from ...sarjapi.calls import NotACallDetail, recording_url
+from ...sarjapi.client import ApiFailed, ApiUnavailable, SarjApi
 from ..warehouse.settings import WarehouseSettings
 from ..warehouse.store import WarehouseStore, parse_ts
 from . import fetch
 from .index import PgRecordingsIndex, RecordingRow, RecordingsIndex
 from .settings import RecordingsSettings
-from .store import RecordingStore, Stored, StoreError, build_store, extension, recording_key
+from .store import (
+    RecordingStore,
+    Spooled,
+    Stored,
+    StoreError,
+    build_store,
+    extension,
+    recording_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +79,9 @@ RECORDINGS = Counter("hookstream_recordings_total",
                      "recording_unavailable, recording_too_large, recording_url_rejected)",
                      ["outcome"])
 BYTES = Counter("hookstream_recordings_bytes_total", "Bytes of recordings downloaded")
+REFRESHES = Counter("hookstream_recordings_url_refreshes_total",
+                    "Expired recording URLs for which the call API was asked for a fresh one, "
+                    "by outcome (refreshed, no_url, api_failed, api_unavailable)", ["outcome"])
 
 
 @dataclasses.dataclass
@@ -74,6 +94,7 @@ class _Job:
     call_id: str
     url: str
     when: dt.datetime
+    source: str | None = None  # the event's source: whose call-API key to use
 
 
 @dataclasses.dataclass
@@ -83,6 +104,7 @@ class _Done:
     bytes: int
     sha256: str
     content_type: str | None
+    url: str  # the URL downloaded: the event's, or a fresh one from the call API
 
 
 def _when(event: dict[str, Any]) -> dt.datetime:
@@ -114,11 +136,15 @@ class RecordingsSink:
     def __init__(self, settings: RecordingsSettings, pg: PostgresSettings | None = None,
                  warehouse: WarehouseSettings | None = None, *,
                  store: RecordingStore | None = None, index: RecordingsIndex | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 api: SarjApi | None = None) -> None:
         self._settings = settings
         for outcome in ("stored", "unchanged", "known", "deferred", "recording_unavailable",
                         "recording_too_large", "recording_url_rejected"):
             RECORDINGS.labels(outcome)  # series exist from the start, at 0
+        for outcome in ("refreshed", "no_url", "api_failed", "api_unavailable"):
+            REFRESHES.labels(outcome)
+        self._api = api  # Sarj.ai's call API, for fresh URLs (None: not configured)
         self._pg = pg or PostgresSettings()
         self._warehouse = warehouse or WarehouseSettings()
         self.store = store or build_store(settings)
@@ -161,6 +187,8 @@ class RecordingsSink:
     async def stop(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        if self._api is not None:
+            await self._api.aclose()
         await self.store.close()
         if self._pool is not None:
             await self._pool.close()
@@ -187,7 +215,7 @@ class RecordingsSink:
         done = await self._fetch_all(todo, outcome)
         rows = [RecordingRow(d.job.call_key, d.job.provider, d.job.call_id,
                              str(d.job.items[0].event["event_id"]), d.stored.location,
-                             d.bytes, d.sha256, d.content_type, urlsplit(d.job.url).hostname)
+                             d.bytes, d.sha256, d.content_type, urlsplit(d.url).hostname)
                 for d in done]
         try:
             await self._index.record(rows)
@@ -215,7 +243,9 @@ class RecordingsSink:
             if key in jobs:
                 jobs[key].items.append(item)  # same call twice in one batch: fetched once
             else:
-                jobs[key] = _Job([item], key, provider, call_id, url, _when(event))
+                source = event.get("source")
+                jobs[key] = _Job([item], key, provider, call_id, url, _when(event),
+                                 source if isinstance(source, str) else None)
         return jobs
 
     async def _exists(self, location: str, size: int) -> bool:
@@ -264,14 +294,15 @@ class RecordingsSink:
         return done
 
     async def _fetch_one(self, job: _Job) -> _Done | tuple[str, str | None, str]:
-        assert self._client is not None
-        self.downloads += 1
+        url = job.url
         try:
-            fetch.check_url(job.url, self._settings.allowed_hosts)
-            spooled = await fetch.download(
-                self._client, job.url, self.store.spool_dir(),
-                max_bytes=self._settings.max_bytes,
-                timeout_s=self._settings.download_timeout_s)
+            try:
+                spooled = await self._download(url)
+            except fetch.FetchFailed as exc:
+                if not (exc.expired and self._can_refresh(job)):
+                    raise
+                url = await self._fresh_url(job, exc)
+                spooled = await self._download(url)  # a 4xx again: given up
         except fetch.FetchFailed as exc:
             log.warning("recording not fetched", extra={
                 "call_key": job.call_key, "reason": exc.reason, "detail": exc.detail})
@@ -282,10 +313,45 @@ class RecordingsSink:
             return ("deferred", None, str(exc))
         BYTES.inc(spooled.size)
         key = recording_key(job.provider, job.call_id, job.when,
-                            extension(job.url, spooled.content_type))
+                            extension(url, spooled.content_type))
         stored = await self.store.put(key, spooled)
         RECORDINGS.labels("stored" if stored.written else "unchanged").inc()
         log.info("recording stored", extra={
             "call_key": job.call_key, "location": stored.location, "bytes": spooled.size,
-            "written": stored.written})
-        return _Done(job, stored, spooled.size, spooled.sha256, spooled.content_type)
+            "written": stored.written, "fresh_url": url != job.url})
+        return _Done(job, stored, spooled.size, spooled.sha256, spooled.content_type, url)
+
+    async def _download(self, url: str) -> Spooled:
+        assert self._client is not None
+        self.downloads += 1
+        fetch.check_url(url, self._settings.allowed_hosts)
+        return await fetch.download(
+            self._client, url, self.store.spool_dir(), max_bytes=self._settings.max_bytes,
+            timeout_s=self._settings.download_timeout_s)
+
+    def _can_refresh(self, job: _Job) -> bool:
+        """Only Sarj.ai documents a way to a fresh URL; the source must have a key."""
+        return (job.provider == "sarj" and self._api is not None and self._api.enabled
+                and job.source is not None and self._api.has_key(job.source))
+
+    async def _fresh_url(self, job: _Job, expired: fetch.FetchFailed) -> str:
+        """A fresh ``recording_url`` from ``GET /calls/{call_id}``; or the download's
+        failure, with why no fresh URL was had (FetchFailed or FetchTransient)."""
+        assert self._api is not None and job.source is not None
+        try:
+            fresh = recording_url(job.call_id, await self._api.call(job.source, job.call_id))
+        except ApiUnavailable as exc:
+            REFRESHES.labels("api_unavailable").inc()
+            raise fetch.FetchTransient(f"{expired.detail}; call API: {exc}") from exc
+        except (ApiFailed, NotACallDetail) as exc:
+            REFRESHES.labels("api_failed").inc()
+            raise fetch.FetchFailed(expired.reason, f"{expired.detail}; call API: {exc}",
+                                    expired.status) from exc
+        if fresh is None:
+            REFRESHES.labels("no_url").inc()
+            raise fetch.FetchFailed(expired.reason, f"{expired.detail}; the call API gives "
+                                    "no recording_url", expired.status)
+        REFRESHES.labels("refreshed").inc()
+        log.info("fresh recording URL from the call API", extra={
+            "call_key": job.call_key, "url": fetch.describe(fresh)})
+        return fresh

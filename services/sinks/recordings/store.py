@@ -11,6 +11,7 @@ same size and sha256 is left alone.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -20,19 +21,18 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import quote, unquote, urlsplit
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
-import httpx
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
 
-from . import sigv4
 from .settings import RecordingsSettings
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 STALE_SPOOL_S = 3600.0  # spool files older than this at start are leftovers of a crash
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -212,13 +212,19 @@ class LocalDirStore:
 
 
 class S3Store:
-    """An S3-compatible bucket over HTTPS (path-style URLs), signed with SigV4.
+    """An S3-compatible bucket through aiobotocore (botocore's signing, retries and
+    error parsing; the client is made once, in :meth:`start`, and shared by every
+    upload of the process).
 
-    One ``PUT`` per recording (hence the 5 GiB limit) with the payload's sha256 as
-    ``x-amz-content-sha256``, so the service verifies the bytes it received; the hash
-    is also kept as ``x-amz-meta-sha256``, which a ``HEAD`` compares to skip an
-    identical upload. Needs s3:PutObject, s3:GetObject (HEAD) and s3:ListBucket (so a
-    missing object is a 404, not a 403).
+    A recording up to ``multipart_threshold`` bytes is one ``PutObject`` carrying its
+    sha256 as ``ChecksumSHA256``, so the service verifies the bytes it received; a
+    larger one is a multipart upload of ``part_bytes`` parts (botocore adds each
+    part's CRC32 checksum, which the service verifies), aborted on any failure. The
+    sha256 is also kept as the object's ``sha256`` metadata, which a ``HeadObject``
+    compares to skip an identical upload. At most one part (or one small recording)
+    is in memory per upload. Needs s3:PutObject, s3:GetObject (HEAD),
+    s3:AbortMultipartUpload and s3:ListBucket (so a missing object is a 404, not a
+    403).
     """
 
     kind = "s3"
@@ -226,19 +232,22 @@ class S3Store:
     def __init__(self, endpoint: str, bucket: str, *, region: str, access_key_id: str,
                  secret_access_key: str, session_token: str = "", prefix: str = "",
                  spool: Path | None = None, timeout_s: float = 120.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 multipart_threshold: int = 16 * 1024 * 1024,
+                 part_bytes: int = 8 * 1024 * 1024, max_connections: int = 10) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.bucket = bucket
         self.prefix = prefix
-        self._access_key_id = access_key_id
-        self._secret_access_key = secret_access_key
-        self._session_token = session_token
+        self._credentials = (access_key_id, secret_access_key, session_token or None)
         self._region = region
         self._spool = spool or Path(tempfile.gettempdir()) / "hookstream-recordings"
         self._timeout_s = timeout_s
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._multipart_threshold = multipart_threshold
+        self._part_bytes = part_bytes
+        self._max_connections = max_connections
+        self._exit = contextlib.AsyncExitStack()
+        self._client: Any = None  # aiobotocore's S3 client (untyped)
         self.writes = 0
+        self.multipart_uploads = 0
 
     def spool_dir(self) -> Path:
         return self._spool
@@ -249,81 +258,117 @@ class S3Store:
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.object_key(key)}"
 
-    def _url(self, object_key: str) -> str:
-        return f"{self.endpoint}/{quote(self.bucket, safe='')}/{quote(object_key, safe='/~')}"
-
     async def start(self) -> None:
         await prepare_spool(self._spool)
-        self._client = httpx.AsyncClient(transport=self._transport,
-                                         timeout=httpx.Timeout(self._timeout_s))
+        access_key_id, secret_access_key, session_token = self._credentials
+        config = AioConfig(
+            connect_timeout=self._timeout_s, read_timeout=self._timeout_s,
+            retries={"max_attempts": 3, "mode": "standard"},  # 5xx, throttling, resets
+            max_pool_connections=self._max_connections,
+            s3={"addressing_style": "path"})  # works with every S3-compatible service
+        self._client = await self._exit.enter_async_context(get_session().create_client(
+            "s3", endpoint_url=self.endpoint, region_name=self._region,
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token, config=config))
 
-    async def _request(self, method: str, object_key: str, headers: dict[str, str],
-                       payload_sha256: str, content: AsyncIterator[bytes] | None = None
-                       ) -> httpx.Response:
+    def _failed(self, action: str, object_key: str, exc: Exception) -> StoreError:
+        where = f"{action} s3://{self.bucket}/{object_key}"
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return StoreError(f"{where}: HTTP {status} {error.get('Code', '')} "
+                              f"{str(error.get('Message', ''))[:200]}")
+        return StoreError(f"{where}: {exc!r}")
+
+    async def _head(self, object_key: str) -> dict[str, Any] | None:
         assert self._client is not None, "start() first"
-        url = self._url(object_key)
-        signed = sigv4.sign_headers(
-            method, url, headers, payload_sha256, access_key_id=self._access_key_id,
-            secret_access_key=self._secret_access_key, region=self._region,
-            session_token=self._session_token)
         try:
-            return await self._client.request(method, url, headers=signed, content=content)
-        except httpx.HTTPError as exc:
-            raise StoreError(f"{method} s3://{self.bucket}/{object_key}: {exc!r}") from exc
-
-    async def _head(self, object_key: str) -> httpx.Response | None:
-        response = await self._request("HEAD", object_key, {}, sigv4.EMPTY_SHA256)
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise StoreError(f"HEAD s3://{self.bucket}/{object_key}: HTTP "
-                             f"{response.status_code}")
-        return response
+            head: dict[str, Any] = await self._client.head_object(Bucket=self.bucket,
+                                                                  Key=object_key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise self._failed("HEAD", object_key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._failed("HEAD", object_key, exc) from exc
+        return head
 
     async def put(self, key: str, spooled: Spooled) -> Stored:
         object_key = self.object_key(key)
         try:
             head = await self._head(object_key)
-            if (head is not None and head.headers.get("x-amz-meta-sha256") == spooled.sha256
-                    and head.headers.get("content-length") == str(spooled.size)):
+            if (head is not None and head.get("Metadata", {}).get("sha256") == spooled.sha256
+                    and head.get("ContentLength") == spooled.size):
                 return Stored(self.location(key), written=False)
-            headers = {"content-length": str(spooled.size),
-                       "content-type": spooled.content_type or "application/octet-stream",
-                       "x-amz-meta-sha256": spooled.sha256}
-            response = await self._request("PUT", object_key, headers, spooled.sha256,
-                                           content=_file_chunks(spooled.path))
-            if response.status_code // 100 != 2:
-                raise StoreError(f"PUT s3://{self.bucket}/{object_key}: HTTP "
-                                 f"{response.status_code} {response.text[:300]}")
+            content_type = spooled.content_type or "application/octet-stream"
+            try:
+                if spooled.size <= self._multipart_threshold:
+                    await self._put_whole(object_key, spooled, content_type)
+                else:
+                    await self._put_parts(object_key, spooled, content_type)
+            except (ClientError, BotoCoreError) as exc:
+                raise self._failed("PUT", object_key, exc) from exc
+            except OSError as exc:
+                raise StoreError(f"reading spool file {spooled.path}: {exc!r}") from exc
         finally:
             _remove(spooled.path)
         self.writes += 1
         return Stored(self.location(key), written=True)
+
+    async def _put_whole(self, object_key: str, spooled: Spooled, content_type: str) -> None:
+        body = await asyncio.to_thread(spooled.path.read_bytes)
+        await self._client.put_object(
+            Bucket=self.bucket, Key=object_key, Body=body, ContentType=content_type,
+            Metadata={"sha256": spooled.sha256},
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(spooled.sha256)).decode())
+
+    async def _put_parts(self, object_key: str, spooled: Spooled, content_type: str) -> None:
+        created = await self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=object_key, ContentType=content_type,
+            Metadata={"sha256": spooled.sha256})
+        upload_id = created["UploadId"]
+        try:
+            parts = []
+            with spooled.path.open("rb") as f:
+                number = 1
+                while chunk := await asyncio.to_thread(f.read, self._part_bytes):
+                    answer = await self._client.upload_part(
+                        Bucket=self.bucket, Key=object_key, UploadId=upload_id,
+                        PartNumber=number, Body=chunk)
+                    parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                    number += 1
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=object_key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts})
+        except BaseException:
+            # Parts of an unfinished upload are billed until aborted (a bucket lifecycle
+            # rule for incomplete uploads catches the ones a crash leaves).
+            with contextlib.suppress(ClientError, BotoCoreError):
+                await self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+            raise
+        self.multipart_uploads += 1
 
     async def exists(self, location: str, size: int) -> bool:
         prefix = f"s3://{self.bucket}/"
         if not location.startswith(prefix):
             return False  # recorded by another store: fetch again into this one
         head = await self._head(location[len(prefix):])
-        return head is not None and head.headers.get("content-length") == str(size)
+        return head is not None and head.get("ContentLength") == size
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._exit.aclose()
+        self._client = None
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := await asyncio.to_thread(f.read, CHUNK):
-            yield chunk
-
-
-def build_store(settings: RecordingsSettings,
-                transport: httpx.AsyncBaseTransport | None = None) -> RecordingStore:
+def build_store(settings: RecordingsSettings) -> RecordingStore:
     if settings.store == "s3":
         return S3Store(settings.s3_endpoint, settings.s3_bucket, region=settings.s3_region,
                        access_key_id=settings.s3_access_key_id,
                        secret_access_key=settings.s3_secret_access_key,
                        session_token=settings.s3_session_token, prefix=settings.s3_prefix,
-                       timeout_s=settings.download_timeout_s, transport=transport)
+                       timeout_s=settings.download_timeout_s,
+                       multipart_threshold=settings.s3_multipart_threshold_bytes,
+                       part_bytes=settings.s3_part_bytes,
+                       max_connections=settings.concurrency * 2)
     return LocalDirStore(settings.dir)
