@@ -22,7 +22,7 @@ from starlette.routing import Route
 from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import end_offsets, make_consumer, make_producer, scan
-from hookstream.core.sink import RETRIES_EXHAUSTED, SinkRunner, SinkSettings
+from hookstream.core.sink import RETRIES_EXHAUSTED, SinkRunner, SinkSettings, sink_topics
 from hookstream.sinks.transcripts.index import PgTranscriptsIndex, TranscriptRow
 from hookstream.sinks.transcripts.settings import TranscriptsSettings
 from hookstream.sinks.transcripts.sink import TranscriptsSink
@@ -32,7 +32,6 @@ from hookstream.sinks.warehouse.store import WarehouseStore
 from ..support import REPO, free_port, serve
 
 EXAMPLES = REPO / "schemas" / "canonical" / "v1" / "examples"
-DLQ_TOPIC = "hookstream.sink.transcripts.dlq.v1"
 TOKEN = "Bearer sk_test_transcripts"
 
 
@@ -151,15 +150,19 @@ async def until(check: Callable[[], Any], timeout_s: float = 30) -> None:
 
 
 async def dead_letters(kafka: KafkaSettings, event_id: str) -> list[Any]:
-    """This event's records on the sink's dead-letter topic (shared by every run)."""
-    return [r async for batch in scan(kafka, DLQ_TOPIC) for r in batch
+    """This event's records on the sink's dead-letter topic (this run's)."""
+    _, dead = sink_topics(kafka, "transcripts")
+    return [r async for batch in scan(kafka, dead) for r in batch
             if orjson.loads(r.value).get("event_id") == event_id]
 
 
 @pytest.fixture
 async def env(stack: KafkaSettings) -> AsyncIterator[Env]:
     run_id = uuid.uuid4().hex[:10]
-    kafka = dataclasses.replace(stack, events_topic=f"test.events.{run_id}")
+    # Retry and dead-letter topics of this run only: a parked event of an earlier run
+    # must not be re-offered to this run's sink.
+    kafka = dataclasses.replace(stack, events_topic=f"test.events.{run_id}",
+                                sink_topic_prefix=f"test.tr.{run_id}.sink")
     await topics.ensure(kafka, [topics.TopicSpec(kafka.events_topic, 3, topics.DAY_MS, "t")])
     schema = f"test_tr_{run_id}"
     pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
