@@ -2,7 +2,7 @@
 #
 #   docker run hookstream:local                              # hookstream-ingest (the default)
 #   docker run hookstream:local hookstream-normalizer
-#   docker run hookstream:local hookstream-sink-warehouse    # -sink-alerts, -sink-crm, -sink-recordings
+#   docker run hookstream:local hookstream-sink-warehouse    # -sink-alerts, -sink-crm, -sink-recordings, -sink-transcripts
 #   docker run hookstream:local hookstream-sink-warehouse migrate
 #   docker run hookstream:local hookstream topics
 #
@@ -69,7 +69,8 @@ ENV PATH=/opt/hookstream/bin:$PATH \
 
 # Every console script must start (--help loads each service's modules).
 RUN for cmd in hookstream hookstream-ingest hookstream-normalizer hookstream-sink-warehouse \
-               hookstream-sink-alerts hookstream-sink-crm hookstream-sink-recordings; do \
+               hookstream-sink-alerts hookstream-sink-crm hookstream-sink-recordings \
+               hookstream-sink-transcripts; do \
         "$cmd" --help >/dev/null || exit 1; \
     done
 
@@ -77,8 +78,9 @@ USER 10001:10001
 WORKDIR /tmp
 
 # ingest 8080 (webhooks); /healthz, /readyz, /metrics: ingest 8079 (its admin port),
-# normalizer 8081, sinks 8092 (warehouse), 8093 (alerts), 8094 (crm), 8095 (recordings).
-EXPOSE 8080 8079 8081 8092 8093 8094 8095
+# normalizer 8081, sinks 8092 (warehouse), 8093 (alerts), 8094 (crm), 8095 (recordings),
+# 8096 (transcripts).
+EXPOSE 8080 8079 8081 8092 8093 8094 8095 8096
 
 # No entrypoint wrapper: the command is the service, and it runs as PID 1 so it
 # receives SIGTERM directly (each service drains, commits and exits on it).

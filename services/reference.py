@@ -18,11 +18,12 @@ from .sarjapi.settings import SarjApiSettings
 from .sinks.alerts.sink import AlertsSettings
 from .sinks.crm.settings import CRMSettings
 from .sinks.recordings.settings import RecordingsSettings
+from .sinks.transcripts.settings import TranscriptsSettings
 from .sinks.warehouse.settings import WarehouseSettings
 
 SECTIONS: list[tuple[str, tuple[type[Any], ...]]] = [
     ("Every process", (KafkaSettings, LogSettings)),
-    ("PostgreSQL (normalizer, warehouse, recordings)", (PostgresSettings,)),
+    ("PostgreSQL (normalizer, warehouse, recordings, transcripts)", (PostgresSettings,)),
     ("hookstream-ingest", (IngestSettings,)),
     ("hookstream-normalizer", (NormalizerSettings,)),
     ("Every sink worker", (SinkSettings,)),
@@ -31,6 +32,7 @@ SECTIONS: list[tuple[str, tuple[type[Any], ...]]] = [
     ("hookstream-sink-crm", (CRMSettings,)),
     ("hookstream-sink-recordings", (RecordingsSettings,)),
     ("Sarj.ai call API (hookstream-sink-recordings, hookstream backfill)", (SarjApiSettings,)),
+    ("hookstream-sink-transcripts", (TranscriptsSettings,)),
 ]
 
 START = "<!-- config-reference:start (generated: python -m hookstream.reference) -->"

@@ -30,6 +30,19 @@ REASONS = (
     TOO_LARGE, INTERNAL_ERROR,
 )
 
+# Dead-letter reasons of the transcripts sink, on its own topic
+# hookstream.sink.transcripts.dlq.v1 (docs/sinks-transcripts.md). A closed set of its
+# own: REASONS above is the normalizer's, which the hookstream.dlq.v1 schema closes.
+# url_rejected: not http(s), a host not allowed, or one resolving to a non-public address.
+TRANSCRIPT_URL_REJECTED = "transcript_url_rejected"
+TRANSCRIPT_UNAVAILABLE = "transcript_unavailable"  # 4xx other than 408/425/429
+TRANSCRIPT_TOO_LARGE = "transcript_too_large"  # past HOOKSTREAM_TRANSCRIPTS_MAX_BYTES
+NOT_A_TRANSCRIPT = "not_a_transcript"  # the body is not a JSON object or array
+
+TRANSCRIPT_REASONS = (
+    TRANSCRIPT_URL_REJECTED, TRANSCRIPT_UNAVAILABLE, TRANSCRIPT_TOO_LARGE, NOT_A_TRANSCRIPT,
+)
+
 
 def describe(exc: BaseException) -> str:
     """``Type: message`` of an unexpected exception, for a dead letter's detail."""

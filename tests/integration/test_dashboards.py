@@ -280,6 +280,8 @@ async def test_every_dashboard_panel_has_data(stack: KafkaSettings, tmp_path: Pa
         # The sample recordings' signed URLs point at storage.googleapis.com: reject them
         # (dead letters, recording_url_rejected) rather than fetch from the internet.
         "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS": "127.0.0.1",
+        # Likewise the sample transcripts' URLs, on api.saaya.ai (transcript_url_rejected).
+        "HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS": "127.0.0.1",
         "HOOKSTREAM_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     }

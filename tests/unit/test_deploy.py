@@ -203,14 +203,16 @@ def settings_problems(script: str, environ: dict[str, str]) -> list[str]:
     from hookstream.sinks.alerts.sink import AlertsSettings
     from hookstream.sinks.crm.settings import CRMSettings
     from hookstream.sinks.recordings.settings import RecordingsSettings
+    from hookstream.sinks.transcripts.settings import TranscriptsSettings
     from hookstream.sinks.warehouse.settings import WarehouseSettings
 
     own = {"hookstream-sink-alerts": (AlertsSettings,), "hookstream-sink-crm": (CRMSettings,),
-           "hookstream-sink-recordings": (RecordingsSettings, SarjApiSettings)}
+           "hookstream-sink-recordings": (RecordingsSettings, SarjApiSettings),
+           "hookstream-sink-transcripts": (TranscriptsSettings,)}
     problems = []
     for cls in (KafkaSettings, LogSettings, PostgresSettings, SinkSettings, IngestSettings,
                 NormalizerSettings, WarehouseSettings, AlertsSettings, CRMSettings,
-                RecordingsSettings, SarjApiSettings):
+                RecordingsSettings, SarjApiSettings, TranscriptsSettings):
         try:
             settings = load(cls, environ)
             if cls in own.get(script, ()):
@@ -730,6 +732,7 @@ SETTINGS_OF = {
     "hookstream-sink-alerts": ("AlertsSettings",),
     "hookstream-sink-crm": ("CRMSettings",),
     "hookstream-sink-recordings": ("PostgresSettings", "RecordingsSettings"),
+    "hookstream-sink-transcripts": ("PostgresSettings", "TranscriptsSettings"),
     "hookstream-migrate": ("PostgresSettings",),
     "hookstream-topics": (),
 }
@@ -743,10 +746,12 @@ def settings_vars(*class_names: str) -> set[str]:
     from hookstream.sinks.alerts.sink import AlertsSettings
     from hookstream.sinks.crm.settings import CRMSettings
     from hookstream.sinks.recordings.settings import RecordingsSettings
+    from hookstream.sinks.transcripts.settings import TranscriptsSettings
 
     classes: dict[str, Any] = {"PostgresSettings": PostgresSettings,
                                "AlertsSettings": AlertsSettings, "CRMSettings": CRMSettings,
-                               "RecordingsSettings": RecordingsSettings}
+                               "RecordingsSettings": RecordingsSettings,
+                               "TranscriptsSettings": TranscriptsSettings}
     return {f.metadata["env"] for name in class_names
             for f in dataclasses.fields(classes[name]) if f.metadata.get("env")}
 

@@ -19,6 +19,7 @@ import yaml
 from .test_deploy import K8S, REPO, base_resources, kustomization, load_yaml_all, validate_k8s
 
 RECORDINGS = "hookstream-sink-recordings"
+TRANSCRIPTS = "hookstream-sink-transcripts"
 METADATA = ipaddress.ip_address("169.254.169.254")
 NOT_PUBLIC = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
               "127.0.0.0/8"]
@@ -109,9 +110,11 @@ def test_every_hookstream_pod_is_under_an_egress_policy() -> None:
     assert ingest == {("UDP", 53), ("TCP", 53), ("TCP", 9092)}
 
 
-def test_the_recordings_sink_reaches_dns_kafka_postgres_and_public_https_only() -> None:
+@pytest.mark.parametrize("sink", [RECORDINGS, TRANSCRIPTS])
+def test_the_fetching_sinks_reach_dns_kafka_postgres_and_public_https_only(sink: str) -> None:
+    """The recordings and transcripts sinks fetch URLs taken from webhook payloads."""
     docs = base_resources()
-    rules = egress_rules(docs, _pods(docs)[RECORDINGS])
+    rules = egress_rules(docs, _pods(docs)[sink])
     ports = {p for r in rules for p in _ports(r)}
     assert ports == {("UDP", 53), ("TCP", 53), ("TCP", 9092), ("TCP", 5432), ("TCP", 443)}
     https = [r for r in rules if ("TCP", 443) in _ports(r)]
@@ -145,7 +148,8 @@ MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 # Deployments (probes, scrape annotation) below.
 ADMIN_PORTS = {"hookstream-ingest": 8079, "hookstream-normalizer": 8081,
                "hookstream-sink-warehouse": 8092, "hookstream-sink-alerts": 8093,
-               "hookstream-sink-crm": 8094, "hookstream-sink-recordings": 8095}
+               "hookstream-sink-crm": 8094, "hookstream-sink-recordings": 8095,
+               "hookstream-sink-transcripts": 8096}
 
 
 def _local_overlay() -> list[dict[str, Any]]:
@@ -254,4 +258,21 @@ def test_the_shipped_configurations_allow_sarj_recording_host() -> None:
     for text in (REPO / "deploy").rglob("*"):
         if text.is_file() and text.suffix in (".yaml", ".yml", ".env", ""):
             assert "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES" not in text.read_text(
+                errors="replace"), text
+
+
+def test_the_shipped_configurations_allow_saaya_api_host_only() -> None:
+    """The transcripts sink: Saaya's API host in every shipped configuration, and no
+    configuration allows private addresses."""
+    deployment = next(d for d in base_resources()
+                      if d["kind"] == "Deployment" and d["metadata"]["name"] == TRANSCRIPTS)
+    env = {v["name"]: v.get("value") for v in
+           deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    assert env["HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS"] == "api.saaya.ai"
+    compose = yaml.safe_load((REPO / "deploy/compose/compose.yaml").read_text())
+    service = compose["services"]["sink-transcripts"]["environment"]
+    assert service["HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS"] == "api.saaya.ai"
+    for text in (REPO / "deploy").rglob("*"):
+        if text.is_file() and text.suffix in (".yaml", ".yml", ".env", ""):
+            assert "HOOKSTREAM_TRANSCRIPTS_ALLOW_PRIVATE_ADDRESSES" not in text.read_text(
                 errors="replace"), text

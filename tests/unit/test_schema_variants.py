@@ -46,6 +46,8 @@ from hookstream.sinks.crm.sink import CRMSink
 from hookstream.sinks.recordings.settings import RecordingsSettings
 from hookstream.sinks.recordings.sink import RecordingsSink
 from hookstream.sinks.recordings.store import LocalDirStore
+from hookstream.sinks.transcripts.settings import TranscriptsSettings
+from hookstream.sinks.transcripts.sink import TranscriptsSink
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 from hookstream.sinks.warehouse.store import call_key, fold_call
@@ -68,6 +70,7 @@ from .test_canonical_schema import _format_checker
 from .test_decoder import record
 from .test_fuzz_sinks import CRM_SETTINGS, FakeStore, _crm_server, assert_storable_call_row
 from .test_recordings_sink import MemoryIndex
+from .test_transcripts_sink import MemoryIndex as TranscriptsIndex
 
 KINDS = kinds()
 VARIANTS = list(variants())
@@ -357,6 +360,30 @@ def test_recordings_sink_handles_every_call_ended_variant(
         assert len(index.rows) == len({i.event["call_id"] for i in with_url})
         return len(index.rows)
     assert run(write()) > 20
+
+
+def test_transcripts_sink_handles_every_session_end_variant(
+        events: list[dict[str, Any]]) -> None:
+    def source(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"turns": [{"role": "agent", "text": "hi"}]})
+
+    async def write() -> int:
+        index = TranscriptsIndex()
+        sink = TranscriptsSink(TranscriptsSettings(), index=index,
+                               transport=httpx.MockTransport(source))
+        await sink.start()
+        try:
+            items = _items(events, sink.wants)
+            outcome = await sink.write(items)
+            assert _named(outcome) == [] and outcome.deferred == []
+        finally:
+            await sink.stop()
+        with_url = [i for i in items if i.event.get("transcript_url")]
+        without = [i for i in items if not i.event.get("transcript_url")]
+        assert with_url and without  # both kinds present: null URLs are skipped, not failed
+        assert len(index.rows) == len({i.event["session_id"] for i in with_url})
+        return len(index.rows)
+    assert run(write()) >= 1
 
 
 def test_fresh_identities_keep_variants_apart() -> None:

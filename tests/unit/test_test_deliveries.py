@@ -27,6 +27,8 @@ from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
 from hookstream.sinks.recordings.settings import RecordingsSettings
 from hookstream.sinks.recordings.sink import RecordingsSink
+from hookstream.sinks.transcripts.settings import TranscriptsSettings
+from hookstream.sinks.transcripts.sink import TranscriptsSink
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 from hookstream.sinks.warehouse.store import EVENT_COLUMNS, call_key, event_row
@@ -224,12 +226,14 @@ def sinks(tmp_path: Path) -> list[Any]:
         CRMSink(CRMSettings(url="http://127.0.0.1:9", token="t")),
         AlertsSink(AlertsSettings(alertmanager_url="http://127.0.0.1:9"), rules),
         RecordingsSink(RecordingsSettings(dir=str(tmp_path))),
+        TranscriptsSink(TranscriptsSettings()),
     ]
 
 
 def test_only_the_warehouse_takes_test_events(tmp_path: Path) -> None:
     taken = {s.name: s.takes_test_events for s in sinks(tmp_path)}
-    assert taken == {"warehouse": True, "crm": False, "alerts": False, "recordings": False}
+    assert taken == {"warehouse": True, "crm": False, "alerts": False, "recordings": False,
+                     "transcripts": False}
 
 
 def alerting_test_event() -> dict[str, Any]:
@@ -239,7 +243,7 @@ def alerting_test_event() -> dict[str, Any]:
                                    routing_key=sample.event)).to_dict()
 
 
-@pytest.mark.parametrize("name", ["crm", "alerts", "recordings", "warehouse"])
+@pytest.mark.parametrize("name", ["crm", "alerts", "recordings", "transcripts", "warehouse"])
 def test_each_sink_runner_skips_test_events(tmp_path: Path, name: str) -> None:
     sink = next(s for s in sinks(tmp_path) if s.name == name)
     runner = SinkRunner(sink, KafkaSettings(), SinkSettings())
@@ -260,6 +264,18 @@ def test_each_sink_runner_skips_test_events(tmp_path: Path, name: str) -> None:
         assert TEST_SKIPPED.labels(name)._value.get() - before == sum(
             1 for e in events[:2] if sink.wants(e["type"]))
         assert skipped == 3 - len(wanted)
+
+
+def test_a_test_session_is_not_given_to_the_transcripts_sink() -> None:
+    """A Saaya test delivery's transcriptUrl is never fetched: the runner skips it."""
+    example = orjson.loads((REPO / "schemas/canonical/v1/examples/session.ended.json")
+                           .read_bytes())
+    runner = SinkRunner(TranscriptsSink(TranscriptsSettings()), KafkaSettings(), SinkSettings())
+    test, real = {**example, "test": True}, {**example, "event_id": "x", "test": False}
+    before = TEST_SKIPPED.labels("transcripts")._value.get()
+    wanted, _, skipped = runner._parse([kafka_record(test), kafka_record(real)], lambda r: 0)
+    assert [w.event["event_id"] for w in wanted] == ["x"] and skipped == 1
+    assert TEST_SKIPPED.labels("transcripts")._value.get() - before == 1
 
 
 def test_canonical_event_default_is_not_a_test() -> None:

@@ -18,7 +18,8 @@ No partial file survives any failure. Logs and dead-letter details carry the
 URL's host and path, never its query: a signed URL's query is a credential.
 
 Server-side request forgery: ``recording_url`` comes from a webhook payload, so
-every hop (the URL and each redirect) must pass, in this order:
+every hop (the URL and each redirect) must pass, in this order (the guard is in
+../egress.py, shared with the transcripts sink):
 
 1. :func:`check_url` (the client's request hook, so redirects too): scheme
    http or https, and a host in the allow-list (an empty list allows none);
@@ -40,17 +41,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import os
-import socket
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpcore
 import httpx
 
+# The guard and the failure classes live in ../egress.py, shared with the transcripts
+# sink; re-exported here under their old names (fetch.FetchFailed, ...).
+from ..egress import AddressRefused as AddressRefused
+from ..egress import FetchFailed as FetchFailed
+from ..egress import FetchTransient as FetchTransient
+from ..egress import GuardedBackend as GuardedBackend
+from ..egress import Resolver as Resolver
+from ..egress import address_refused as address_refused
+from ..egress import describe as describe
+from ..egress import guarded_transport as _guarded_transport
+from ..egress import host_allowed as host_allowed
+from ..egress import resolve_host as resolve_host
 from .store import Spooled, StoreError
 
 RECORDING_UNAVAILABLE = "recording_unavailable"
@@ -58,50 +69,6 @@ RECORDING_TOO_LARGE = "recording_too_large"
 RECORDING_URL_REJECTED = "recording_url_rejected"
 
 TRANSIENT_STATUS = frozenset({408, 425, 429})
-
-
-class FetchFailed(Exception):
-    def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.status = status  # the HTTP status that decided it, when one did
-
-    @property
-    def expired(self) -> bool:
-        """A 4xx from the storage: the signed URL may have expired (storage services
-        answer 400, 401 or 403 for that); a fresh one may still work."""
-        return self.status is not None and 400 <= self.status < 500
-
-
-class FetchTransient(Exception):
-    pass
-
-
-class AddressRefused(FetchFailed):
-    """The host resolved to an address the sink must not connect to."""
-
-    def __init__(self, host: str, address: str, why: str) -> None:
-        super().__init__(RECORDING_URL_REJECTED,
-                         f"host {host[:100]} resolves to {address} ({why}): refused")
-
-
-def describe(url: str | httpx.URL) -> str:
-    """``host/path`` of a URL, without its query (the signature)."""
-    parts = urlsplit(str(url))
-    return f"{parts.hostname or '?'}{parts.path}"[:300]
-
-
-def host_allowed(host: str | None, allowed: Sequence[str]) -> bool:
-    """An exact name or a ``.suffix`` of ``allowed``; ``allowed`` empty: no host."""
-    host = (host or "").lower().rstrip(".")
-    if not host:
-        return False
-    for entry in allowed:
-        entry = entry.lower()
-        if host == entry or (entry.startswith(".") and host.endswith(entry)):
-            return True
-    return False
 
 
 def check_url(url: str, allowed: Sequence[str]) -> None:
@@ -116,164 +83,13 @@ def check_url(url: str, allowed: Sequence[str]) -> None:
                           f"host {parts.hostname} is not in HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS")
 
 
-# ------------------------------------------------------------------ addresses
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# Cloud instance-metadata and platform endpoints: refused even when private addresses
-# are allowed (AWS IMDS v4/v6 and ECS/EKS task credentials, GCP, Azure IMDS and
-# WireServer, Alibaba Cloud). Most lie in ranges refused anyway; 168.63.129.16 does not.
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "169.254.170.23", "169.254.169.253",
-    "fd00:ec2::254", "fd00:ec2::23", "fd00:ec2::253", "168.63.129.16", "100.100.100.200"))
-# "This network": 0.x.x.x reaches the local host on Linux.
-_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo)."""
-    found: list[ipaddress.IPv4Address] = []
-    if ip.ipv4_mapped is not None:
-        found.append(ip.ipv4_mapped)
-    if int(ip) >> 32 == 0 and int(ip) > 1:  # deprecated IPv4-compatible ::a.b.c.d
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    if any(ip in net for net in _NAT64):
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    if ip.sixtofour is not None:
-        found.append(ip.sixtofour)
-    if ip.teredo is not None:
-        found.extend(ip.teredo)
-    return found
-
-
-def _refused(ip: IPAddress, allow_private: bool) -> str | None:
-    if ip in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if ip.is_unspecified or (ip.version == 4 and ip in _THIS_NETWORK):
-        return "an unspecified address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255"):
-        return "the broadcast address"
-    if ip.is_loopback:  # before is_reserved: ::1 lies in the reserved ::/8
-        return None if allow_private else "a loopback address"
-    if ip.is_reserved:
-        return "a reserved address"
-    if allow_private:
-        return None
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_private:
-        return "a private address"
-    if ip.version == 6 and ip.is_site_local:
-        return "a site-local address"
-    if not ip.is_global:
-        return "not a public address"
-    return None
-
-
-def address_refused(address: str, *, allow_private: bool = False) -> str | None:
-    """Why the sink must not connect to ``address`` (an IP literal), or None.
-
-    Refused always: cloud metadata, unspecified (``0.0.0.0/8``, ``::``), multicast,
-    broadcast and reserved addresses. Refused unless ``allow_private`` (tests and
-    development only): loopback, link-local, private (RFC 1918, ULA), shared
-    (100.64/10) and every other address that is not global. An IPv6 address that
-    carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) is refused when
-    either is."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return "not an IP address"
-    why = _refused(ip, allow_private)
-    if why is None and isinstance(ip, ipaddress.IPv6Address):
-        for inner in _embedded_ipv4(ip):
-            why = _refused(inner, allow_private)
-            if why is not None:
-                return f"carries {inner}, {why}"
-    return why
-
-
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-
-
-async def resolve_host(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (``getaddrinfo``, TCP), without repeats."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend with the address check at the one place every
-    connection is made: resolve the host, refuse it unless every answer is allowed,
-    then connect to a checked address (each in turn until one answers). httpcore then
-    starts TLS with ``server_hostname`` = the URL's host, so the certificate is
-    verified for the name, not the address."""
-
-    def __init__(self, *, allow_private: bool = False, resolve: Resolver | None = None,
-                 backend: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self._allow_private = allow_private
-        self._resolve: Resolver = resolve or resolve_host
-        self._backend = backend or httpcore.AnyIOBackend()
-
-    async def connect_tcp(self, host: str, port: int,
-                          timeout: float | None = None,  # noqa: ASYNC109 (httpcore's)
-                          local_address: str | None = None,
-                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await self._resolve(host, port)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"resolving {host[:100]} timed out") from exc
-        except OSError as exc:  # socket.gaierror: no such name, or DNS failing
-            raise httpcore.ConnectError(f"cannot resolve {host[:100]}: {exc}") from exc
-        if not addresses:
-            raise httpcore.ConnectError(f"{host[:100]} resolves to no address")
-        for address in addresses:
-            why = address_refused(address, allow_private=self._allow_private)
-            if why is not None:
-                raise AddressRefused(host, address, why)
-        failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for address in addresses:
-            try:
-                return await self._backend.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address,
-                    socket_options=socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc  # the next address, if there is one
-        assert failure is not None
-        raise failure
-
-    async def connect_unix_socket(
-            self, path: str, timeout: float | None = None,  # noqa: ASYNC109
-            socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are never used for recordings")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
 def guarded_transport(max_connections: int, *, allow_private: bool = False,
                       resolve: Resolver | None = None,
                       backend: httpcore.AsyncNetworkBackend | None = None,
                       ) -> httpx.AsyncHTTPTransport:
-    """httpx's own transport over a connection pool whose connections all go through
-    :class:`GuardedBackend`. httpx does not take a network backend itself; httpcore's
-    ``AsyncConnectionPool`` does (``network_backend``), so the transport's pool is
-    replaced by one built with it (the same settings httpx would use, no proxy)."""
-    limits = httpx.Limits(max_connections=max_connections)
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=GuardedBackend(allow_private=allow_private, resolve=resolve,
-                                       backend=backend))
-    return transport
+    """egress.guarded_transport, refusing with ``recording_url_rejected``."""
+    return _guarded_transport(max_connections, refused_reason=RECORDING_URL_REJECTED,
+                              allow_private=allow_private, resolve=resolve, backend=backend)
 
 
 def make_client(allowed_hosts: Sequence[str], timeout_s: float, max_connections: int,
