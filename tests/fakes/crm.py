@@ -155,6 +155,7 @@ class FakeCRM:
         self.window: tuple[int, float] | None = None  # (max requests, interval s)
         self._window_hits: deque[float] = deque()
         self.daily_left: int | None = None  # requests left today; None: no daily limit
+        self.daily_retry_after: str | None = None
         self.search_per_s: float | None = None
         self._search_hits: deque[float] = deque()
         self.limited: Counter[str] = Counter()  # policy -> 429s answered
@@ -222,9 +223,11 @@ class FakeCRM:
         self.window = (max_requests, interval_s)
         self._window_hits.clear()
 
-    def daily_limit(self, requests_left: int) -> None:
-        """After ``requests_left`` more requests, every request is a DAILY 429."""
+    def daily_limit(self, requests_left: int, retry_after: str | None = None) -> None:
+        """After ``requests_left`` more requests, every request is a DAILY 429 (with
+        ``Retry-After`` when given: a test cannot wait for midnight)."""
         self.daily_left = requests_left
+        self.daily_retry_after = retry_after
 
     def reset_daily(self) -> None:
         """Midnight in the portal's time zone."""
@@ -390,7 +393,8 @@ class FakeCRM:
     def _count_limited(self, policy: str, search: bool) -> Response:
         self.limited[policy] += 1
         self.faulted[429] += 1
-        return self._too_many(policy, search)
+        return self._too_many(policy, search,
+                              self.daily_retry_after if policy == "DAILY" else None)
 
     def _limit(self, route: str, search: bool) -> Response | None:
         """HubSpot's limits, checked in its order: daily, then the window, then search."""
