@@ -1,20 +1,21 @@
-"""CRM adapters: how one finished call is written to a particular CRM.
+"""CRM adapters: how finished calls are written to a particular CRM.
 
 :class:`CRMAdapter` is the interface the sink uses. Two implementations:
 
-* :class:`HubSpotAdapter`, shaped like HubSpot's CRM API: find or create the
-  contact by phone (``POST /crm/v3/objects/contacts/search``, ``POST
-  /crm/v3/objects/contacts``), find the call activity by its hookstream call key
-  (``POST /crm/v3/objects/calls/search`` on the custom property
-  ``hookstream_call_key``) and create (``POST /crm/v3/objects/calls``) or update
-  it (``PATCH /crm/v3/objects/calls/{id}``), then associate the two with the
-  default association (``PUT /crm/v4/objects/calls/{id}/associations/default/
-  contacts/{contactId}``). ``Authorization: Bearer <token>``.
+* :class:`HubSpotAdapter`, shaped like HubSpot's CRM API, a chunk of calls at a time
+  in batch requests of at most ``batch_size`` inputs: contacts by a consistent batch
+  read on the unique ``hookstream_phone_e164`` (``POST /crm/v3/objects/contacts/
+  batch/read``), else one search by ``phone`` for hand-entered contacts (adopted),
+  else a batch upsert on ``hookstream_phone_e164``; calls by a batch read on the
+  unique ``hookstream_call_key``, merged, then one batch upsert on it
+  (``POST /crm/v3/objects/calls/batch/upsert``); then the default call-to-contact
+  associations (``POST /crm/v4/associations/calls/contacts/batch/associate/
+  default``). ``Authorization: Bearer <token>``.
 * :class:`WebhookAdapter`: POSTs one JSON document per event to a URL, with
   ``Idempotency-Key: <event_id>``; the receiver merges documents by ``call_key``.
 
 Both are idempotent per event: writing the same event again leaves the CRM as it
-was (search before create; the applied event ids are kept on the activity).
+was (upserts on unique properties; the applied event ids are kept on the activity).
 See docs/sinks-crm.md.
 """
 

@@ -43,9 +43,9 @@ class CRMSettings:
         "longer values are capped)")
     rate_limit_budget_s: float = env(
         "HOOKSTREAM_CRM_RATE_LIMIT_BUDGET_S", 10.0,
-        "rate-limit waiting (pacing and 429 windows) allowed per chunk of a batch; past "
-        "it the rest of the batch is parked on the retry topic, so a partition never "
-        "waits longer than HubSpot's ten-second window")
+        "rate-limit waiting (pacing and 429 windows) allowed per batch write; past it the "
+        "rest of the batch is parked on the retry topic, so a partition never waits "
+        "longer than HubSpot's ten-second window")
     rate_limit_per_10s: float = env(
         "HOOKSTREAM_CRM_RATE_LIMIT_PER_10S", 100.0,
         "HubSpot's rolling ten-second request budget of the access token "
