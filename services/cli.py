@@ -38,6 +38,7 @@ from .core.sink import H_ATTEMPT, H_NOT_BEFORE, sink_topics
 from .core.sources import Source, load_sources
 from .core.times import parse_time
 from .sarjapi.settings import SarjApiSettings
+from .sinks.crm.settings import CRMSettings
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
@@ -530,6 +531,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *extra], cwd=REPO)
 
 
+def cmd_crm_setup(args: argparse.Namespace) -> int:
+    """Create the CRM sink's custom properties in HubSpot (idempotent)."""
+    from .sinks.crm.http import CRMError
+    from .sinks.crm.setup import setup
+
+    settings = load(CRMSettings)
+    settings.validate()
+    try:
+        lines = asyncio.run(setup(settings))
+    except CRMError as exc:
+        print(f"hookstream crm setup: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 1 if any("WITHOUT" in line for line in lines) else 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -650,6 +668,17 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--schema", default=os.environ.get("HOOKSTREAM_WAREHOUSE_SCHEMA",
                                                             "warehouse"))
     summary.set_defaults(func=cmd_summary)
+
+    crm = sub.add_parser("crm", help="HubSpot set-up for the CRM sink")
+    crm_sub = crm.add_subparsers(dest="crm_command", required=True)
+    crm_setup = crm_sub.add_parser(
+        "setup", help="create the custom properties the CRM sink writes by (idempotent)",
+        description="Create hookstream_call_key (calls, unique), hookstream_details (calls) "
+        "and hookstream_phone_e164 (contacts, unique) in the HubSpot account of "
+        "HOOKSTREAM_CRM_TOKEN (scope crm.schemas.calls.write and crm.schemas.contacts.write)."
+        " Existing ones are left alone (HubSpot answers 409). See docs/sinks-crm.md.",
+        epilog=help_epilog(CRMSettings), formatter_class=argparse.RawDescriptionHelpFormatter)
+    crm_setup.set_defaults(func=cmd_crm_setup)
 
     dlq_parser = sub.add_parser("dlq", help="inspect and redrive dead letters",
                                 description="Dead letters keep the raw bytes, the original "

@@ -46,6 +46,15 @@ def _local_secrets() -> Iterator[None]:
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_crm_buckets() -> None:
+    """Each test starts with full CRM token buckets: a 429 hold or the pacing of one
+    test must not slow the next (the buckets are per process, by design)."""
+    from hookstream.sinks.crm.ratelimit import forget_buckets
+
+    forget_buckets()
+
+
 @pytest.fixture(scope="session")
 def kafka_settings() -> KafkaSettings:
     return load(KafkaSettings)

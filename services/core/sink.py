@@ -15,6 +15,9 @@ type, ``write`` a batch durably); :class:`SinkRunner` does the rest:
     not-before time, so the main partition moves on; a second loop re-offers
     parked events when due, with growing delays, and dead-letters them after
     ``max_attempts``;
+  - held (``WriteOutcome.held``: the destination named the time it takes work
+    again, e.g. the CRM's daily API limit resets at midnight): parked the same
+    way until that time, without spending one of the event's attempts;
   - permanent failure (``WriteOutcome.failed``): the sink's dead-letter topic
     ``hookstream.sink.<name>.dlq.v1`` with the reason, the record's bytes and
     headers;
@@ -127,6 +130,9 @@ class WriteOutcome:
 
     deferred: list[tuple[SinkEvent, str]] = dataclasses.field(default_factory=list)
     failed: list[tuple[SinkEvent, str, str]] = dataclasses.field(default_factory=list)
+    # (event, detail, not-before in ms since the epoch): parked until then, the event's
+    # attempt count unchanged (the delay is the destination's, not a failure of ours)
+    held: list[tuple[SinkEvent, str, int]] = dataclasses.field(default_factory=list)
 
 
 class Sink(Protocol):
@@ -223,6 +229,14 @@ class SinkRunner:
         headers += [(H_ATTEMPT, str(attempt).encode()), (H_NOT_BEFORE, str(not_before).encode())]
         return (self.retry_topic, item.record.key, item.record.value, headers)
 
+    def _hold(self, item: SinkEvent, not_before_ms: int
+              ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        headers = [(k, v) for k, v in item.record.headers
+                   if k not in (H_ATTEMPT, H_NOT_BEFORE)]
+        headers += [(H_ATTEMPT, str(item.attempt).encode()),
+                    (H_NOT_BEFORE, str(not_before_ms).encode())]
+        return (self.retry_topic, item.record.key, item.record.value, headers)
+
     def _dead(self, item: SinkEvent, reason: str, detail: str
               ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
         r = item.record
@@ -251,13 +265,15 @@ class SinkRunner:
             WRITE_SECONDS.labels(name).observe(time.perf_counter() - started)
             BATCH_SIZE.labels(name).observe(len(items))
         sends = [self._park(item, detail) for item, detail in outcome.deferred]
+        sends += [self._hold(item, not_before) for item, _, not_before in outcome.held]
         sends += [self._dead(item, reason, detail) for item, reason, detail in outcome.failed]
         sends += [self._dead(item, MALFORMED_EVENT, "not a canonical event JSON object")
                   for item in malformed]
         await self._send_all(sends)
 
-        not_written = {id(i) for i, _ in outcome.deferred} | {id(i) for i, _, _ in
-                                                              outcome.failed}
+        not_written = ({id(i) for i, _ in outcome.deferred}
+                       | {id(i) for i, _, _ in outcome.failed}
+                       | {id(i) for i, _, _ in outcome.held})
         now_ms = time.time_ns() // 1_000_000
         counts: Counter[str] = Counter()
         for item in items:
@@ -267,7 +283,7 @@ class SinkRunner:
             received = _received_ms(item.event)
             if received is not None:
                 END_TO_END.labels(name).observe(max(0, now_ms - received) / 1000)
-        counts["deferred"] += len(outcome.deferred)
+        counts["deferred"] += len(outcome.deferred) + len(outcome.held)
         counts["dead_letter"] += len(outcome.failed) + len(malformed)
         for outcome_name, n in counts.items():
             EVENTS.labels(name, outcome_name).inc(n)
@@ -285,6 +301,7 @@ class SinkRunner:
                 continue
             combined.deferred.extend(single.deferred)
             combined.failed.extend(single.failed)
+            combined.held.extend(single.held)
         return combined
 
     def _parse(self, records: Sequence[Any], attempt_of: Callable[[Any], int]) -> ParsedBatch:

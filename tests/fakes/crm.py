@@ -16,6 +16,26 @@ properties as HubSpot does for the ones we send (unknown property, missing
 * ``storm(statuses, retry_after)``: every request fails until ``come_back()``, the
   answers taking turns through ``statuses`` (e.g. 429 with ``Retry-After``, 500, 503).
 
+HubSpot's own behaviours, each switchable (docs/sinks-crm.md cites the sources):
+
+* **429s in HubSpot's shape**: JSON body with ``errorType: RATE_LIMIT`` and
+  ``policyName`` (``TEN_SECONDLY_ROLLING``, ``SECONDLY`` on search, ``DAILY``), the
+  ``X-HubSpot-RateLimit-*`` headers, and no ``Retry-After`` unless asked for.
+  ``rate_limit_next(n, policy=...)`` forces some; ``ten_secondly_window(max)`` is a
+  real rolling window (every non-search answer carries ``-Max``, ``-Remaining`` and
+  ``-Interval-Milliseconds``); ``daily_limit(n)`` answers ``DAILY`` to everything
+  after n more requests until ``reset_daily()``; ``search_per_s`` caps searches a
+  second (429 ``SECONDLY``, no rate-limit headers, as HubSpot's search does).
+* **search-index lag** (``search_lag_s``): a write shows in search results only
+  that long after it was made; reads by id or unique property are consistent.
+* **string-length limit**: a property value longer than 65,536 characters (UTF-16
+  code units, as HubSpot's Java backend counts) is a 400.
+* **unique properties** (``hasUniqueValue``): ``hookstream_call_key`` on calls and
+  ``hookstream_phone_e164`` on contacts, once created (``/crm/v3/properties``; made
+  at start unless ``custom_properties=False``). A second object with a held value
+  is a 409 ``CONFLICT``; batch ``read``/``upsert`` accept them as ``idProperty``.
+* **batch limits**: more than 100 inputs, or one id twice, is a 400.
+
 Faults can be limited to one route (``route="calls.create"``). ``requests``
 counts requests per route, ``faulted`` the answers forced by a fault, per status.
 ``/webhook`` is a generic receiver for the webhook adapter, recording each body and
@@ -45,6 +65,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import itertools
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -67,7 +88,15 @@ CALL_PROPERTIES = {
     # the portal's custom properties, as docs/sinks-crm.md asks to create them
     "hookstream_call_key", "hookstream_details",
 }
-CONTACT_PROPERTIES = {"phone", "mobilephone", "email", "firstname", "lastname"}
+CONTACT_PROPERTIES = {"phone", "mobilephone", "email", "firstname", "lastname",
+                      "hookstream_phone_e164"}
+# Custom properties and the object types they belong to (see `hookstream crm setup`).
+CUSTOM_PROPERTIES = {("calls", "hookstream_call_key"): True,  # name -> hasUniqueValue
+                     ("calls", "hookstream_details"): False,
+                     ("contacts", "hookstream_phone_e164"): True}
+MAX_STRING = 65536  # HubSpot's longest property value, in UTF-16 code units
+MAX_BATCH = 100
+OBJECT_TYPE_IDS = {"calls": "0-48", "contacts": "0-1"}
 CALL_STATUSES = {"BUSY", "CALLING_CRM_USER", "CANCELED", "COMPLETED", "CONNECTING", "FAILED",
                  "IN_PROGRESS", "NO_ANSWER", "QUEUED", "RINGING"}
 CALL_DIRECTIONS = {"INBOUND", "OUTBOUND"}
@@ -79,6 +108,7 @@ class Fault:
     retry_after: str | None = None
     delay_s: float = 0.0  # with no status: handle the request, then answer this late
     route: str | None = None  # only requests to this route (e.g. "calls.create")
+    policy: str = "TEN_SECONDLY_ROLLING"  # of a 429
 
 
 def _now() -> str:
@@ -91,15 +121,44 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 
 def _error(status: int, message: str, category: str, retry_after: str | None = None,
-           **extra: Any) -> Response:
-    headers = {"Retry-After": retry_after} if retry_after is not None else None
+           headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
     return _json(status, {"status": "error", "message": message, "category": category,
                           "correlationId": str(uuid.uuid4()), **extra}, headers)
 
 
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+# HubSpot's 429 bodies (usage guidelines; the Node client's RetryDecorator keys on the
+# same policy names and on the search message).
+_LIMIT_MESSAGES = {
+    "TEN_SECONDLY_ROLLING": "You have reached your ten_secondly_rolling limit.",
+    "SECONDLY": "You have reached your secondly limit.",
+    "DAILY": "You have reached your daily limit.",
+}
+
+
 class FakeCRM:
-    def __init__(self, token: str = TOKEN, webhook_token: str | None = None) -> None:
+    def __init__(self, token: str = TOKEN, webhook_token: str | None = None, *,
+                 custom_properties: bool = True, search_lag_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.token = token
+        self.clock = clock
+        self.search_lag_s = search_lag_s
+        # (kind, name) -> hasUniqueValue, for the custom properties created so far
+        self.properties: dict[tuple[str, str], bool] = (
+            dict(CUSTOM_PROPERTIES) if custom_properties else {})
+        self.window: tuple[int, float] | None = None  # (max requests, interval s)
+        self._window_hits: deque[float] = deque()
+        self.daily_left: int | None = None  # requests left today; None: no daily limit
+        self.daily_retry_after: str | None = None
+        self.search_per_s: float | None = None
+        self._search_hits: deque[float] = deque()
+        self.limited: Counter[str] = Counter()  # policy -> 429s answered
         self.webhook_token = webhook_token
         self.contacts: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
@@ -117,6 +176,21 @@ class FakeCRM:
         self.app = Starlette(routes=[
             Route("/crm/v3/objects/{kind}/search", self._route("search", self._search),
                   methods=["POST"]),
+            Route("/crm/v3/objects/{kind}/batch/read",
+                  self._route("batch_read", self._batch_read), methods=["POST"]),
+            Route("/crm/v3/objects/{kind}/batch/upsert",
+                  self._route("batch_upsert", self._batch_upsert), methods=["POST"]),
+            Route("/crm/v3/objects/{kind}/batch/update",
+                  self._route("batch_update", self._batch_update), methods=["POST"]),
+            Route("/crm/v4/associations/calls/contacts/batch/associate/default",
+                  self._route("associations.batch", self._batch_associate),
+                  methods=["POST"]),
+            Route("/crm/v3/properties/{kind}", self._route("properties.create",
+                                                            self._property_create),
+                  methods=["POST"]),
+            Route("/crm/v3/properties/{kind}/{name}", self._route("properties.get",
+                                                                   self._property_get),
+                  methods=["GET"]),
             Route("/crm/v3/objects/{kind}", self._route("create", self._create),
                   methods=["POST"]),
             Route("/crm/v3/objects/{kind}/{id}", self._route("update", self._update),
@@ -136,9 +210,28 @@ class FakeCRM:
         self.faults.extend(Fault(status=status, retry_after=retry_after, route=route)
                            for _ in range(n))
 
-    def rate_limit_next(self, n: int, retry_after: str | None = "1",
-                        route: str | None = None) -> None:
-        self.fail_next(n, 429, retry_after, route)
+    def rate_limit_next(self, n: int, retry_after: str | None = None,
+                        route: str | None = None,
+                        policy: str = "TEN_SECONDLY_ROLLING") -> None:
+        """The next n requests answer HubSpot's 429 for ``policy`` (no Retry-After
+        unless given: HubSpot documents none for API clients)."""
+        self.faults.extend(Fault(status=429, retry_after=retry_after, route=route,
+                                 policy=policy) for _ in range(n))
+
+    def ten_secondly_window(self, max_requests: int, interval_s: float = 10.0) -> None:
+        """A rolling window: more than ``max_requests`` in ``interval_s`` is a 429."""
+        self.window = (max_requests, interval_s)
+        self._window_hits.clear()
+
+    def daily_limit(self, requests_left: int, retry_after: str | None = None) -> None:
+        """After ``requests_left`` more requests, every request is a DAILY 429 (with
+        ``Retry-After`` when given: a test cannot wait for midnight)."""
+        self.daily_left = requests_left
+        self.daily_retry_after = retry_after
+
+    def reset_daily(self) -> None:
+        """Midnight in the portal's time zone."""
+        self.daily_left = None
 
     def slow_next(self, n: int, delay_s: float, route: str | None = None) -> None:
         self.faults.extend(Fault(delay_s=delay_s, route=route) for _ in range(n))
@@ -158,6 +251,9 @@ class FakeCRM:
         self.outage = None
         self._storm = []
         self.faults.clear()
+        self.window = None
+        self.daily_left = None
+        self.search_per_s = None
 
     def mode(self) -> str:
         if self._storm:
@@ -247,11 +343,15 @@ class FakeCRM:
                 if fault.delay_s:
                     await asyncio.sleep(fault.delay_s)
                 if fault.status == 429:
-                    return _error(429, "You have reached your secondly limit.", "RATE_LIMITS",
-                                  errorType="RATE_LIMIT", policyName="SECONDLY",
-                                  retry_after=fault.retry_after)
+                    self.limited[fault.policy] += 1
+                    return self._too_many(fault.policy, action == "search",
+                                          fault.retry_after)
                 return _error(fault.status, f"forced {fault.status}", "FORCED",
                               retry_after=fault.retry_after)
+            limited = (None if action.startswith("properties") else
+                       self._limit(route, action == "search"))
+            if limited is not None:
+                return limited
             if route == "webhook":
                 response = await handler(request, kind)
             elif request.headers.get("authorization") != f"Bearer {self.token}":
@@ -264,8 +364,61 @@ class FakeCRM:
                 response = await handler(request, kind)
             if fault is not None and fault.delay_s:
                 await asyncio.sleep(fault.delay_s)  # applied; the answer comes late
+            if self.window is not None and action != "search" and route != "webhook":
+                response.headers.update(self._window_headers())
             return response
         return endpoint
+
+    # ------------------------------------------------------------ rate limits
+    def _window_headers(self) -> dict[str, str]:
+        assert self.window is not None
+        most, interval = self.window
+        headers = {"X-HubSpot-RateLimit-Max": str(most),
+                   "X-HubSpot-RateLimit-Remaining": str(max(0, most - len(self._window_hits))),
+                   "X-HubSpot-RateLimit-Interval-Milliseconds": str(round(interval * 1000))}
+        if self.daily_left is not None:
+            headers["X-HubSpot-RateLimit-Daily-Remaining"] = str(max(0, self.daily_left))
+        return headers
+
+    def _too_many(self, policy: str, search: bool, retry_after: str | None = None
+                  ) -> Response:
+        headers = {} if search or self.window is None else self._window_headers()
+        if not search and self.window is None and policy == "TEN_SECONDLY_ROLLING":
+            headers = {"X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
+                       "X-HubSpot-RateLimit-Max": "100", "X-HubSpot-RateLimit-Remaining": "0"}
+        return _error(429, _LIMIT_MESSAGES.get(policy, "rate limited"), "RATE_LIMITS",
+                      retry_after=retry_after, headers=headers, errorType="RATE_LIMIT",
+                      policyName=policy, groupName=f"publicapi:{'search' if search else 'v3'}")
+
+    def _count_limited(self, policy: str, search: bool) -> Response:
+        self.limited[policy] += 1
+        self.faulted[429] += 1
+        return self._too_many(policy, search,
+                              self.daily_retry_after if policy == "DAILY" else None)
+
+    def _limit(self, route: str, search: bool) -> Response | None:
+        """HubSpot's limits, checked in its order: daily, then the window, then search."""
+        if route == "webhook":
+            return None
+        if self.daily_left is not None:
+            if self.daily_left <= 0:
+                return self._count_limited("DAILY", search)
+            self.daily_left -= 1
+        now = self.clock()
+        if self.window is not None and not search:
+            most, interval = self.window
+            while self._window_hits and self._window_hits[0] <= now - interval:
+                self._window_hits.popleft()
+            if len(self._window_hits) >= most:
+                return self._count_limited("TEN_SECONDLY_ROLLING", search)
+            self._window_hits.append(now)
+        if self.search_per_s is not None and search:
+            while self._search_hits and self._search_hits[0] <= now - 1.0:
+                self._search_hits.popleft()
+            if len(self._search_hits) >= self.search_per_s:
+                return self._count_limited("SECONDLY", search)
+            self._search_hits.append(now)
+        return None
 
     def _store(self, kind: str) -> dict[str, dict[str, Any]]:
         return self.contacts if kind == "contacts" else self.calls
@@ -277,10 +430,14 @@ class FakeCRM:
         known = CONTACT_PROPERTIES if kind == "contacts" else CALL_PROPERTIES
         errors = []
         for name, value in properties.items():
-            if name not in known:
+            custom = (kind, name) in CUSTOM_PROPERTIES
+            if name not in known or (custom and (kind, name) not in self.properties):
                 errors.append(f'Property "{name}" does not exist')
             elif value is not None and not isinstance(value, str | int | float | bool):
                 errors.append(f'Property "{name}" has an invalid value')
+            elif isinstance(value, str) and utf16_len(value) > MAX_STRING:
+                errors.append(f'Property "{name}" value is {utf16_len(value)} characters; '
+                              f"the maximum is {MAX_STRING}")
         if kind == "calls":
             if creating and not properties.get("hs_timestamp"):
                 errors.append('Property "hs_timestamp" is required')
@@ -322,13 +479,25 @@ class FakeCRM:
             return _error(400, "Invalid input JSON", "VALIDATION_ERROR")
         groups = body.get("filterGroups") or []
 
+        now = self.clock()
+
+        def indexed(obj: dict[str, Any]) -> dict[str, Any] | None:
+            """The object as the search index holds it now (None: not indexed yet)."""
+            if "_index" not in obj:
+                return obj["properties"]  # put in place by a test: indexed long ago
+            visible = [props for at, props in obj["_index"] if at <= now]
+            return visible[-1] if visible else None
+
         def matches(obj: dict[str, Any]) -> bool:
+            props = indexed(obj)
+            if props is None:
+                return False
             if not groups:
                 return True
             for group in groups:
                 ok = True
                 for f in group.get("filters", []):
-                    value = obj["properties"].get(f.get("propertyName"))
+                    value = props.get(f.get("propertyName"))
                     if f.get("operator") == "EQ":
                         ok = ok and value is not None and str(value) == str(f.get("value"))
                     elif f.get("operator") == "IN":
@@ -346,15 +515,26 @@ class FakeCRM:
         return _json(200, {"total": len(found),
                            "results": [self._public(kind, o, wanted) for o in found[:limit]]})
 
-    async def _create(self, request: Request, kind: str) -> Response:
-        body = await self._body(request)
-        if not isinstance(body, dict):
-            return _error(400, "Invalid input JSON", "VALIDATION_ERROR")
-        properties = body.get("properties")
-        invalid = self._validate(kind, properties, creating=True)
-        if invalid is not None:
-            return invalid
-        assert isinstance(properties, dict)
+    # ------------------------------------------------------------ writes (shared)
+    def _conflict(self, kind: str, properties: dict[str, Any], own_id: str | None
+                  ) -> Response | None:
+        """409 when a unique property value is held by another object."""
+        for (k, name), unique in self.properties.items():
+            value = properties.get(name)
+            if k != kind or not unique or value in (None, ""):
+                continue
+            for obj in self._store(kind).values():
+                if obj["id"] != own_id and obj["properties"].get(name) == str(value):
+                    return _error(409, f'A {kind[:-1]} with {name} "{value}" already exists '
+                                  f"(id {obj['id']})", "CONFLICT")
+        return None
+
+    def _index(self, obj: dict[str, Any]) -> None:
+        """What search will see of ``obj``, from ``search_lag_s`` from now."""
+        obj.setdefault("_index", []).append((self.clock() + self.search_lag_s,
+                                             dict(obj["properties"])))
+
+    def _insert(self, kind: str, properties: dict[str, Any]) -> dict[str, Any]:
         object_id = str(next(self._ids))
         now = _now()
         created = "createdate" if kind == "contacts" else "hs_createdate"
@@ -366,7 +546,58 @@ class FakeCRM:
         self._store(kind)[object_id] = obj
         if kind == "calls":
             self._count_applied(None, obj["properties"])
-        return _json(201, self._public(kind, obj))
+        self._index(obj)
+        return obj
+
+    def _change(self, kind: str, obj: dict[str, Any], properties: dict[str, Any]) -> None:
+        now = _now()
+        if kind == "calls":
+            self._count_applied(obj["properties"], properties)
+        obj["properties"].update({k: (None if v is None else str(v))
+                                  for k, v in properties.items()})
+        obj["properties"]["lastmodifieddate" if kind == "contacts"
+                          else "hs_lastmodifieddate"] = now
+        obj["updatedAt"] = now
+        self._index(obj)
+
+    def _by_unique(self, kind: str, name: str, value: str) -> dict[str, Any] | None:
+        for obj in self._store(kind).values():
+            if obj["properties"].get(name) == value:
+                return obj
+        return None
+
+    def _inputs(self, body: Any) -> list[Any] | Response:
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if not isinstance(inputs, list) or not inputs:
+            return _error(400, "Invalid input JSON: inputs must be a non-empty array",
+                          "VALIDATION_ERROR")
+        if len(inputs) > MAX_BATCH:
+            return _error(400, f"Too many inputs: {len(inputs)}; the limit is {MAX_BATCH}",
+                          "VALIDATION_ERROR")
+        return inputs
+
+    def _id_property(self, kind: str, body: dict[str, Any], item: dict[str, Any]
+                     ) -> str | Response:
+        name = str(item.get("idProperty") or body.get("idProperty") or "hs_object_id")
+        if name != "hs_object_id" and not self.properties.get((kind, name)):
+            return _error(400, f"{name} is not a unique property of {kind}",
+                          "VALIDATION_ERROR")
+        return name
+
+    # ------------------------------------------------------------ endpoints (single)
+    async def _create(self, request: Request, kind: str) -> Response:
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            return _error(400, "Invalid input JSON", "VALIDATION_ERROR")
+        properties = body.get("properties")
+        invalid = self._validate(kind, properties, creating=True)
+        if invalid is not None:
+            return invalid
+        assert isinstance(properties, dict)
+        conflict = self._conflict(kind, properties, None)
+        if conflict is not None:
+            return conflict
+        return _json(201, self._public(kind, self._insert(kind, properties)))
 
     async def _get(self, request: Request, kind: str) -> Response:
         obj = self._store(kind).get(request.path_params["id"])
@@ -384,15 +615,160 @@ class FakeCRM:
         if invalid is not None:
             return invalid
         assert isinstance(properties, dict)
-        now = _now()
-        if kind == "calls":
-            self._count_applied(obj["properties"], properties)
-        obj["properties"].update({k: (None if v is None else str(v))
-                                  for k, v in properties.items()})
-        obj["properties"]["lastmodifieddate" if kind == "contacts"
-                          else "hs_lastmodifieddate"] = now
-        obj["updatedAt"] = now
+        conflict = self._conflict(kind, properties, obj["id"])
+        if conflict is not None:
+            return conflict
+        self._change(kind, obj, properties)
         return _json(200, self._public(kind, obj))
+
+    # ------------------------------------------------------------ endpoints (batch)
+    async def _batch_read(self, request: Request, kind: str) -> Response:
+        body = await self._body(request)
+        inputs = self._inputs(body)
+        if isinstance(inputs, Response):
+            return inputs
+        assert isinstance(body, dict)
+        name = self._id_property(kind, body, {})
+        if isinstance(name, Response):
+            return name
+        wanted = body.get("properties") or []
+        results, missing = [], []
+        for item in inputs:
+            value = str(item.get("id") if isinstance(item, dict) else "")
+            obj = (self._store(kind).get(value) if name == "hs_object_id"
+                   else self._by_unique(kind, name, value))
+            if obj is None:
+                missing.append(value)
+            else:
+                results.append(self._public(kind, obj, wanted))
+        now = _now()
+        document: dict[str, Any] = {"status": "COMPLETE", "results": results,
+                                    "startedAt": now, "completedAt": now}
+        if missing:
+            document.update(numErrors=1, errors=[{
+                "status": "error", "category": "OBJECT_NOT_FOUND",
+                "message": f"Could not get some {kind.upper()} objects, they may be "
+                           "deleted or not exist. Check that ids are valid.",
+                "context": {"ids": missing}}])
+        return _json(207 if missing else 200, document)
+
+    async def _batch_upsert(self, request: Request, kind: str) -> Response:
+        """Create or update by a unique ``idProperty``: all inputs are checked first,
+        then applied (a 400 or 409 applies none of them)."""
+        body = await self._body(request)
+        inputs = self._inputs(body)
+        if isinstance(inputs, Response):
+            return inputs
+        assert isinstance(body, dict)
+        plan: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for item in inputs:
+            if not isinstance(item, dict) or not item.get("id"):
+                return _error(400, "every input needs an id", "VALIDATION_ERROR")
+            name = self._id_property(kind, body, item)
+            if isinstance(name, Response):
+                return name
+            value = str(item["id"])
+            if value in seen:
+                return _error(400, f"Duplicate IDs found in batch input: [{value}]",
+                              "VALIDATION_ERROR")
+            seen.add(value)
+            obj = (self._store(kind).get(value) if name == "hs_object_id"
+                   else self._by_unique(kind, name, value))
+            properties = dict(item.get("properties") or {})
+            if name != "hs_object_id":
+                properties[name] = value
+            invalid = self._validate(kind, properties, creating=obj is None)
+            if invalid is not None:
+                return invalid
+            conflict = self._conflict(kind, properties, obj["id"] if obj else None)
+            if conflict is not None:
+                return conflict
+            plan.append((obj, properties))
+        results = []
+        for obj, properties in plan:
+            new = obj is None
+            if obj is None:
+                obj = self._insert(kind, properties)
+            else:
+                self._change(kind, obj, properties)
+            results.append({**self._public(kind, obj), "new": new})
+        now = _now()
+        return _json(200, {"status": "COMPLETE", "results": results, "startedAt": now,
+                           "completedAt": now})
+
+    async def _batch_update(self, request: Request, kind: str) -> Response:
+        body = await self._body(request)
+        inputs = self._inputs(body)
+        if isinstance(inputs, Response):
+            return inputs
+        plan: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for item in inputs:
+            obj = self._store(kind).get(str(item.get("id"))) if isinstance(item, dict) \
+                else None
+            if obj is None:
+                return _error(404, "resource not found", "OBJECT_NOT_FOUND")
+            properties = item.get("properties")
+            invalid = self._validate(kind, properties, creating=False)
+            if invalid is not None:
+                return invalid
+            conflict = self._conflict(kind, properties, obj["id"])
+            if conflict is not None:
+                return conflict
+            plan.append((obj, properties))
+        for obj, properties in plan:
+            self._change(kind, obj, properties)
+        now = _now()
+        return _json(200, {"status": "COMPLETE", "startedAt": now, "completedAt": now,
+                           "results": [self._public(kind, o) for o, _ in plan]})
+
+    async def _batch_associate(self, request: Request, kind: str) -> Response:
+        body = await self._body(request)
+        inputs = self._inputs(body)
+        if isinstance(inputs, Response):
+            return inputs
+        results, missing = [], []
+        for item in inputs:
+            try:
+                call_id, contact_id = str(item["from"]["id"]), str(item["to"]["id"])
+            except (KeyError, TypeError):
+                return _error(400, "inputs need from.id and to.id", "VALIDATION_ERROR")
+            if call_id not in self.calls or contact_id not in self.contacts:
+                missing.append(f"{call_id}->{contact_id}")
+                continue
+            self.associations.add((call_id, contact_id))
+            results.append({"fromObjectTypeId": OBJECT_TYPE_IDS["calls"],
+                            "fromObjectId": int(call_id),
+                            "toObjectTypeId": OBJECT_TYPE_IDS["contacts"],
+                            "toObjectId": int(contact_id),
+                            "labels": []})
+        now = _now()
+        document: dict[str, Any] = {"status": "COMPLETE", "results": results,
+                                    "startedAt": now, "completedAt": now}
+        if missing:
+            document.update(numErrors=len(missing), errors=[{
+                "status": "error", "category": "OBJECT_NOT_FOUND",
+                "message": f"one of the objects does not exist: {pair}"} for pair in missing])
+        return _json(207 if missing else 200, document)
+
+    async def _property_create(self, request: Request, kind: str) -> Response:
+        body = await self._body(request)
+        if not isinstance(body, dict) or not body.get("name"):
+            return _error(400, "a property needs a name", "VALIDATION_ERROR")
+        name = str(body["name"])
+        if (kind, name) in self.properties:
+            return _error(409, f"Property named '{name}' already exists.", "CONFLICT")
+        if (kind, name) not in CUSTOM_PROPERTIES:
+            return _error(400, f"the fake knows no custom property {kind}.{name}",
+                          "VALIDATION_ERROR")
+        self.properties[(kind, name)] = bool(body.get("hasUniqueValue"))
+        return _json(201, {**body, "hidden": False, "calculated": False})
+
+    async def _property_get(self, request: Request, kind: str) -> Response:
+        name = request.path_params["name"]
+        if (kind, name) not in self.properties:
+            return _error(404, f"Unable to find property {name}", "OBJECT_NOT_FOUND")
+        return _json(200, {"name": name, "hasUniqueValue": self.properties[(kind, name)]})
 
     async def _associate(self, request: Request, kind: str) -> Response:
         call_id, contact_id = request.path_params["id"], request.path_params["contact"]

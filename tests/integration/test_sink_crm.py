@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 
 from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings
@@ -29,7 +30,7 @@ from hookstream.core.sink import topic_plan as sink_topic_plan
 from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
 
-from ..fakes.crm import TOKEN, FakeCRM, example
+from ..fakes.crm import MAX_STRING, TOKEN, FakeCRM, example, utf16_len
 from ..support import caught_up, free_port, serve
 
 RETRY_TOPIC, DLQ_TOPIC = sink_topics(KafkaSettings(), "crm")
@@ -211,14 +212,14 @@ async def test_finished_calls_land_once_through_redeliveries_429s_and_500s(rig: 
     # Another worker group (every event once more), through 429s, 502s and a timeout
     # after the CRM applied the request: still the same state.
     rig.fake.rate_limit_next(3, retry_after="0.2")
-    rig.fake.fail_next(2, 502, route="calls.search")
-    rig.fake.slow_next(1, 1.0, route="contacts.search")  # longer than the 0.5 s timeout
+    rig.fake.fail_next(2, 502, route="calls.batch_read")
+    rig.fake.slow_next(1, 1.0, route="contacts.batch_read")  # past the 0.5 s timeout
     async with rig.sink() as (_, group):
         await rig.drained(group)
     assert not rig.fake.faults
     assert rig.fake.snapshot() == first
-    assert rig.fake.requests["calls.create"] == 4
-    assert rig.fake.requests["contacts.create"] == 2
+    # every write an upsert on a unique property: never a second object
+    assert rig.fake.duplicate_activities() == 0 and len(rig.fake.contacts) == 2
     assert_expected_state(rig.fake, events, keys)
 
 
@@ -251,4 +252,112 @@ async def test_an_outage_parks_events_on_the_retry_topic_until_the_crm_is_back(
         assert crm.circuit.state == "closed"
     assert_expected_state(rig.fake, events, keys)
     dead = await _records_since(rig.kafka, DLQ_TOPIC, dlq_start, ours, 1, timeout_s=0.5)
+    assert dead == []
+
+
+# ---------------------------------------------------------------- HubSpot's behaviours
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_daily_429_parks_events_until_the_reset_and_the_partition_moves_on(
+        rig: Rig) -> None:
+    events, keys = finished_calls()
+    ids = {e["event_id"] for e in events}
+    retry_start = dict(await end_offsets(rig.kafka, RETRY_TOPIC))
+    parked_before = metric("hookstream_crm_rate_limit_parked_events_total", policy="DAILY")
+
+    def ours(record: Any) -> bool:
+        return dlq.header(record.headers, "hs-event-id") in ids
+
+    # HubSpot's DAILY limit is spent; this 429 says when it resets (3 s, not midnight)
+    rig.fake.daily_limit(0, retry_after="3")
+    async with rig.sink() as (crm, group):
+        started = time.time()
+        await rig.produce(events)
+        parked = await _records_since(rig.kafka, RETRY_TOPIC, retry_start, ours, len(events),
+                                      timeout_s=15)
+        await rig.drained(group)  # the main partitions moved on: nothing waits in place
+        assert time.time() - started < 10
+        assert {dlq.header(r.headers, "hs-event-id") for r in parked} == ids
+        # parked until the reset, without spending a retry attempt
+        assert {dlq.header(r.headers, H_ATTEMPT) for r in parked} == {"0"}
+        reset_ms = {int(dlq.header(r.headers, H_NOT_BEFORE) or 0) for r in parked}
+        assert all(started * 1000 + 2000 <= ms <= time.time() * 1000 + 3500 for ms in reset_ms)
+        assert metric("hookstream_crm_rate_limit_parked_events_total",
+                      policy="DAILY") - parked_before >= len(events)
+        reset_gauge = metric("hookstream_crm_daily_limit_reset_timestamp_seconds")
+        assert started + 2 <= reset_gauge <= time.time() + 3.5
+        assert rig.fake.limited["DAILY"] <= 2  # one per loop at most: the rest never sent
+        assert not rig.fake.calls
+
+        rig.fake.reset_daily()  # midnight in the portal's time zone
+        await _until(lambda: len(rig.fake.calls) == 4 and len(rig.fake.associations) == 2,
+                     20, "the parked events to land after the reset")
+        assert metric("hookstream_crm_daily_limit_reset_timestamp_seconds") == 0
+        assert crm.circuit.state == "closed"
+    assert_expected_state(rig.fake, events, keys)
+
+
+async def test_ten_secondly_429s_are_waited_out_for_one_window_then_parked(rig: Rig) -> None:
+    """HubSpot's rolling window says 10,000 ms: the sink waits that, once, within its
+    ten-second budget; still limited, the batch is parked and the partition moves on."""
+    events, keys = finished_calls()
+    rig.fake.rate_limit_next(10_000)  # TEN_SECONDLY_ROLLING, Interval-Milliseconds: 10000
+    async with rig.sink(rate_limit_budget_s=10, rate_limit_max_wait_s=10) as (_, group):
+        started = time.monotonic()
+        await rig.produce(events)
+        await rig.drained(group, timeout_s=30)
+        blocked = time.monotonic() - started
+        assert 9 <= blocked < 15  # one window waited, not 1-2-4 s backoffs, not minutes
+        assert rig.fake.limited["TEN_SECONDLY_ROLLING"] <= 4  # not hammered inside it
+        assert not rig.fake.calls
+
+        rig.fake.come_back()
+        await _until(lambda: len(rig.fake.calls) == 4 and len(rig.fake.associations) == 2,
+                     20, "the parked events to land")
+    assert_expected_state(rig.fake, events, keys)
+
+
+async def test_search_lag_redeliveries_and_two_workers_leave_one_call_and_one_contact(
+        rig: Rig) -> None:
+    """HubSpot's search index lags writes: a redelivered event and two workers racing on
+    one new number must still leave one call per call and one contact per number."""
+    rig.fake.search_lag_s = 30  # longer than the whole test: search never sees our writes
+    tag = uuid.uuid4().hex[:8]
+    number = "+966598765432"
+    first = example("call.ended.sawt", call_id=f"call_a_{tag}", customer_number=number[1:])
+    second = example("call.ended", call_id=f"call_b_{tag}", customer_number=number)
+    async with rig.sink() as (_, one), rig.sink() as (_, two):  # two workers, all events
+        await rig.produce([first, second, first, first])  # first delivered 3x
+        await rig.produce([first, second])
+        await rig.drained(one)
+        await rig.drained(two)
+    assert len(rig.fake.contacts_with_phone(number)) == 1
+    assert len(rig.fake.calls_with_key(f"sawt:call_a_{tag}")) == 1
+    assert len(rig.fake.calls_with_key(f"sarj:call_b_{tag}")) == 1
+    assert rig.fake.duplicate_activities() == 0
+    contact = rig.fake.contacts_with_phone(number)[0]["id"]
+    assert {contact for _, contact in rig.fake.associations} == {contact}
+
+
+async def test_a_2000_turn_transcript_lands_with_a_body_within_hubspots_limit(
+        rig: Rig) -> None:
+    turns = [{"role": "AGENT" if n % 2 else "CUSTOMER",
+              "text": f"turn {n}: <b>&amp; \"quoted\" 😀</b>"} for n in range(2000)]
+    tag = uuid.uuid4().hex[:8]
+    event = example("call.ended.sawt", call_id=f"call_long_{tag}", transcript=turns)
+    dlq_start = dict(await end_offsets(rig.kafka, DLQ_TOPIC))
+    async with rig.sink(transcript_max_chars=1_000_000) as (_, group):
+        await rig.produce([event])
+        await rig.drained(group)
+    call = rig.fake.call(f"sawt:call_long_{tag}")["properties"]
+    body = call["hs_call_body"]
+    assert utf16_len(body) <= MAX_STRING  # the fake refuses longer values with a 400
+    assert utf16_len(call["hookstream_details"]) <= MAX_STRING
+    assert "turn 0: &lt;b&gt;&amp;amp;" in body  # escaped, and cut as rendered
+    assert "turns not shown]" in body and body.endswith("</em></p>")
+    dead = await _records_since(rig.kafka, DLQ_TOPIC, dlq_start,
+                                lambda r: dlq.header(r.headers, "hs-event-id")
+                                == event["event_id"], 1, timeout_s=0.5)
     assert dead == []

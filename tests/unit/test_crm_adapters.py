@@ -16,7 +16,8 @@ from hookstream.sinks.crm.settings import CRMSettings
 from ..fakes.crm import TOKEN, FakeCRM, TimeoutASGITransport, example
 
 SETTINGS = CRMSettings(url="http://crm.test", token=TOKEN, webhook_url="http://crm.test/webhook",
-                       timeout_s=0.3, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.02)
+                       timeout_s=0.3, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.02,
+                       rate_limit_per_10s=100000, search_rate_per_s=10000)
 
 
 def hubspot(fake: FakeCRM, **overrides: Any) -> HubSpotAdapter:
@@ -42,8 +43,12 @@ async def test_sawt_call_ended_upserts_the_contact_and_logs_the_call() -> None:
     assert call["properties"]["hs_call_direction"] == "INBOUND"
     assert call["properties"]["hs_call_status"] == "COMPLETED"
     assert fake.contacts_of_call(call["id"]) == {contact["id"]}
-    assert fake.requests == {"contacts.search": 1, "contacts.create": 1, "calls.search": 1,
-                             "calls.create": 1, "associations.put": 1}
+    # consistent reads by the unique properties, one search for a hand-entered contact,
+    # then batch upserts on the unique properties and one batch association
+    assert fake.requests == {"contacts.batch_read": 1, "contacts.search": 1,
+                             "contacts.batch_upsert": 1, "calls.batch_read": 1,
+                             "calls.batch_upsert": 1, "associations.batch": 1}
+    assert contact["properties"]["hookstream_phone_e164"] == "+966511111111"
 
 
 async def test_each_finished_type_becomes_one_call() -> None:
@@ -83,14 +88,16 @@ async def test_same_event_twice_is_one_activity() -> None:
     event = example("call.ended.sawt")
     await log(adapter, event)
     before = fake.snapshot()
-    await log(adapter, event)  # cached: no search, no write but the (idempotent) association
+    sent = sum(fake.requests.values())
+    await log(adapter, event)  # cached: not a single request
+    assert sum(fake.requests.values()) == sent
     assert fake.snapshot() == before
-    adapter.forget()  # a fresh process: found by search, not written again
+    adapter.forget()  # a fresh process: read back by the unique key, not written again
     await log(adapter, event)
     await log(hubspot(fake), event)
     assert fake.snapshot() == before
-    assert fake.requests["calls.create"] == 1 and fake.requests["contacts.create"] == 1
-    assert fake.requests.get("calls.update", 0) == 0
+    assert fake.requests["calls.batch_upsert"] == 1
+    assert fake.requests["contacts.batch_upsert"] == 1
 
 
 @pytest.mark.parametrize("order", ["ended_first", "analyzed_first"])
@@ -103,7 +110,7 @@ async def test_ended_and_analyzed_end_in_one_activity(order: str) -> None:
     p = call["properties"]
     assert p["hs_call_status"] == "COMPLETED"
     assert p["hs_call_duration"] == "315000"
-    assert p["hs_timestamp"] == "2025-05-01T10:05:15.000Z"
+    assert p["hs_timestamp"] == "1746093915000"  # 2025-05-01T10:05:15.000Z, epoch ms
     assert "Summary:</strong> Customer called" in p["hs_call_body"]
     assert "<strong>Sentiment:</strong> positive" in p["hs_call_body"]
     assert "Hi, I need help with my order." in p["hs_call_body"]
@@ -132,8 +139,12 @@ async def test_an_existing_contact_is_found_by_the_number_as_sent() -> None:
                           "properties": {"phone": "966511111111", "firstname": "Khalid"}}
     await log(hubspot(fake), example("call.ended.sawt"))
     assert len(fake.contacts) == 1
-    assert fake.contacts["7"]["properties"] == {"phone": "966511111111", "firstname": "Khalid"}
+    kept = fake.contacts["7"]["properties"]
+    assert (kept["phone"], kept["firstname"]) == ("966511111111", "Khalid")  # as entered
+    assert kept["hookstream_phone_e164"] == "+966511111111"  # adopted: found by read next
     assert fake.contacts_of_call(fake.call("sawt:call_123")["id"]) == {"7"}
+    await log(hubspot(fake), example("call.ended.sawt", call_id="call_2"))
+    assert fake.requests["contacts.search"] == 1 and len(fake.contacts) == 1
 
 
 async def test_two_calls_from_one_number_share_the_contact() -> None:
@@ -159,18 +170,18 @@ async def test_a_call_deleted_in_the_crm_is_logged_again() -> None:
 
 async def test_validation_error_is_a_rejection() -> None:
     fake = FakeCRM()
-    fake.fail_next(1, 400, route="calls.create")
+    fake.fail_next(1, 400, route="calls.batch_upsert")
     with pytest.raises(CRMRejected) as caught:
         await log(hubspot(fake), example("call.ended.sawt"))
     assert caught.value.status == 400
-    assert fake.requests["calls.create"] == 1  # not retried
+    assert fake.requests["calls.batch_upsert"] == 1  # not retried
 
 
 async def test_a_bad_token_is_an_outage_not_a_rejection() -> None:
     fake = FakeCRM(token="another-token")
     with pytest.raises(CRMUnavailable):
         await log(hubspot(fake), example("call.ended.sawt"))
-    assert fake.requests["contacts.search"] == 3  # 1 + max_retries
+    assert fake.requests["contacts.batch_read"] == 3  # 1 + max_retries
     assert not fake.calls
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from typing import Any
 
@@ -16,6 +17,7 @@ from hookstream.sinks.crm.mapping import (
     applied,
     merge,
     normalize_phone,
+    timestamp_ms,
 )
 
 from ..fakes.crm import example
@@ -30,6 +32,21 @@ def props(*events: dict[str, Any]) -> dict[str, str]:
     return rendered
 
 
+def ms(iso: str) -> str:
+    """HubSpot's hs_timestamp form of an ISO time: UTC epoch milliseconds."""
+    when = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return str(round(when.timestamp() * 1000))
+
+
+def test_timestamps_are_utc_epoch_milliseconds() -> None:
+    assert timestamp_ms({"ended_at": "2025-05-01T10:05:15.000Z"}) == "1746093915000"
+    assert timestamp_ms({"ended_at": "2025-05-01T13:05:15.250+03:00"}) == "1746093915250"
+    assert timestamp_ms({"ended_at": "2025-05-01T10:05:15"}) == "1746093915000"  # no zone
+    assert timestamp_ms({"ended_at": "yesterday", "started_at": "2025-05-01T10:00:00Z"}) \
+        == "1746093600000"  # an unreadable time is skipped
+    assert timestamp_ms({}) is None
+
+
 def test_the_finished_types() -> None:
     assert FINISHED_TYPES == {"call.ended", "call.analyzed", "call.not_connected",
                               "session.ended"}
@@ -42,7 +59,7 @@ def test_sawt_call_ended() -> None:
     assert act.event_id == event["event_id"]
     assert (act.raw_phone, act.phone) == ("966511111111", "+966511111111")
     p = call_properties(merge(None, act))
-    assert p["hs_timestamp"] == "2025-05-01T10:05:15.000Z"
+    assert p["hs_timestamp"] == ms("2025-05-01T10:05:15.000Z")
     assert p["hs_call_duration"] == "315000"
     assert p["hs_call_direction"] == "INBOUND"
     assert p["hs_call_status"] == "COMPLETED"
@@ -71,7 +88,7 @@ def test_sarj_complete() -> None:
     # The signed URL expires: it is neither the property nor in the notes or details.
     assert "hs_call_recording_url" not in p
     assert "X-Goog" not in p["hs_call_body"] and "X-Goog" not in p["hookstream_details"]
-    assert p["hs_timestamp"] == "2026-04-12T10:30:52Z"
+    assert p["hs_timestamp"] == "1775989852000"  # 2026-04-12T10:30:52Z in epoch ms
     assert p["hs_call_title"] == "Sarj.ai outbound call"
     assert "أيوه أرسله" in p["hs_call_body"]
     assert "Recording:" not in p["hs_call_body"]
@@ -105,7 +122,7 @@ def test_sarj_not_connected(outcome: str, status: str) -> None:
     assert p["hs_call_status"] == status
     assert p["hs_call_title"] == f"Sarj.ai call not connected: {outcome.replace('_', ' ')}"
     assert f"<strong>Outcome:</strong> {outcome}" in p["hs_call_body"]
-    assert p["hs_timestamp"] == event["received_at"]  # the provider gives no time
+    assert p["hs_timestamp"] == ms(event["received_at"])  # the provider gives no time
     assert "hs_call_duration" not in p
 
 
@@ -120,7 +137,7 @@ def test_saaya_session_ended_without_a_number() -> None:
     assert p["hs_call_title"] == "Saaya voice session"
     assert "<strong>Sentiment:</strong> positive (+0.32)" in p["hs_call_body"]
     assert event["transcript_url"] in p["hs_call_body"]
-    assert p["hs_timestamp"] == event["received_at"]
+    assert p["hs_timestamp"] == ms(event["received_at"])
     assert "hs_call_from_number" not in p and "hs_call_to_number" not in p
 
 
@@ -135,7 +152,7 @@ def test_sawt_call_analyzed_alone() -> None:
     assert act.call_key == "sawt:call_123" and act.phone is None
     p = call_properties(merge(None, act))
     assert "hs_call_status" not in p  # not known until call.ended
-    assert p["hs_timestamp"] == event["received_at"]  # required on create
+    assert p["hs_timestamp"] == ms(event["received_at"])  # required on create
     assert "Summary:</strong> Customer called" in p["hs_call_body"]
     assert "<strong>Sentiment:</strong> positive" in p["hs_call_body"]
 
@@ -145,7 +162,7 @@ def test_ended_and_analyzed_merge_the_same_in_either_order() -> None:
     one = props(ended, analyzed)
     other = props(analyzed, ended)
     assert one == other
-    assert one["hs_timestamp"] == "2025-05-01T10:05:15.000Z"  # the end, not the analysis
+    assert one["hs_timestamp"] == ms("2025-05-01T10:05:15.000Z")  # the end, not the analysis
     assert one["hs_call_status"] == "COMPLETED"
     assert "Summary:" in one["hs_call_body"] and "Transcript" in one["hs_call_body"]
     assert sorted(orjson.loads(one["hookstream_details"])["event_ids"]) == sorted(
@@ -172,8 +189,13 @@ def test_applied_knows_folded_events() -> None:
     ("+966512345678", "", "+966512345678"),
     ("966511111111", "", "+966511111111"),
     ("00966 51-111 1111", "", "+966511111111"),
-    ("(055) 123-4567", "", "0551234567"),
+    ("(055) 123-4567", "", None),  # national, no default country: no contact
     ("0551234567", "966", "+966551234567"),
+    ("055 123 4567", "966", "+966551234567"),
+    ("٠٥٥١٢٣٤٥٦٧", "966", "+966551234567"),  # Arabic-Indic digits
+    ("0551234567", "999", None),  # no such calling code
+    ("+9665", "", None),  # not a possible number
+    ("+1 (415) 555-0100", "966", "+14155550100"),
     ("", "", None),
     ("abc", "", None),
     (None, "", None),

@@ -21,7 +21,9 @@ from ..fakes.crm import TOKEN, FakeCRM, TimeoutASGITransport, example
 
 SETTINGS = CRMSettings(url="http://crm.test", token=TOKEN, timeout_s=0.3, max_retries=1,
                        backoff_base_s=0.01, backoff_max_s=0.02, circuit_failures=2,
-                       circuit_cooldown_s=30, rate_limit_budget_s=0.25)
+                       circuit_cooldown_s=30, rate_limit_budget_s=0.25,
+                       rate_limit_max_wait_s=0.1, rate_limit_per_10s=100000,
+                       search_rate_per_s=10000)
 
 
 class Clock:
@@ -89,7 +91,8 @@ async def test_a_batch_written_twice_changes_nothing() -> None:
 
 async def test_rejected_event_is_failed_and_the_rest_written() -> None:
     fake = FakeCRM()
-    fake.fail_next(1, 400, route="calls.create")
+    # the chunk's upsert, then the first event's alone; the second event alone passes
+    fake.fail_next(2, 400, route="calls.batch_upsert")
     batch = items(example("call.ended.sawt"), example("call.ended"))
     outcome = await sink(fake).write(batch)
     assert [(i, reason) for i, reason, _ in outcome.failed] == [(batch[0], CRM_REJECTED)]
@@ -159,33 +162,35 @@ async def test_written_events_are_not_deferred_when_the_circuit_opens_mid_batch(
     first, second, third = (example("call.ended"), example("call.ended.sawt"),
                             example("session.ended"))
     await crm.write(items(first))
-    fake.fail_next(2, 503, route="calls.create")  # the 2nd event's create, and its retry
+    fake.fail_next(2, 503, route="calls.batch_upsert")  # the 2nd+3rd's upsert, and its retry
     outcome = await crm.write(items(first, second, third))
     assert [i.event["event_id"] for i, _ in outcome.deferred] == [second["event_id"],
                                                                   third["event_id"]]
 
 
-async def test_rate_limited_past_the_budget_is_retryable_and_keeps_the_circuit() -> None:
+async def test_rate_limited_past_the_budget_parks_the_rest_and_keeps_the_circuit() -> None:
     fake = FakeCRM()
     fake.rate_limit_next(100, retry_after="0.1")
     crm = sink(fake, circuit_failures=1)
-    with pytest.raises(Retryable, match="rate limited"):
-        await crm.write(items(example("call.ended")))
+    batch = items(example("call.ended"), example("call.ended.sawt"))
+    outcome = await crm.write(batch)
+    assert [i for i, _ in outcome.deferred] == batch
+    assert all("rate limited" in detail for _, detail in outcome.deferred)
     assert crm.circuit.state == CLOSED
 
 
 async def test_the_batch_deadline_hands_the_rest_back() -> None:
     fake = FakeCRM()
     clock = Clock()
-    crm = sink(fake, clock, batch_deadline_s=10)
+    crm = sink(fake, clock, batch_deadline_s=10, batch_size=1)
     events = finished_calls()
-    original = crm.adapter.log_call
+    original = crm.adapter.log_calls
 
-    async def slow_log_call(act: Any) -> None:
-        await original(act)
+    async def slow_log_calls(acts: Any) -> None:
+        await original(acts)
         clock.now += 6
 
-    crm.adapter.log_call = slow_log_call
+    crm.adapter.log_calls = slow_log_calls  # type: ignore[method-assign]
     with pytest.raises(Retryable, match="deadline"):
         await crm.write(items(*events))
     # the Sawt pair (one activity) written; the third would start past the deadline
@@ -246,15 +251,15 @@ def test_main_help_lists_the_crm_settings(capsys: pytest.CaptureFixture[str]) ->
 async def test_an_unexpected_error_dead_letters_the_event_not_the_worker() -> None:
     fake = FakeCRM()
     crm = sink(fake)
-    original = crm.adapter.log_call
+    original = crm.adapter.log_calls
     boom = example("call.ended.sawt")
 
-    async def log_call(act: Any) -> None:
-        if act.event_id == boom["event_id"]:
+    async def log_calls(acts: Any) -> None:
+        if any(act.event_id == boom["event_id"] for act in acts):
             raise RuntimeError("a bug")
-        await original(act)
+        await original(acts)
 
-    crm.adapter.log_call = log_call
+    crm.adapter.log_calls = log_calls  # type: ignore[method-assign]
     batch = items(boom, example("call.ended"))
     outcome = await crm.write(batch)
     assert [(i, reason) for i, reason, _ in outcome.failed] == [(batch[0], CRM_ERROR)]

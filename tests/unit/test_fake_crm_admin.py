@@ -80,7 +80,12 @@ async def test_events_applied_twice_and_redundant_writes_are_told_apart() -> Non
         state = (await http.get("/_admin/state")).json()
         assert state["applied"] == {"e1": 1, "e2": 1}
         assert state["redundant_writes"] == 1 and state["duplicate_activities"] == 0
-        # a second activity for the same call applies its event again: a duplicate
+        # a second activity for the same call: the unique call key refuses it (409) ...
+        again = await http.post("/crm/v3/objects/calls", json=call("sawt:1", "e1"),
+                                headers=AUTH)
+        assert again.status_code == 409 and again.json()["category"] == "CONFLICT"
+        # ... unless the portal's property was made without hasUniqueValue: a duplicate
+        fake.properties[("calls", "hookstream_call_key")] = False
         await http.post("/crm/v3/objects/calls", json=call("sawt:1", "e1"), headers=AUTH)
         state = (await http.get("/_admin/state")).json()
         assert state["applied"] == {"e1": 2, "e2": 1}

@@ -580,6 +580,7 @@ def test_warehouse_sink_writes_or_dead_letters_every_event(
 
 E164 = re.compile(r"^\+?[0-9]{5,}$", re.ASCII)
 CRM_SETTINGS = CRMSettings(url="http://crm.test", token="t" * 20, max_retries=0,
+                           rate_limit_per_10s=1e9, search_rate_per_s=1e9,
                            webhook_url="http://hook.test/crm", timeout_s=1)
 finished = st.sampled_from(sorted(FINISHED_TYPES))
 
@@ -628,10 +629,15 @@ def test_crm_phone_is_ascii_e164_or_none(raw: str | None) -> None:
 
 
 def _crm_server(request: httpx.Request) -> httpx.Response:
-    json.loads(request.content or b"null")  # what arrives is JSON
+    body = json.loads(request.content or b"null")  # what arrives is JSON
     path = request.url.path
-    if path.endswith("/search"):
-        return httpx.Response(200, json={"results": []})
+    if path.endswith(("/search", "/batch/read", "/batch/associate/default")):
+        return httpx.Response(200, json={"status": "COMPLETE", "results": []})
+    if path.endswith("/batch/upsert"):  # HubSpot's answer: each input's object
+        return httpx.Response(200, json={"status": "COMPLETE", "results": [
+            {"id": str(n + 1), "new": True,
+             "properties": {**i["properties"], i["idProperty"]: i["id"]}}
+            for n, i in enumerate(body["inputs"])]})
     if request.method == "POST" and path.startswith("/crm"):
         return httpx.Response(201, json={"id": "1"})
     return httpx.Response(200, json={})

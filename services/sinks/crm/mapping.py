@@ -19,12 +19,16 @@ CRM sink does not read), so the CRM gets no recording link: docs/sinks-crm.md.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import html
 import math
 import re
 from typing import Any
 
 import orjson
+import phonenumbers
+
+from . import fit
 
 # The canonical types the CRM sink handles: a call (or voice session) is over.
 FINISHED_TYPES = frozenset({"call.ended", "call.analyzed", "call.not_connected",
@@ -61,28 +65,43 @@ class CallActivity:
 
 
 def normalize_phone(raw: str | None, default_country_code: str = "") -> str | None:
-    """An E.164-looking ``+<digits>`` for the contact, or None when there is no number.
+    """The number in E.164 (``+<country code><number>``) for the contact, or None.
 
-    Spaces, dashes, dots and brackets are dropped; ``00`` becomes ``+``; Sawt's
-    international numbers without ``+`` (``9665...``) get one; a national number
-    with one leading ``0`` gets ``default_country_code`` when configured, else is
-    kept as digits (no country is guessed).
+    Read with Google's libphonenumber rules (the ``phonenumbers`` package): a number
+    with ``+`` or ``00`` is international; Sawt's international numbers without
+    ``+`` (``9665...``) too; a national number (one leading ``0``) is read in the
+    country of ``default_country_code`` (a calling code such as ``966``). With no
+    default country a national number gives None: a guess would create a contact
+    that never matches the same customer's ``+966...`` form. A number that cannot be
+    a phone number of its country (too short or too long) gives None as well.
     """
     if not isinstance(raw, str):
         return None
     text = raw.strip()
-    plus = text.startswith("+")
+    plus = text.startswith(("+", "\uff0b"))
     # Any decimal digit (Arabic-Indic, fullwidth...) as its ASCII digit.
     digits = "".join(str(int(c)) for c in text if c.isdecimal())
     if digits.startswith("00") and not plus:
         plus, digits = True, digits[2:]
     if len(digits) < 5:
         return None
-    if plus:
-        return "+" + digits
-    if digits.startswith("0"):
-        return f"+{default_country_code}{digits[1:]}" if default_country_code else digits
-    return "+" + digits
+    region: str | None = None
+    if plus or not digits.startswith("0"):
+        candidate = "+" + digits
+    elif default_country_code:
+        region = phonenumbers.region_code_for_country_code(int(default_country_code))
+        if region == phonenumbers.UNKNOWN_REGION:
+            return None
+        candidate = digits
+    else:
+        return None  # national, and no country to read it in
+    try:
+        number = phonenumbers.parse(candidate, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
 def web_url(value: Any) -> str | None:
@@ -246,6 +265,24 @@ def timestamp(record: dict[str, Any]) -> str | None:
     return None
 
 
+def timestamp_ms(record: dict[str, Any]) -> str | None:
+    """:func:`timestamp` as HubSpot's ``hs_timestamp`` wants it: UTC epoch milliseconds
+    (a time without a zone is taken as UTC; one that does not parse is skipped)."""
+    for name in ("ended_at", "started_at", "first_seen_at"):
+        value = record.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        return str(delta // dt.timedelta(milliseconds=1))
+    return None
+
+
 def sentiment_text(record: dict[str, Any]) -> str | None:
     label, score = record.get("sentiment_label"), record.get("sentiment")
     if label is None and score is None:
@@ -255,30 +292,74 @@ def sentiment_text(record: dict[str, Any]) -> str | None:
     return f"{label} ({score:+.2f})" if label else f"{score:+.2f}"
 
 
-def body_html(record: dict[str, Any]) -> str:
-    """The activity's notes: summary, sentiment, outcome, links, then the transcript."""
+def body_html(record: dict[str, Any], max_chars: int = fit.MAX_CHARS) -> str:
+    """The activity's notes: summary, sentiment, outcome, links, then the transcript.
+
+    The *rendered* string is capped at ``max_chars`` (HubSpot's limit, counted as
+    HubSpot counts): the transcript keeps as many whole turns as fit, the next one
+    cut, and says how many turns were left out; past that the summary is cut."""
     esc = html.escape
-    parts: list[str] = []
-    if record.get("summary"):
-        parts.append(f"<p><strong>Summary:</strong> {esc(str(record['summary']))}</p>")
+    head: list[str] = []
+    summary = str(record["summary"]) if record.get("summary") else ""
     sentiment = sentiment_text(record)
     if sentiment:
-        parts.append(f"<p><strong>Sentiment:</strong> {esc(sentiment)}</p>")
+        head.append(f"<p><strong>Sentiment:</strong> {esc(sentiment)}</p>")
     if record.get("outcome"):
-        parts.append(f"<p><strong>Outcome:</strong> {esc(str(record['outcome']))}</p>")
+        head.append(f"<p><strong>Outcome:</strong> {esc(str(record['outcome']))}</p>")
     if record.get("duration_s") is not None:
-        parts.append(f"<p><strong>Duration:</strong> {float(record['duration_s']):g} s</p>")
+        head.append(f"<p><strong>Duration:</strong> {float(record['duration_s']):g} s</p>")
     for name, label in (("transcript_url", "Transcript"), ("recording_location", "Recording")):
         url = web_url(record.get(name))
         if url:
-            parts.append(f'<p><strong>{label}:</strong> <a href="{esc(str(url))}">'
-                         f"{esc(str(url))}</a></p>")
-    turns = record.get("transcript")
-    if turns:
-        lines = "<br>".join(f"<strong>{esc(t.get('role', ''))}:</strong> "
-                            f"{esc(t.get('text', ''))}" for t in turns)
-        parts.append(f"<p><strong>Transcript</strong><br>{lines}</p>")
+            head.append(f'<p><strong>{label}:</strong> <a href="{esc(str(url))}">'
+                        f"{esc(str(url))}</a></p>")
     subject = record.get("call_id") or record.get("session_id")
-    parts.append(f"<p><em>hookstream: {esc(str(record.get('provider')))} "
-                 f"{esc(str(subject))}</em></p>")
-    return "".join(parts)
+    tail = (f"<p><em>hookstream: {esc(str(record.get('provider')))} "
+            f"{esc(str(subject))}</em></p>")
+
+    def summary_html(text: str) -> str:
+        return f"<p><strong>Summary:</strong> {esc(text)}</p>" if text else ""
+
+    fixed = fit.size("".join(head) + tail)
+    if fixed + fit.size(summary_html(summary)) > max_chars:
+        summary = fit.cut(summary, max(0, max_chars - fixed), summary_html)
+    used = fixed + fit.size(summary_html(summary))
+    turns = record.get("transcript") or []
+    transcript = _transcript_html(turns, max_chars - used) if turns else ""
+    return summary_html(summary) + "".join(head) + transcript + tail
+
+
+def _turn_html(role: str, text: str) -> str:
+    return f"<strong>{html.escape(role)}:</strong> {html.escape(text)}"
+
+
+def _transcript_html(turns: list[dict[str, str]], budget: int) -> str:
+    """The transcript block in at most ``budget`` characters ("" when not even its
+    heading fits)."""
+    opening, closing = "<p><strong>Transcript</strong><br>", "</p>"
+    lines = [_turn_html(str(t.get("role", "")), str(t.get("text", ""))) for t in turns]
+    whole = opening + "<br>".join(lines) + closing
+    if fit.size(whole) <= budget:
+        return whole
+    # Reserve room for the note that says what was left out (its longest form).
+    note = f"<br><em>[transcript cut: {len(turns)} of {len(turns)} turns not shown]</em>"
+    room = budget - fit.size(opening + closing + note)
+    if room < 0:
+        return ""
+    kept: list[str] = []
+    used = 0
+    for index, line in enumerate(lines):
+        cost = fit.size(line) + (4 if kept else 0)  # "<br>"
+        if used + cost > room:
+            role = str(turns[index].get("role", ""))
+            left = room - used - (4 if kept else 0) - fit.size(_turn_html(role, ""))
+            if left > 20:  # a meaningful piece of the turn, cut
+                text = fit.cut(str(turns[index].get("text", "")), left - 3,
+                               lambda t: html.escape(t))
+                kept.append(_turn_html(role, text) + "...")
+            break
+        kept.append(line)
+        used += cost
+    shown = len(kept)
+    note = f"<br><em>[transcript cut: {len(turns) - shown} of {len(turns)} turns not shown]</em>"
+    return opening + "<br>".join(kept) + note + closing
