@@ -41,6 +41,21 @@ java_bin() {
     fi
 }
 
+# A fresh machine: install a JDK (java for the broker, javac for its readiness
+# probe) and Maven (unless the jar cache is filled), in one apt-get run, as the
+# other components install their servers. Debian's default JDK is 17 on
+# bookworm, 21 on trixie; Kafka 4 needs 17 or later.
+kafka_install_tools() {
+    local -a pkgs=()
+    if ! [[ -n ${JAVA_HOME:-} && -x $JAVA_HOME/bin/java ]] && ! command -v java >/dev/null; then
+        pkgs+=(default-jdk-headless)
+    fi
+    if ! command -v mvn >/dev/null && ! kafka_jars_cached; then
+        pkgs+=(maven)
+    fi
+    (( ${#pkgs[@]} == 0 )) || apt_install --no-install-recommends "${pkgs[@]}"
+}
+
 javac_bin() {
     if [[ -n ${JAVA_HOME:-} && -x $JAVA_HOME/bin/javac ]]; then
         printf '%s' "$JAVA_HOME/bin/javac"
@@ -52,6 +67,11 @@ javac_bin() {
 # Content hash of what the cache is built from; a mismatch re-resolves.
 cache_key() {
     cat "$KAFKA_SRC/pom.xml" "$KAFKA_SRC/KafkaProbe.java" | sha256sum | cut -d' ' -f1
+}
+
+kafka_jars_cached() {
+    local marker="$CACHE_DIR/.hookstream-cache"
+    [[ -f $marker && $(<"$marker") == "$(cache_key)" ]]
 }
 
 # Fill the jar cache from Maven Central once; compile the readiness probe.
@@ -69,6 +89,7 @@ ensure_kafka_jars() {
         exec 8>&-
         return 0
     fi
+    command -v mvn >/dev/null || apt_install --no-install-recommends maven
     command -v mvn >/dev/null || die "mvn not found: install Maven (apt-get install maven) to resolve the Kafka jars"
     say "kafka: resolving jars from Maven Central (first run only)..."
     local t0 mvn_log="$CACHE_DIR/.mvn.log"
@@ -205,6 +226,7 @@ kafka_up() {
 
     # 3. Start our own.
     local java
+    kafka_install_tools
     java=$(java_bin)
     ensure_kafka_jars
     mkdir -p "$KAFKA_DATA"
