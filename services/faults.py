@@ -467,8 +467,8 @@ class Pipeline:
             haproxy = shutil.which("haproxy")
             if haproxy is None:
                 raise RuntimeError("this scenario runs ingest behind the edge proxy (deploy/"
-                                   "edge): it needs haproxy (apt-get install haproxy; .ci/run "
-                                   "installs it)")
+                                   "edge): it needs haproxy (apt-get install haproxy; "
+                                   "deploy/local/test installs it)")
             self.edge_port, stats = free_port(), free_port()
             self.services["edge"] = Supervised("edge", [haproxy, "-db", "-f", str(EDGE_CONFIG)], {
                 **env, **EDGE_ENV, "HOOKSTREAM_EDGE_BIND": f"127.0.0.1:{self.edge_port}",
