@@ -442,9 +442,9 @@ def test_compose_runs_every_hookstream_process_from_the_one_image() -> None:
             assert env["HOOKSTREAM_INGEST_PORT"] == str(IngestSettings.port)
             assert env["HOOKSTREAM_INGEST_ADMIN_HOST"] == "0.0.0.0"
             assert env["HOOKSTREAM_INGEST_ADMIN_PORT"] == str(port)
-            # Only the webhook port is published; the admin one stays on compose's network.
-            assert [str(p).rsplit(":", 1)[-1] for p in service["ports"]] == [
-                str(IngestSettings.port)]
+            # Nothing is published: webhooks come through the edge proxy (below), and the
+            # admin port stays on compose's network.
+            assert "ports" not in service
         elif script == "hookstream-normalizer":
             assert env["HOOKSTREAM_NORMALIZER_HTTP_HOST"] == "0.0.0.0"
             assert env["HOOKSTREAM_NORMALIZER_HTTP_PORT"] == str(port)
@@ -602,7 +602,10 @@ def test_every_process_is_a_workload_with_probes_resources_pdb_and_hpa() -> None
         assert "replicas" not in spec, f"{script}: the HPA owns the replica count"
         pod = spec["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
-        (container,) = pod["containers"]
+        # The process first; ingest's pods also run the edge proxy (test_the_edge_...).
+        container = pod["containers"][0]
+        assert [c["name"] for c in pod["containers"][1:]] == (
+            ["edge"] if script == "hookstream-ingest" else [])
         assert container["command"] == [script]
         assert container["image"] == "hookstream"
         # Ingest's probes and metrics are on its admin port, never its public one.
@@ -622,10 +625,11 @@ def test_every_process_is_a_workload_with_probes_resources_pdb_and_hpa() -> None
         if script == "hookstream-ingest":  # the Service carries webhooks only
             from hookstream.ingest.settings import IngestSettings
 
-            assert [(p["name"], p["port"]) for p in services[script]["spec"]["ports"]] == [
-                ("http", IngestSettings.port)]
-            assert {"containerPort": IngestSettings.port, "name": "http",
-                    "protocol": "TCP"} in container["ports"]
+            # The Service keeps its port; its target, port http, is the edge proxy's.
+            assert [(p["name"], p["port"], p["targetPort"])
+                    for p in services[script]["spec"]["ports"]] == [
+                ("http", IngestSettings.port, "http")]
+            assert "http" not in {p["name"] for p in container["ports"]}
             env = {v["name"]: v.get("value") for v in container.get("env", [])}
             assert env["HOOKSTREAM_INGEST_ADMIN_PORT"] == str(port)
         else:
@@ -635,7 +639,10 @@ def test_every_process_is_a_workload_with_probes_resources_pdb_and_hpa() -> None
         assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": kind, "name": script}
         (metric,) = hpa["metrics"]
         if script == "hookstream-ingest":
-            assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+            # Ingest's container, not the pod (whose edge sidecar would dilute it).
+            assert metric["type"] == "ContainerResource"
+            assert metric["containerResource"]["name"] == "cpu"
+            assert metric["containerResource"]["container"] == container["name"] == "ingest"
             assert hpa["minReplicas"] >= 2
         else:
             assert metric["type"] == "External"
@@ -671,7 +678,7 @@ def test_ingest_keeps_its_spool_on_a_volume_per_replica() -> None:
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
     pod = spec["template"]["spec"]
-    (container,) = pod["containers"]
+    container = next(c for c in pod["containers"] if c["name"] == "ingest")
     env = {v["name"]: v.get("value") for v in container.get("env", [])}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     spool = mounts[claim["metadata"]["name"]]
@@ -810,14 +817,16 @@ def test_each_workload_gets_only_the_secret_keys_it_reads() -> None:
             elif key.endswith("_env"):
                 ingest_vars.update([value] if isinstance(value, str) else value)
     used: set[str] = set()
-    workloads = dict(workload_containers(base_resources()))
+    # Every container of a workload counts (ingest's edge proxy reads no secret).
+    workloads: dict[str, dict[str, tuple[str, str]]] = {}
+    for name, container in workload_containers(base_resources()):
+        workloads.setdefault(name, {}).update(secret_key_refs(container))
     assert set(workloads) == set(service_ports()) | {"hookstream-migrate", "hookstream-topics"}
-    for name, container in workloads.items():
+    for name, refs in workloads.items():
         wanted = ingest_vars if name == "hookstream-ingest" else (
             settings_vars(*SETTINGS_OF[name]) & set(secret))
         if name == "hookstream-sink-recordings":
             wanted = wanted | api_key_vars
-        refs = secret_key_refs(container)
         assert {var: key for var, (_, key) in refs.items()} == {v: v for v in wanted}, name
         assert all(s == "hookstream-secrets" for s, _ in refs.values()), name
         used |= set(refs)

@@ -2,9 +2,10 @@
 in test_deploy.py). Egress: every hookstream pod is under an egress policy, and the
 recordings sink, which fetches URLs taken from webhook payloads, may reach DNS, Kafka,
 PostgreSQL and public HTTPS only, never the cloud metadata range. Ingress: every
-hookstream pod is under an ingress policy; ingest's webhook port is open to anyone,
-each pod's admin port (probes, /readyz, /metrics) only to the monitoring namespace,
-and nothing else is reachable, in the base and in the rendered local overlay."""
+hookstream pod is under an ingress policy; ingest's webhook port (its edge proxy's) is
+open to anyone, each pod's admin port (probes, /readyz, /metrics; and the edge's
+/metrics) only to the monitoring namespace, and nothing else is reachable, in the base
+and in the rendered local overlay."""
 
 from __future__ import annotations
 
@@ -82,8 +83,12 @@ def ingress_isolated(docs: list[dict[str, Any]], labels: dict[str, str]) -> bool
                and _selects(p["spec"]["podSelector"], labels) for p in _policies(docs))
 
 
-def _ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
-    return {(p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", [])}
+def _ports(rule: dict[str, Any], named: dict[str, int] | None = None
+           ) -> set[tuple[str, int]]:
+    """The rule's (protocol, port) pairs; a named port resolved through ``named`` (the
+    pod's container ports), as the network plugin resolves it per pod."""
+    return {(p.get("protocol", "TCP"), (named or {}).get(p["port"], p["port"]))
+            for p in rule.get("ports", [])}
 
 
 def test_the_policy_is_in_the_base_and_validates() -> None:
@@ -142,7 +147,10 @@ def test_the_fetching_sinks_reach_dns_kafka_postgres_and_public_https_only(sink:
                     METADATA in ipaddress.ip_network(e) for e in peer["ipBlock"]["except"])
 
 
-WEBHOOK = ("TCP", 8080)
+# The webhooks come in on the edge proxy's port (a sidecar in each ingest pod); ingest
+# itself listens on the pod's loopback.
+WEBHOOK = ("TCP", 8443)
+EDGE_STATS = ("TCP", 8405)  # the edge's /metrics, for Prometheus
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 # The admin ports networkpolicy.yaml and docs/operations.md name; checked against the
 # Deployments (probes, scrape annotation) below.
@@ -200,7 +208,8 @@ def test_the_admin_ports_are_the_deployments_probe_and_scrape_ports() -> None:
             port = container[probe]["httpGet"]["port"]
             assert named.get(port, port) == ADMIN_PORTS[name], (name, probe)
     ingest = _container_ports(deployments["hookstream-ingest"])
-    assert ingest == {"http": WEBHOOK[1], "admin": ADMIN_PORTS["hookstream-ingest"]}
+    assert ingest == {"http": WEBHOOK[1], "admin": ADMIN_PORTS["hookstream-ingest"],
+                      "edge-stats": EDGE_STATS[1]}
     service = next(d for d in base_resources()
                    if d["kind"] == "Service" and d["metadata"]["name"] == "hookstream-ingest")
     assert [ingest[p["targetPort"]] for p in service["spec"]["ports"]] == [WEBHOOK[1]]
@@ -226,18 +235,28 @@ def test_every_hookstream_pod_is_under_an_ingress_policy(where: str) -> None:
 def test_admin_ports_only_from_monitoring_and_only_the_webhook_port_is_open(where: str) -> None:
     docs = base_resources() if where == "base" else _local_overlay()
     pods = _pods(docs)
+    deployments = _deployments(docs)
     for name, admin in ADMIN_PORTS.items():
         rules = ingress_rules(docs, pods[name])
-        open_ports = {p for r in rules if not r.get("from") for p in _ports(r)}
-        monitoring = {p for r in rules if r.get("from") for p in _ports(r)}
+        named = _container_ports(deployments[name])
+        open_ports = {p for r in rules if not r.get("from") for p in _ports(r, named)}
+        monitoring = {p for r in rules if r.get("from") for p in _ports(r, named)}
         for rule in rules:
             for peer in rule.get("from") or []:
                 assert _from_monitoring_only(peer), f"{where}: {name}: ingress from {peer}"
         # Anyone reaches ingest's webhook port and nothing else of any pod; the monitoring
-        # namespace reaches each pod's admin port and nothing else.
-        assert open_ports == ({WEBHOOK} if name == "hookstream-ingest" else set()), name
-        assert monitoring == {("TCP", admin)}, f"{where}: {name}: {monitoring}"
-        assert ("TCP", admin) not in open_ports
+        # namespace reaches each pod's admin port (and the edge's) and nothing else.
+        ingest = name == "hookstream-ingest"
+        assert open_ports == ({WEBHOOK} if ingest else set()), name
+        assert monitoring == {("TCP", admin)} | ({EDGE_STATS} if ingest else set()), (
+            f"{where}: {name}: {monitoring}")
+        assert not monitoring & open_ports
+    # A named port the pod does not declare would open nothing (or, resolved elsewhere,
+    # something else): every port of every rule resolves to a number.
+    for name in ADMIN_PORTS:
+        named = _container_ports(deployments[name])
+        for rule in ingress_rules(docs, pods[name]):
+            assert all(isinstance(port, int) for _, port in _ports(rule, named)), name
 
 
 def test_the_shipped_configurations_allow_sarj_recording_host() -> None:
