@@ -4,7 +4,7 @@ ingest pod, the compose service, the scrape jobs, the timeout budget, and the HA
 metric names the alert rules and dashboards use, checked against what HAProxy's own
 exporter serves.
 
-Needs ``haproxy`` (2.6, Debian's package; .ci/run installs it) on PATH: a missing one
+Needs ``haproxy`` (2.6, Debian's package; deploy/local/test installs it) on PATH: a missing one
 fails these tests, as a missing promtool fails test_deploy.py.
 """
 
