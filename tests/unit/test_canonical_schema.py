@@ -16,7 +16,10 @@ from hookstream.core.config import KafkaSettings
 from hookstream.core.events import ENVELOPE, CanonicalEvent, TranscriptTurn, is_test
 from hookstream.core.samples import SCHEMAS_DIR
 from hookstream.normalizer import catalog, pipeline
-from hookstream.normalizer.adapters import ADAPTERS
+from hookstream.providers import PROVIDERS as _PROVIDERS
+
+ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}
+
 
 SCHEMA_PATH = SCHEMAS_DIR / "canonical" / "v1" / "event.schema.json"
 SCHEMA = orjson.loads(SCHEMA_PATH.read_bytes())

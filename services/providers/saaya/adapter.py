@@ -23,7 +23,7 @@ from typing import Any
 
 from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, Invalid
 from ...core.record import RawDelivery
-from .base import MappingAdapter, num_or_none, obj_or_empty, str_or_none
+from ..adapter import MappingAdapter, num_or_none, obj_or_empty, str_or_none
 
 PROVIDER = "saaya"
 
