@@ -100,6 +100,9 @@ class CanonicalEvent:
     error_code: str | None = None
     error_message: str | None = None
     reason: str | None = None  # escalation / pause reason
+    # A session's channel as the provider names it (e.g. "voice"). Added within v1: an
+    # event written before the field existed has none (read it as null).
+    channel: str | None = None
 
     @property
     def subject_id(self) -> str | None:

@@ -173,10 +173,8 @@ def activity(event: dict[str, Any], *, transcript_max_chars: int = 20000,
     turns = _transcript(event.get("transcript"), transcript_max_chars)
     if turns is not None:
         fields["transcript"] = turns
-    inner = event.get("data", {}).get("data") if isinstance(event.get("data"), dict) else None
-    if event.get("provider") == "saaya" and isinstance(inner, dict):
-        if isinstance(inner.get("channel"), str):
-            fields["channel"] = inner["channel"]
+    if isinstance(event.get("channel"), str):  # a session's channel (canonical since v1)
+        fields["channel"] = event["channel"]
     if isinstance(event.get("received_at"), str):
         fields["first_seen_at"] = event["received_at"]
     fields["types"] = [event_type]
