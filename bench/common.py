@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 from hookstream.core.config import KafkaSettings
 from hookstream.core.kafka import make_producer
-from hookstream.core.providers import PROVIDERS
 from hookstream.core.record import RawDelivery
 from hookstream.core.samples import fresh_copy, samples
+from hookstream.providers import PROVIDERS
 
 SOURCE_OF = {"saaya": "saaya-main", "sawt": "sawt-main", "sarj": "sarj-main"}
 

@@ -5,7 +5,7 @@
     hookstream send                     post the providers' sample deliveries, signed
     hookstream dlq list|show|redrive    inspect and re-submit dead letters
     hookstream replay --from 2h         re-run raw deliveries (hookstream-normalizer replay)
-    hookstream backfill sarj CALL_ID... fetch calls from Sarj.ai's API onto the raw topic
+    hookstream backfill PROVIDER ID...  fetch calls from a provider's API onto the raw topic
     hookstream summary                  what is on each topic and in the warehouse
     hookstream load                     drive the pipeline with realistic generated traffic
     hookstream bench                    every benchmark beside its bare baseline
@@ -37,7 +37,7 @@ from .core.samples import Sample, fresh_copy, samples
 from .core.sink import H_ATTEMPT, H_NOT_BEFORE, sink_topics
 from .core.sources import Source, load_sources
 from .core.times import parse_time
-from .sarjapi.settings import SarjApiSettings
+from .providers import PROVIDERS
 from .sinks.crm.settings import CRMSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,11 +78,12 @@ def pick_sources(sources: dict[str, Source], only: str | None) -> dict[str, Sour
 def signed_request(source: Source, sample: Sample, now: float, delivery_id: str
                    ) -> tuple[str, dict[str, str]]:
     """(path, headers) of ``sample`` as the provider would send it to ``source``: signed
-    in the source's form, a Sawt routing key where the source takes it (header, query
+    in the source's form, the event name as routing key where the provider sends one
+    (``ProviderSpec.event_in_routing_key``) and the source takes it (header, query
     parameter or path segment; a fixed-key source needs none)."""
     headers = {"Content-Type": "application/json"}
     headers.update(source.verifier.sign(sample.body, now, delivery_id))
-    routing_key = sample.event if source.provider.name == "sawt" else None
+    routing_key = source.provider.routing_key(sample.event)
     headers.update(source.routing_key_headers(routing_key))
     return source.url_path(routing_key), headers
 
@@ -469,57 +470,6 @@ def _normalizer_main(argv: list[str]) -> int:
     return normalizer_main(argv)
 
 
-# ---------------------------------------------------------------- backfill
-def _backfill_source(keys: dict[str, str], wanted: str | None, path: str) -> str:
-    """The source to backfill as: the one named, else the only Sarj.ai source with a key."""
-    if wanted is not None:
-        if wanted not in keys:
-            raise ConfigError(f"source {wanted!r} is not a Sarj.ai source with api_key_env "
-                              f"in {path}")
-        return wanted
-    if len(keys) != 1:
-        raise ConfigError(f"{path} has {len(keys)} Sarj.ai sources with api_key_env "
-                          f"({', '.join(sorted(keys)) or 'none'}): name one with --source")
-    return next(iter(keys))
-
-
-def cmd_backfill_sarj(args: argparse.Namespace) -> int:
-    from .core.sources import load_api_keys
-    from .sarjapi.backfill import backfill, read_call_ids
-    from .sarjapi.client import SarjApi
-
-    settings = load(SarjApiSettings)
-    settings.validate()
-    if not settings.url:
-        raise ConfigError("HOOKSTREAM_SARJ_API_URL is empty: set the call API's base URL")
-    keys = load_api_keys(args.sources)
-    source = _backfill_source(keys, args.source, args.sources)
-    call_ids = read_call_ids(args.call_ids, args.from_file)
-    if not call_ids:
-        raise ConfigError("no call id given (arguments or --from-file)")
-    kafka = load(KafkaSettings)
-    width = max(len(printable(c)) for c in call_ids)
-
-    def report(call_id: str, outcome: str, detail: str) -> None:
-        print(f"{printable(call_id):<{width}}  {outcome:<9}  {printable(detail)}", flush=True)
-
-    async def run() -> Any:
-        api = SarjApi(settings, keys)
-        try:
-            return await backfill(api, kafka, source, call_ids, report)
-        finally:
-            await api.aclose()
-
-    print(f"backfill: {len(call_ids)} call(s) from {settings.url} as source {source!r} "
-          f"to {kafka.raw_topic} (hs-origin: api-backfill)", file=sys.stderr)
-    outcome = asyncio.run(run())
-    print(f"backfill: {len(outcome.published)} published, {len(outcome.failed)} failed, "
-          f"{len(call_ids) - len(outcome.published) - len(outcome.failed)} not tried; "
-          "calls already delivered are dropped as duplicates by the normalizer",
-          file=sys.stderr)
-    return 0 if len(outcome.published) == len(call_ids) else 1
-
-
 # ---------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
     """The benchmarks live in the repository's bench/ (not the installed package)."""
@@ -629,24 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
         "provider's API and put it on the raw topic as a delivery of the source, with "
         "header hs-origin: api-backfill. The normalizer's dedupe drops a call already "
         "delivered, so running it again (or over calls that did arrive) is safe. "
-        "docs/runbook.md, \"Backfilling Sarj.ai calls\".")
+        "docs/runbook.md has a backfill section per provider that has such an API.")
     backfill_sub = backfill_parser.add_subparsers(dest="provider", required=True)
-    sarj = backfill_sub.add_parser(
-        "sarj", help="Sarj.ai: GET /calls/{call_id} for each call",
-        description="Fetch each call from Sarj.ai's call API (HOOKSTREAM_SARJ_API_URL, the "
-        "source's api_key_env key) and put it on the raw topic as the webhook Sarj.ai "
-        "would have sent. One line per call (published or failed, with why). Exit status: "
-        "0 every call published; 1 some call not (not found, API failing, Kafka not "
-        "storing; run again for those); 2 a configuration or usage error.",
-        epilog=help_epilog(SarjApiSettings, KafkaSettings),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    sarj.add_argument("call_ids", nargs="*", metavar="CALL_ID", help="Sarj.ai call ids")
-    sarj.add_argument("--from-file", metavar="F",
-                      help="also the call ids in F, one per line (# comments, blank lines)")
-    sarj.add_argument("--source", help="the Sarj.ai source the calls belong to (default: "
-                      "the only one with api_key_env)")
-    sarj.add_argument("--sources", default=DEFAULT_SOURCES, help="sources file (TOML)")
-    sarj.set_defaults(func=cmd_backfill_sarj)
+    for spec in PROVIDERS.values():  # each provider with an API for it adds its command
+        if spec.add_backfill_command is not None:
+            spec.add_backfill_command(backfill_sub, DEFAULT_SOURCES, printable)
 
     bench = sub.add_parser("bench", help="run every benchmark beside its bare baseline",
                            description="Ingest, normalizer, warehouse, end to end and memory, "

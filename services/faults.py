@@ -42,6 +42,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .providers import PROVIDERS
+
 if TYPE_CHECKING:
     import aiohttp
     import asyncpg
@@ -86,14 +88,24 @@ class RetryPolicy:
         return len(statuses) >= self.tries and not any(is_2xx(s) for s in statuses)
 
 
-# Sarj.ai as documented (../shared/providers, "Retries"): 3 retries 2 s apart, each
-# try with a 10 s timeout. Saaya and Sawt do not document theirs: the same shape,
-# overridable with --policy.
+# Each provider's as its spec states (``ProviderSpec.sender_retries``: as documented,
+# or an assumed shape where its document states none), overridable with --policy.
 DEFAULT_POLICIES: dict[str, RetryPolicy] = {
-    "sarj": RetryPolicy(retries=3, delay_s=2.0, timeout_s=10.0),
-    "saaya": RetryPolicy(retries=3, delay_s=2.0, timeout_s=10.0),
-    "sawt": RetryPolicy(retries=3, delay_s=2.0, timeout_s=10.0),
+    name: RetryPolicy(spec.sender_retries.retries, spec.sender_retries.delay_s,
+                      spec.sender_retries.timeout_s)
+    for name, spec in PROVIDERS.items()
 }
+
+
+def policies_help() -> str:
+    """One line per provider: its default retry policy, and whether it is documented."""
+    lines = []
+    for name, spec in sorted(PROVIDERS.items()):
+        r = spec.sender_retries
+        lines.append(f"{name} ({spec.title}): {r.retries} retries {r.delay_s:g} s apart, each "
+                     f"try with a {r.timeout_s:g} s timeout"
+                     f"{' (documented)' if r.documented else ' (assumed: none documented)'}")
+    return "\n".join(lines)
 
 
 def is_2xx(status: int) -> bool:
@@ -101,11 +113,13 @@ def is_2xx(status: int) -> bool:
 
 
 def parse_policy(text: str) -> tuple[str, RetryPolicy]:
-    """``PROVIDER=RETRIES:DELAY_S:TIMEOUT_S``, e.g. ``saaya=5:1:10``."""
-    match = re.fullmatch(r"(saaya|sawt|sarj)=(\d+):([0-9.]+):([0-9.]+)", text.strip())
+    """``PROVIDER=RETRIES:DELAY_S:TIMEOUT_S``, e.g. ``<provider>=5:1:10``."""
+    names = "|".join(re.escape(name) for name in sorted(PROVIDERS))
+    match = re.fullmatch(rf"({names})=(\d+):([0-9.]+):([0-9.]+)", text.strip())
     if match is None:
         raise argparse.ArgumentTypeError(
-            f"--policy {text!r}: want PROVIDER=RETRIES:DELAY_S:TIMEOUT_S (saaya, sawt, sarj)")
+            f"--policy {text!r}: want PROVIDER=RETRIES:DELAY_S:TIMEOUT_S "
+            f"({', '.join(sorted(PROVIDERS))})")
     provider, retries, delay, timeout = match.groups()
     return provider, RetryPolicy(int(retries), float(delay), float(timeout))
 
@@ -1606,8 +1620,8 @@ columns:
                              earlier was in the warehouse or dead-lettered
                              ("not recovered": either never happened in the run)
 
-retry policies (--policy PROVIDER=RETRIES:DELAY_S:TIMEOUT_S): Sarj.ai as documented,
-3 retries 2 s apart, each try with a 10 s timeout; Saaya and Sawt the same unless set.
+retry policies (--policy PROVIDER=RETRIES:DELAY_S:TIMEOUT_S), unless set:
+{policies}
 
 exit status: 1 when any scenario has acknowledged-but-missing deliveries or
 duplicate rows, events missing from or applied twice at the CRM stand-in or
@@ -1621,7 +1635,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     scenarios = "\n".join(f"  {s.name:<18} {s.doc}" for s in SCENARIOS.values())
     parser.description = ("Inject faults into a pipeline of its own under load and "
                           "account for every delivery; prints one table.")
-    parser.epilog = HELP.format(scenarios=scenarios)
+    parser.epilog = HELP.format(scenarios=scenarios, policies=policies_help())
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", default=[],
                         help="scenarios to run (default: every one but broker-down-long)")

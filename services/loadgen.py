@@ -1,10 +1,10 @@
-"""A realistic generated load of all three providers, signed, at a steady rate.
+"""A realistic generated load of every provider, signed, at a steady rate.
 
-Traffic is built from the providers' own samples with new identities: Sawt calls
-walk their lifecycle (initializing, started, updated, ended, analyzed, now and then
-a tool failure), Sarj.ai calls end completed or not connected, Saaya sessions start,
-call tools and end (some error or escalate), with agent, campaign and knowledge-base
-events between. A small share of deliveries is redelivered (as providers retry) and
+Traffic is built from the providers' own samples with new identities: each provider
+with a ``ProviderSpec.load_mix`` makes its share of conversations (the deliveries one
+call or session makes: a call walking its lifecycle, a session calling tools, with
+agent, campaign and knowledge-base events between; see each provider's
+``load_mix.py``). A small share of deliveries is redelivered (as providers retry) and
 a smaller share is malformed, so dedupe and the dead-letter topic have work to do.
 """
 
@@ -34,6 +34,7 @@ from .core.samples import Sample, fresh_copy, samples
 from .core.schemas import SchemaRegistry
 from .core.sources import Source
 from .normalizer.pipeline import Decoder
+from .providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _by_event(provider: str) -> dict[str, list[Sample]]:
 def _tweak(sample: Sample, rng: random.Random) -> Sample:
     """Vary the numbers a dashboard would show (durations, costs, sentiment)."""
     body = orjson.loads(sample.body)
-    data = body.get("data") if sample.provider == "saaya" else body
+    data = PROVIDERS[sample.provider].figures(body)
     if isinstance(data, dict):
         if isinstance(data.get("durationMs"), int):
             data["durationMs"] = rng.randint(20_000, 900_000)
@@ -77,32 +78,19 @@ def conversations(seed: int | None = None) -> Iterator[list[Sample]]:
     A seed repeats a stream exactly; without one every run has ids of its own (a second
     run on the same stack must be new events, not redeliveries of the first)."""
     rng = random.Random(seed)
-    sawt, sarj, saaya = _by_event("sawt"), _by_event("sarj"), _by_event("saaya")
-    not_connected = ["no_answer", "user_rejected", "user_unavailable", "automation", "failed"]
+    # Each provider's share of the conversations, in the registry's (name) order.
+    mixes = [(spec.load_mix, _by_event(name)) for name, spec in sorted(PROVIDERS.items())
+             if spec.load_mix is not None]
+    total = sum(mix.share for mix, _ in mixes)
     for n in itertools.count():
         tag = f"{n:07d}{rng.getrandbits(24):06x}"
-        choice = rng.random()
-        if choice < 0.4:
-            events = ["call.initializing", "call.started", "call.updated"]
-            if rng.random() < 0.1:
-                events.append(rng.choice(["tool.knowledge_base.failed", "tool.function.failed"]))
-            events += ["call.ended", "call.analyzed"]
-            picked = [sawt[e][0] for e in events]
-        elif choice < 0.7:
-            kind = "complete" if rng.random() < 0.6 else rng.choice(not_connected)
-            picked = [sarj[kind][0]]
-        else:
-            ending = rng.choices(["session.ended", "session.errored", "session.escalated"],
-                                 weights=[90, 5, 5])[0]
-            picked = [saaya["session.started"][0], saaya["tool.called"][0]]
-            if rng.random() < 0.05:
-                picked.append(saaya["tool.errored"][0])
-            picked.append(saaya[ending][0])
-            if rng.random() < 0.15:
-                other = rng.choice(["agent.updated", "agent.published", "campaign.row.completed",
-                                    "campaign.started", "kb.upload.completed",
-                                    "kb.upload.failed", "campaign.paused"])
-                picked.append(rng.choice(saaya[other]))
+        choice = rng.random() * total
+        index = 0
+        while index < len(mixes) - 1 and choice >= mixes[index][0].share:
+            choice -= mixes[index][0].share
+            index += 1
+        mix, by_event = mixes[index]
+        picked = mix.conversation(rng, by_event)
         yield [_tweak(fresh_copy(s, tag), rng) for s in picked]
 
 
@@ -219,7 +207,7 @@ class Accounting:
         raw = RawDelivery(source=source.name, provider=source.provider.name,
                           received_at_ms=0, request_id=receipt, body=delivery.sample.body,
                           routing_key=source.recorded_routing_key(
-                              delivery.sample.event if source.provider.name == "sawt" else None))
+                              source.provider.routing_key(delivery.sample.event)))
         record = LocalRecord(raw.body, raw.headers())
         try:
             self.receipt_event[receipt] = self._decoder.decode(record).event_id

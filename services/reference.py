@@ -14,7 +14,7 @@ from .core.config import KafkaSettings, LogSettings, PostgresSettings, markdown_
 from .core.sink import SinkSettings
 from .ingest.settings import IngestSettings
 from .normalizer.settings import NormalizerSettings
-from .sarjapi.settings import SarjApiSettings
+from .providers import PROVIDERS
 from .sinks.alerts.sink import AlertsSettings
 from .sinks.crm.settings import CRMSettings
 from .sinks.recordings.settings import RecordingsSettings
@@ -31,8 +31,10 @@ SECTIONS: list[tuple[str, tuple[type[Any], ...]]] = [
     ("hookstream-sink-alerts", (AlertsSettings,)),
     ("hookstream-sink-crm", (CRMSettings,)),
     ("hookstream-sink-recordings", (RecordingsSettings,)),
-    ("Sarj.ai call API (hookstream-sink-recordings, hookstream backfill)", (SarjApiSettings,)),
     ("hookstream-sink-transcripts", (TranscriptsSettings,)),
+    # Each provider's own settings (ProviderSpec.settings), by provider.
+    *((f"{spec.title} {s.label} ({', '.join(s.used_by)})", (s.cls,))
+      for _, spec in sorted(PROVIDERS.items()) for s in spec.settings),
 ]
 
 START = "<!-- config-reference:start (generated: python -m hookstream.reference) -->"

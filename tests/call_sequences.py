@@ -67,7 +67,7 @@ class Delivery:
 
 def natural_key(provider: str, body: bytes) -> bytes | None:
     """The raw record's key, as ingest sets it (``ProviderSpec.natural_key``)."""
-    from hookstream.core.providers import PROVIDERS
+    from hookstream.providers import PROVIDERS
 
     key: bytes | None = PROVIDERS[provider].natural_key(body)
     return key

@@ -68,7 +68,7 @@ class CanonicalEvent:
     occurred_at: str | None  # ISO 8601, as the provider stated it, when it did
     data: dict[str, Any]  # the provider's payload, whole
     provider_version: str | None = None
-    type_inferred: bool = False  # Sawt: routing key inferred from the payload's shape
+    type_inferred: bool = False  # no routing key: the type inferred from the payload's shape
     request_id: str | None = None  # ingest receipt of the delivery this came from
     # A test delivery (issue 13): kept in the warehouse's events, flagged, and kept out
     # of the folded call state, the CRM, alerts and recordings. Absent in events written
@@ -89,10 +89,10 @@ class CanonicalEvent:
     duration_s: float | None = None
     cost: float | None = None
     cost_currency: str | None = None
-    sentiment: float | None = None  # as the provider gives it (Saaya's example: -1..1)
+    sentiment: float | None = None  # as the provider gives it (e.g. a score in -1..1)
     sentiment_label: str | None = None  # "positive" | "neutral" | "negative" | provider's
     summary: str | None = None
-    outcome: str | None = None  # e.g. Sarj.ai not-connected reason, campaign row outcome
+    outcome: str | None = None  # e.g. a not-connected reason, a campaign row's outcome
     transcript: list[TranscriptTurn] | None = None
     transcript_url: str | None = None
     recording_url: str | None = None
@@ -100,6 +100,9 @@ class CanonicalEvent:
     error_code: str | None = None
     error_message: str | None = None
     reason: str | None = None  # escalation / pause reason
+    # A session's channel as the provider names it (e.g. "voice"). Added within v1: an
+    # event written before the field existed has none (read it as null).
+    channel: str | None = None
 
     @property
     def subject_id(self) -> str | None:

@@ -1,7 +1,8 @@
 """The providers' sample deliveries: the example payloads beside the schemas.
 
 ``schemas/providers/<provider>/[<version>/]examples/<event>[.<n>|.<variant>].json``
-holds realistic bodies of every documented event. The CLI's ``send``, the demo,
+(the provider's ``ProviderSpec.schema_dir``) holds realistic bodies of every
+documented event. The CLI's ``send``, the demo,
 the tests and the benchmarks all draw from here, so there is one set of samples.
 """
 
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+
+from ..providers import PROVIDERS
 
 SCHEMAS_DIR = Path(
     os.environ.get("HOOKSTREAM_SCHEMAS_DIR", Path(__file__).resolve().parents[2] / "schemas")
@@ -36,31 +39,22 @@ def _event_name(stem: str, known: set[str]) -> str:
 
 
 def samples(provider: str | None = None, schemas_dir: Path = SCHEMAS_DIR) -> Iterator[Sample]:
-    root = schemas_dir / "providers"
-    for provider_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if provider is not None and provider_dir.name != provider:
+    for name in sorted(PROVIDERS):
+        provider_dir = PROVIDERS[name].schema_dir(schemas_dir)
+        if (provider is not None and name != provider) or not provider_dir.is_dir():
             continue
         for examples in sorted(provider_dir.rglob("examples")):
             known = {p.name.removesuffix(".schema.json")
                      for p in examples.parent.glob("*.schema.json")}
             for path in sorted(examples.glob("*.json")):
                 stem = path.name.removesuffix(".json")
-                yield Sample(provider_dir.name, _event_name(stem, known), stem, path.read_bytes())
+                yield Sample(name, _event_name(stem, known), stem, path.read_bytes())
 
 
 def fresh_copy(sample: Sample, tag: str) -> Sample:
-    """The same event kind with new identities (Saaya ``id``, call ids), so that the
-    normalizer treats it as a new event rather than a redelivery of the sample."""
+    """The same event kind with new identities (the provider's ``renew_ids``: event
+    ids, call or session ids), so that the normalizer treats it as a new event rather
+    than a redelivery of the sample."""
     body = orjson.loads(sample.body)
-    if sample.provider == "saaya":
-        body["id"] = f"{body.get('id', 'evt')}_{tag}"
-        data = body.get("data")
-        if isinstance(data, dict) and isinstance(data.get("sessionId"), str):
-            data["sessionId"] = f"{data['sessionId']}_{tag}"
-    elif isinstance(body.get("call_id"), str):
-        body["call_id"] = f"{body['call_id']}_{tag}"
-        call_data = body.get("payload", {}).get("call_data") if isinstance(
-            body.get("payload"), dict) else None
-        if isinstance(call_data, dict) and isinstance(call_data.get("call_id"), str):
-            call_data["call_id"] = body["call_id"]
+    PROVIDERS[sample.provider].renew_ids(body, tag)
     return dataclasses.replace(sample, body=orjson.dumps(body))

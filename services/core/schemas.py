@@ -1,8 +1,9 @@
 """Compiled provider schemas, keyed by (provider, version, event type).
 
-Layout (see schemas/providers/README.md): versioned providers keep one folder
-per version (``saaya/2026-04-01/<type>.schema.json``); unversioned providers
-keep their schemas in the provider folder. Validators are compiled once with
+Layout (see schemas/providers/README.md): each registered provider's schema
+directory (``ProviderSpec.schema_dir``: ``schemas/providers/<name>/``); versioned
+providers keep one folder per version (``<name>/<version>/<type>.schema.json``),
+unversioned providers keep their schemas in the provider folder. Validators are compiled once with
 fastjsonschema (generated Python code, far faster than interpreting).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import fastjsonschema
 import orjson
 
+from ..providers import PROVIDERS
 from .errors import SCHEMA_VIOLATION, UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, Invalid
 from .samples import SCHEMAS_DIR
 
@@ -26,16 +28,17 @@ class SchemaRegistry:
     def __init__(self, schemas_dir: Path = SCHEMAS_DIR) -> None:
         self._validators: dict[tuple[str, str | None, str], Validator] = {}
         self._versions: dict[str, set[str]] = {}
-        root = schemas_dir / "providers"
-        for path in sorted(root.rglob(f"*{SUFFIX}")):
-            relative = path.relative_to(root).parts
-            provider = relative[0]
-            version = relative[1] if len(relative) == 3 else None
-            event_type = path.name.removesuffix(SUFFIX)
-            schema = orjson.loads(path.read_bytes())
-            self._validators[(provider, version, event_type)] = fastjsonschema.compile(schema)
-            if version is not None:
-                self._versions.setdefault(provider, set()).add(version)
+        for provider in sorted(PROVIDERS):
+            root = PROVIDERS[provider].schema_dir(schemas_dir)
+            for path in sorted(root.rglob(f"*{SUFFIX}")):
+                relative = path.relative_to(root).parts
+                version = relative[0] if len(relative) == 2 else None
+                event_type = path.name.removesuffix(SUFFIX)
+                schema = orjson.loads(path.read_bytes())
+                self._validators[(provider, version, event_type)] = fastjsonschema.compile(
+                    schema)
+                if version is not None:
+                    self._versions.setdefault(provider, set()).add(version)
 
     def versions(self, provider: str) -> set[str]:
         return set(self._versions.get(provider, set()))

@@ -7,18 +7,20 @@ only the names of the environment variables that hold them::
     [defaults]                      # optional; applies to every source
     max_body_bytes = 1048576
 
-    [sources.saaya-main]
-    provider = "saaya"
-    secrets_env = ["SAAYA_SECRET", "SAAYA_SECRET_PREVIOUS"]   # rotation
+    [sources.acme-main]
+    provider = "acme"                        # a folder of services/providers/
+    secrets_env = ["ACME_SECRET", "ACME_SECRET_PREVIOUS"]   # rotation
 
-    [sources.sarj-prod]
-    provider = "sarj"
-    path_secret_env = "SARJ_PATH_SECRET"     # URL: /v1/webhooks/sarj-prod/<secret>
+    [sources.acme-prod]
+    provider = "acme"
+    path_secret_env = "ACME_PATH_SECRET"     # URL: /v1/webhooks/acme-prod/<secret>
     allow_cidrs = ["203.0.113.0/24"]
     trusted_proxies = ["10.20.0.0/24"]       # only these may set X-Forwarded-For
 
 The settings every source accepts are in ``COMMON_KEYS``; provider-specific
-ones are documented in each provider module (``providers/<name>.py``).
+ones are the provider's ``ProviderSpec.options``, documented in its folder
+(``providers/<name>/auth.py``) and in docs/sources.md (deploy/local/sources.toml
+has a source of every provider).
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..providers import PROVIDERS
+from ..providers.base import HEADER_NAME, ProviderSpec, Verifier, any_digest_matches
+from ..providers.base import MIN_SECRET_BYTES as MIN_SECRET_BYTES  # re-exported
 from .config import ConfigError
-from .providers import PROVIDERS
-from .providers.base import HEADER_NAME, ProviderSpec, Verifier, any_digest_matches
-from .providers.base import MIN_SECRET_BYTES as MIN_SECRET_BYTES  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ MIN_PATH_SECRET_CHARS = 24
 # provider reads it (providers/base.py: secrets_from).
 # The value the shipped manifests put where a real secret belongs: never accepted.
 PLACEHOLDER = "REPLACE_ME"
-# Where a delivery's routing key (Sawt's event name) travels: its document leaves it open.
+# Where a delivery's routing key (an event name sent outside the body) travels.
 ROUTING_KEY_PLACES = ("header", "query", "path", "fixed")
 DEFAULT_ROUTING_KEY_PARAM = "routing_key"
 # The limit ingest applies to every value it copies onto the record (app.py truncates a
@@ -65,7 +67,7 @@ _QUERY_NAME = re.compile(r"[0-9A-Za-z_.\-]+")
 
 # Settings any source may set, with their defaults (documented in docs/sources.md).
 COMMON_KEYS: dict[str, Any] = {
-    "provider": None,  # required: saaya | sawt | sarj
+    "provider": None,  # required: a registered provider (providers/<name>/)
     "max_body_bytes": DEFAULT_MAX_BODY_BYTES,
     "content_types": list(DEFAULT_CONTENT_TYPES),
     "allow_missing_content_type": True,
@@ -87,8 +89,8 @@ COMMON_KEYS: dict[str, Any] = {
 @dataclasses.dataclass(frozen=True)
 class TestCalls:
     """Which call ids of one source are test calls: the ids listed, or those the pattern
-    matches whole (``re.fullmatch``). The call id is Sarj.ai's and Sawt's ``call_id``,
-    Saaya's ``sessionId``. Read by the normalizer, which sets ``test`` on the event."""
+    matches whole (``re.fullmatch``). The call id is the canonical event's ``call_id``,
+    else its ``session_id``. Read by the normalizer, which sets ``test`` on the event."""
 
     __test__ = False  # not a pytest class
 
@@ -144,12 +146,11 @@ def load_test_calls(path: str | Path) -> dict[str, TestCalls]:
 
 def load_api_keys(path: str | Path, environ: Mapping[str, str] | None = None
                   ) -> dict[str, str]:
-    """Each Sarj.ai source's call-API key (its ``api_key_env`` variable), for the
-    recordings sink and ``hookstream backfill``: only that setting is read, so no webhook
-    secret has to be in their environment. A named variable that is unset or holds the
-    placeholder is a ``ConfigError``; a source without ``api_key_env`` has no key."""
-    from .providers.sarj import api_key_var
-
+    """Each source's API key (the variable its provider's ``api_key_var`` hook names,
+    e.g. ``api_key_env``), for the recordings sink and ``hookstream backfill``: only that
+    setting is read, so no webhook secret has to be in their environment. A named
+    variable that is unset or holds the placeholder is a ``ConfigError``; a source
+    without one, or of a provider with no API key, has no key."""
     environ = os.environ if environ is None else environ
     document = _read_sources_file(path)
     defaults = document.get("defaults", {})
@@ -161,10 +162,11 @@ def load_api_keys(path: str | Path, environ: Mapping[str, str] | None = None
         if not isinstance(table, dict):
             raise ConfigError(f"sources.{name} must be a table")
         merged = {**defaults, **table}
-        if merged.get("provider") != "sarj":
+        spec = PROVIDERS.get(str(merged.get("provider")))
+        if spec is None or spec.api_key_var is None:
             continue
         try:
-            var = api_key_var(name, merged)
+            var = spec.api_key_var(name, merged)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if var is not None:

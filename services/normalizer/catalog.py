@@ -24,7 +24,7 @@ import orjson
 from ..core.events import event_id
 from ..core.record import RawDelivery
 from ..core.samples import SCHEMAS_DIR, Sample, samples
-from .adapters import ADAPTERS
+from ..providers import PROVIDERS
 
 SUFFIX = ".schema.json"
 CANONICAL_SCHEMA = Path("canonical") / "v1" / "event.schema.json"
@@ -166,8 +166,9 @@ def _render_canonical(schemas_dir: Path) -> list[str]:
              "### Canonical types", "",
              "| canonical type | provider events |", "|---|---|"]
     by_type: dict[str, list[str]] = {t: [] for t in schema["properties"]["type"]["enum"]}
-    for provider in sorted(ADAPTERS):
-        for provider_type, canonical in sorted(ADAPTERS[provider].canonical_types.items()):
+    for provider in sorted(PROVIDERS):
+        for provider_type, canonical in sorted(
+                PROVIDERS[provider].adapter.canonical_types.items()):
             by_type.setdefault(canonical, []).append(f"{provider} `{provider_type}`")
     for canonical, sources in sorted(by_type.items()):
         lines.append(f"| `{canonical}` | {', '.join(sources) or '—'} |")
@@ -183,13 +184,13 @@ def _render_providers(schemas_dir: Path) -> list[str]:
              "| provider | version | event type | canonical type | examples |",
              "|---|---|---|---|---|"]
     for provider, version, event, path in kinds:
-        canonical = ADAPTERS[provider].canonical_types.get(event, "(unmapped)")
+        canonical = PROVIDERS[provider].adapter.canonical_types.get(event, "(unmapped)")
         examples = _examples(path.parent / "examples", event)
         lines.append(f"| {provider} | {version or '—'} | `{event}` | `{canonical}` | "
                      f"{', '.join(f'`{e}`' for e in examples)} |")
     for provider, version, event, path in kinds:
         schema = _load(path)
-        canonical = ADAPTERS[provider].canonical_types.get(event, "(unmapped)")
+        canonical = PROVIDERS[provider].adapter.canonical_types.get(event, "(unmapped)")
         where = path.relative_to(schemas_dir).as_posix()
         lines += ["", f"### {provider} {version + ' ' if version else ''}`{event}` → "
                       f"`{canonical}`", "",
@@ -243,14 +244,14 @@ def _example_delivery(sample: Sample) -> RawDelivery:
                                                   f"{sample.name}").hex,
         body=sample.body,
         content_type="application/json",
-        # Sawt: the routing key arrives in a header, as on a configured source.
-        routing_key=sample.event if sample.provider == "sawt" else None,
+        # An event name sent outside the body arrives as on a configured source.
+        routing_key=PROVIDERS[sample.provider].routing_key(sample.event),
     )
 
 
 def canonical_example(sample: Sample) -> dict[str, Any]:
     """The canonical event the adapters make of one provider sample."""
-    adapter = ADAPTERS[sample.provider]
+    adapter = PROVIDERS[sample.provider].adapter
     raw = _example_delivery(sample)
     payload = orjson.loads(sample.body)
     event_type, version, inferred = adapter.identify(raw, payload)

@@ -18,6 +18,7 @@ from ..core.config import (
 from ..core.consumer import stop_on_signals
 from ..core.sources import load_test_calls
 from ..core.times import parse_time
+from ..providers import settings_of
 from .service import replay, run
 from .settings import NormalizerSettings
 
@@ -27,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hookstream-normalizer",
         description="Validate, deduplicate and map raw deliveries onto the canonical event "
         "stream; dead-letter what cannot be. Without a command: run the consumer.",
-        epilog=help_epilog(NormalizerSettings, KafkaSettings, PostgresSettings, LogSettings),
+        epilog=help_epilog(NormalizerSettings, *settings_of("hookstream-normalizer"),
+                           KafkaSettings, PostgresSettings, LogSettings),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command")

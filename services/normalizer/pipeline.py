@@ -29,8 +29,8 @@ from ..core.postgres import DATABASE_ERRORS
 from ..core.record import RawDelivery
 from ..core.schemas import SchemaRegistry
 from ..core.sources import TestCalls
+from ..providers import PROVIDERS
 from . import metrics
-from .adapters import ADAPTERS, Adapter
 from .dedupe import DedupeStore
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,15 @@ class BatchResult:
 class Decoder:
     """Bytes and headers to a CanonicalEvent; every failure is ``Invalid``."""
 
-    def __init__(self, registry: SchemaRegistry, saaya_versions: Sequence[str] = (), *,
+    def __init__(self, registry: SchemaRegistry,
+                 versions: Mapping[str, Sequence[str]] | None = None, *,
                  max_depth: int = DEFAULT_MAX_DEPTH,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  test_calls: Mapping[str, TestCalls] | None = None) -> None:
         self._registry = registry
         self._test_calls = dict(test_calls or {})
-        self._saaya_versions = set(saaya_versions)
-        self._adapters: dict[str, Adapter] = ADAPTERS
+        # Per provider, the payload versions accepted (none listed: every version).
+        self._versions = {p: set(v) for p, v in (versions or {}).items() if v}
         self._max_depth = max_depth
         self._max_body_bytes = max_body_bytes
 
@@ -110,8 +111,8 @@ class Decoder:
             raw = RawDelivery.from_kafka(record.headers, record.value)
         except (KeyError, ValueError) as exc:
             raise Invalid(errors.MISSING_METADATA, f"raw record header missing: {exc}") from None
-        adapter = self._adapters.get(raw.provider)
-        if adapter is None:
+        spec = PROVIDERS.get(raw.provider)
+        if spec is None:
             raise Invalid(errors.UNKNOWN_PROVIDER, f"no adapter for provider {raw.provider!r}")
         body = raw.body
         if len(body) > self._max_body_bytes:
@@ -134,10 +135,12 @@ class Decoder:
         if (body.count(b"{") + body.count(b"[") > self._max_depth
                 and nesting_exceeds(payload, self._max_depth)):
             raise Invalid(errors.TOO_DEEP, f"JSON nested deeper than {self._max_depth} levels")
+        adapter = spec.adapter
         event_type, version, inferred = adapter.identify(raw, payload)
-        if (version is not None and raw.provider == "saaya" and self._saaya_versions
-                and version not in self._saaya_versions):
-            raise Invalid(errors.UNKNOWN_VERSION, f"saaya version {version!r} not configured")
+        accepted = self._versions.get(raw.provider)
+        if version is not None and accepted and version not in accepted:
+            raise Invalid(errors.UNKNOWN_VERSION,
+                          f"{raw.provider} version {version!r} not configured")
         self._registry.validate(raw.provider, version, event_type, payload)
         key = adapter.dedupe_key(event_type, payload)
         try:
@@ -194,7 +197,7 @@ class Normalizer:
         self._decoder = decoder
         self._produce_timeout_s = produce_timeout_s
         # Closed label sets: every series exists from the start, at 0.
-        for provider in ADAPTERS:
+        for provider in PROVIDERS:
             metrics.EVENTS_IN.labels(provider)
             metrics.DUPLICATES.labels(provider)
         for reason in errors.REASONS:

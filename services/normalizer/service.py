@@ -19,6 +19,7 @@ from ..core.kafka import ProducerKeeper, make_consumer, scan
 from ..core.postgres import DATABASE_ERRORS, create_pool
 from ..core.schemas import SchemaRegistry
 from ..core.sources import load_test_calls
+from ..providers import accepted_versions
 from .dedupe import DedupeStore
 from .pipeline import Decoder, Normalizer
 from .settings import NormalizerSettings
@@ -41,7 +42,9 @@ async def normalizer_parts(
         await dedupe.migrate()
         await producers.start()
         test_calls = load_test_calls(settings.sources_file) if settings.sources_file else {}
-        decoder = Decoder(SchemaRegistry(), settings.saaya_versions,
+        versions = (settings.versions if settings.versions is not None
+                    else accepted_versions())
+        decoder = Decoder(SchemaRegistry(), versions,
                           max_depth=settings.max_depth, max_body_bytes=settings.max_body_bytes,
                           test_calls=test_calls)
         yield (Normalizer(kafka, producers, dedupe, decoder, settings.produce_timeout_s),

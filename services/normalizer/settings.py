@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from ..core.config import env
 
@@ -23,9 +24,6 @@ class NormalizerSettings:
                                  "event ids remembered in-process in front of PostgreSQL")
     dedupe_table: str = env("HOOKSTREAM_DEDUPE_TABLE", "hookstream_dedupe",
                             "PostgreSQL table of published event ids")
-    saaya_versions: tuple[str, ...] = env(
-        "HOOKSTREAM_SAAYA_VERSIONS", (),
-        "Saaya envelope versions accepted (comma list; empty: every version with schemas)")
     max_depth: int = env("HOOKSTREAM_NORMALIZER_MAX_DEPTH", 64,
                          "deepest JSON nesting accepted (objects and arrays; the root is 1); "
                          "deeper bodies are dead-lettered too_deep")
@@ -45,3 +43,6 @@ class NormalizerSettings:
                          "port of /healthz, /readyz, /metrics")
     shutdown_timeout_s: float = env("HOOKSTREAM_NORMALIZER_SHUTDOWN_TIMEOUT_S", 20.0,
                                     "on SIGTERM: longest wait to finish, commit and leave")
+    # Per provider, the payload versions accepted; None: each provider's own setting
+    # (ProviderSpec.accepted_versions, e.g. a HOOKSTREAM_<PROVIDER>_VERSIONS variable).
+    versions: Mapping[str, tuple[str, ...]] | None = None

@@ -2,9 +2,9 @@
 guard, and a streamed, size-capped GET into memory.
 
 Shared by the sinks that download what a provider links to rather than sends: the
-recordings sink (``recordings/fetch.py``: Sarj.ai's signed ``recording_url``, spooled
-to a file) and the transcripts sink (``transcripts/``: Saaya's ``transcriptUrl``,
-read into memory). Each passes its own dead-letter reasons (:class:`Reasons`), so
+recordings sink (``recordings/fetch.py``: a signed ``recording_url``, spooled to a
+file) and the transcripts sink (``transcripts/``: a ``transcript_url``, read into
+memory). Each passes its own dead-letter reasons (:class:`Reasons`), so
 the guard and the failure classification are written once.
 
 Every hop (the URL and each redirect) must pass, in this order:

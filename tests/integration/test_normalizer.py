@@ -252,7 +252,8 @@ async def test_every_dead_letter_reason_lands_on_the_dlq(
         ("hs-source", b"x"), ("hs-provider", b"vonage"), ("hs-received-at", b"1"),
         ("hs-request-id", b"r1")])
     # A mapping bug (here: planted for one call id) dead-letters that event only.
-    from hookstream.normalizer.adapters import ADAPTERS
+    from hookstream.providers import PROVIDERS as _PROVIDERS
+    ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}
 
     sarj_adapter = ADAPTERS["sarj"]
     real_mapping = sarj_adapter.to_canonical
@@ -290,7 +291,7 @@ async def test_replay_after_a_fix_is_idempotent(pipeline: Pipeline) -> None:
     for sample in saaya:
         assert (await pipeline.post("saaya-main", sample)).status_code == 202
     # Deployed with only an older Saaya version configured: every delivery dead-letters.
-    async with pipeline.normalizer(saaya_versions=("2025-01-01",)):
+    async with pipeline.normalizer(versions={"saaya": ("2025-01-01",)}):
         letters = await pipeline.dead_letters(len(saaya))
     assert {dlq.header(r.headers, dlq.H_REASON) for r in letters} == {"unknown_version"}
     assert await pipeline.events(0, timeout_s=0) == []
@@ -309,7 +310,7 @@ async def test_dlq_redrive_is_idempotent(pipeline: Pipeline) -> None:
     saaya = [s for s in samples("saaya") if s.event.startswith("agent.")]
     for sample in saaya:
         assert (await pipeline.post("saaya-main", sample)).status_code == 202
-    async with pipeline.normalizer(saaya_versions=("2025-01-01",)):
+    async with pipeline.normalizer(versions={"saaya": ("2025-01-01",)}):
         await pipeline.dead_letters(len(saaya))
     args = Namespace(reason="unknown_version", stage=None, source=None, from_=None,
                      dry_run=False)

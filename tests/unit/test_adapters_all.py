@@ -21,7 +21,7 @@ from hookstream.core.events import CanonicalEvent, event_id
 from hookstream.core.record import RawDelivery
 from hookstream.core.samples import SCHEMAS_DIR, Sample, samples
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.normalizer.adapters import ADAPTERS
+from hookstream.providers import PROVIDERS as _PROVIDERS
 
 REGISTRY = SchemaRegistry()
 SAMPLES = list(samples())
@@ -41,6 +41,8 @@ CANONICAL = Draft202012Validator(
     orjson.loads((SCHEMAS_DIR / "canonical" / "v1" / "event.schema.json").read_bytes()),
     format_checker=_format_checker(),
 )
+
+ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}
 
 
 def raw_of(sample: Sample, routing_key: str | None = None) -> RawDelivery:

@@ -17,8 +17,8 @@ from hookstream.core.events import CanonicalEvent, event_id
 from hookstream.core.record import RawDelivery
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.normalizer.adapters import saaya
-from hookstream.normalizer.adapters.saaya import ADAPTER
+from hookstream.providers.saaya import adapter as saaya
+from hookstream.providers.saaya.adapter import ADAPTER
 
 REGISTRY = SchemaRegistry()
 BODIES = {s.name: s.body for s in samples("saaya")}

@@ -12,7 +12,7 @@ from hookstream.core.events import CanonicalEvent, TranscriptTurn, event_id
 from hookstream.core.record import RawDelivery
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.normalizer.adapters.sarj import ADAPTER
+from hookstream.providers.sarj.adapter import ADAPTER
 
 REGISTRY = SchemaRegistry()
 SAMPLES = list(samples("sarj"))

@@ -13,8 +13,8 @@ from hookstream.core.events import CanonicalEvent, TranscriptTurn, event_id
 from hookstream.core.record import RawDelivery
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.normalizer.adapters import sawt
-from hookstream.normalizer.adapters.sawt import ADAPTER
+from hookstream.providers.sawt import adapter as sawt
+from hookstream.providers.sawt.adapter import ADAPTER
 
 REGISTRY = SchemaRegistry()
 SAMPLES = list(samples("sawt"))

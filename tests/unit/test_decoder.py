@@ -12,8 +12,10 @@ from hookstream.core.errors import Invalid
 from hookstream.core.record import LocalRecord, RawDelivery
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.normalizer.adapters import ADAPTERS
 from hookstream.normalizer.pipeline import Decoder
+from hookstream.providers import PROVIDERS as _PROVIDERS
+
+ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}
 
 
 def record(provider: str, body: bytes, routing_key: str | None = None) -> LocalRecord:
@@ -53,7 +55,7 @@ def test_each_reason(decoder: Decoder, reason: str, rec: LocalRecord) -> None:
 
 
 def test_saaya_versions_restriction(decoder: Decoder) -> None:
-    restricted = Decoder(SchemaRegistry(), saaya_versions=("2025-01-01",))
+    restricted = Decoder(SchemaRegistry(), {"saaya": ("2025-01-01",)})
     rec = record("saaya", orjson.dumps(SAAYA))
     assert reason_of(restricted, rec) == errors.UNKNOWN_VERSION
     assert decoder.decode(rec).type == "session.ended"

@@ -199,7 +199,7 @@ def settings_problems(script: str, environ: dict[str, str]) -> list[str]:
     from hookstream.core.sink import SinkSettings
     from hookstream.ingest.settings import IngestSettings
     from hookstream.normalizer.settings import NormalizerSettings
-    from hookstream.sarjapi.settings import SarjApiSettings
+    from hookstream.providers.sarj.settings import SarjApiSettings
     from hookstream.sinks.alerts.sink import AlertsSettings
     from hookstream.sinks.crm.settings import CRMSettings
     from hookstream.sinks.recordings.settings import RecordingsSettings

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
 from hookstream.core.config import KafkaSettings
-from hookstream.core.providers.base import Verifier
 from hookstream.core.sources import Source, parse_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
+from hookstream.providers.base import Verifier
 
 from ._support import ENV, PATH_SECRET, RAW_KEY_A, FakePublisher, std_headers
 

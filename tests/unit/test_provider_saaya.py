@@ -8,8 +8,8 @@ import time
 import pytest
 
 from hookstream.core.config import ConfigError
-from hookstream.core.providers import saaya
-from hookstream.core.providers.saaya import SaayaVerifier
+from hookstream.providers.saaya import auth as saaya
+from hookstream.providers.saaya.auth import SaayaVerifier
 
 from ._support import (
     ENV,

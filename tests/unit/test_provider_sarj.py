@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hookstream.core.config import ConfigError
-from hookstream.core.providers import sarj
 from hookstream.core.sources import MIN_PATH_SECRET_CHARS
+from hookstream.providers.sarj import auth as sarj
 
 from ._support import PATH_SECRET, PATH_SECRET_OLD, H, source
 

@@ -7,8 +7,8 @@ import base64
 import pytest
 
 from hookstream.core.config import ConfigError
-from hookstream.core.providers import sawt
-from hookstream.core.providers.sawt import SawtVerifier
+from hookstream.providers.sawt import auth as sawt
+from hookstream.providers.sawt.auth import SawtVerifier
 
 from ._support import BASIC_PASSWORD, BASIC_USER, PATH_SECRET, SAWT_SECRET, H, basic, source
 

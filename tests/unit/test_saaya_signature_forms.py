@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hookstream.core.config import ConfigError
-from hookstream.core.providers.saaya import PRESETS, SIGNATURE_KEYS, SaayaVerifier
+from hookstream.providers.saaya.auth import PRESETS, SIGNATURE_KEYS, SaayaVerifier
 
 from ._support import HEX_SECRET, RAW_KEY_A, H, signature_headers, source, std_headers
 

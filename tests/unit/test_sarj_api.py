@@ -11,9 +11,9 @@ import pytest
 
 from hookstream.core.config import ConfigError
 from hookstream.core.sources import load_api_keys
-from hookstream.sarjapi.calls import NotACallDetail, recording_url, webhook_body
-from hookstream.sarjapi.client import ApiFailed, ApiUnavailable, SarjApi, retry_after_s
-from hookstream.sarjapi.settings import SarjApiSettings
+from hookstream.providers.sarj.api import ApiFailed, ApiUnavailable, SarjApi, retry_after_s
+from hookstream.providers.sarj.calls import NotACallDetail, recording_url, webhook_body
+from hookstream.providers.sarj.settings import SarjApiSettings
 
 from ..fakes.sarj import KEY, FakeSarj, complete_detail
 

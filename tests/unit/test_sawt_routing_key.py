@@ -16,11 +16,11 @@ import pytest
 
 from hookstream.cli import signed_request
 from hookstream.core.config import ConfigError, KafkaSettings
-from hookstream.core.providers import base
 from hookstream.core.samples import Sample
 from hookstream.core.sources import Source, parse_sources
 from hookstream.ingest.app import MAX_HEADER_VALUE_CHARS, build_app
 from hookstream.ingest.settings import IngestSettings
+from hookstream.providers import base
 
 from ._support import ENV, PATH_SECRET, PATH_SECRET_OLD, SAWT_SECRET, FakePublisher, source
 

@@ -19,8 +19,8 @@ import yaml
 
 from hookstream.core import sources as sources_module
 from hookstream.core.config import ConfigError
-from hookstream.core.providers.saaya import SaayaVerifier
 from hookstream.core.sources import build_source, load_sources
+from hookstream.providers.saaya.auth import SaayaVerifier
 
 from ._support import ENV, H, source, std_headers
 

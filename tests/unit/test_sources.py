@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from hookstream.core.config import ConfigError
-from hookstream.core.providers.saaya import SaayaVerifier
-from hookstream.core.providers.sawt import SawtVerifier
 from hookstream.core.sources import (
     DEFAULT_MAX_BODY_BYTES,
     load_sources,
     parse_sources,
 )
+from hookstream.providers.saaya.auth import SaayaVerifier
+from hookstream.providers.sawt.auth import SawtVerifier
 
 from ._support import ENV, source
 

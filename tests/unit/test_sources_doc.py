@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hookstream.core.providers import PROVIDERS
 from hookstream.core.sources import COMMON_KEYS, known_keys
+from hookstream.providers import PROVIDERS
 
 from ._support import source
 

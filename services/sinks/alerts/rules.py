@@ -19,7 +19,7 @@ table each::
 Conditions: ``where = { field = value }`` (equal; a list: one of), ``matches =
 { field = "regex" }`` (the field is a string in which the regular expression is
 found, case-insensitively: for the open value sets the documents never spell out,
-such as Saaya's pause reason), ``not_matches = { field = "regex" }`` (the opposite:
+such as a campaign's pause reason), ``not_matches = { field = "regex" }`` (the opposite:
 the field is null, absent, not a string, or a string without a match), ``below`` /
 ``above``.
 

@@ -1,14 +1,14 @@
 """From a canonical finished-call event to what the CRM is told, adapter-neutral.
 
-One *call* in the CRM is identified by its **call key**: ``<provider>:<call id>``
-(Sawt, Sarj.ai) or ``saaya:<session id>``. Several events may describe one call
-(Sawt sends ``call.ended`` and, separately, ``call.analyzed``); each contributes
+One *call* in the CRM is identified by its **call key**: ``<provider>:<call id>``, or
+``<provider>:<session id>`` for a voice session. Several events may describe one call
+(a provider may send ``call.ended`` and, separately, ``call.analyzed``); each contributes
 the fields it knows (:attr:`CallActivity.fields`), and :func:`merge` folds them
 into one order-independent record, so ended-then-analyzed and analyzed-then-ended
 end in the same CRM activity.
 
-A recording's link: never the event's ``recording_url``. Sarj.ai's is signed and
-expires (the document states no lifetime), so a CRM user would find it dead. Only
+A recording's link: never the event's ``recording_url``. It may be signed and
+expire (with no stated lifetime), so a CRM user would find it dead. Only
 an archived location (``recording_location``, the recordings sink's copy) is
 stored, when the event carries one and it is an http(s) URL a CRM user can open
 (an ``s3://`` location is left out). Canonical
@@ -28,13 +28,13 @@ from typing import Any
 import orjson
 import phonenumbers
 
+from ...providers import title as provider_title
 from . import fit
 
 # The canonical types the CRM sink handles: a call (or voice session) is over.
 FINISHED_TYPES = frozenset({"call.ended", "call.analyzed", "call.not_connected",
                             "session.ended"})
 
-PROVIDER_NAMES = {"sawt": "Sawt", "sarj": "Sarj.ai", "saaya": "Saaya"}
 
 # Canonical fields copied when the event sets them (not null): text, and numbers.
 _TEXT = ("provider", "call_id", "session_id", "agent_id", "campaign_id", "direction",
@@ -68,9 +68,10 @@ def normalize_phone(raw: str | None, default_country_code: str = "") -> str | No
     """The number in E.164 (``+<country code><number>``) for the contact, or None.
 
     Read with Google's libphonenumber rules (the ``phonenumbers`` package): a number
-    with ``+`` or ``00`` is international; Sawt's international numbers without
-    ``+`` (``9665...``) too; a national number (one leading ``0``) is read in the
-    country of ``default_country_code`` (a calling code such as ``966``). With no
+    with ``+`` or ``00`` is international; international numbers without ``+``
+    (``9665...``, as some providers send them) too; a national number (one leading
+    ``0``) is read in the country of ``default_country_code`` (a calling code such as
+    ``966``). With no
     default country a national number gives None: a guess would create a contact
     that never matches the same customer's ``+966...`` form. A number that cannot be
     a phone number of its country (too short or too long) gives None as well.
@@ -172,10 +173,8 @@ def activity(event: dict[str, Any], *, transcript_max_chars: int = 20000,
     turns = _transcript(event.get("transcript"), transcript_max_chars)
     if turns is not None:
         fields["transcript"] = turns
-    inner = event.get("data", {}).get("data") if isinstance(event.get("data"), dict) else None
-    if event.get("provider") == "saaya" and isinstance(inner, dict):
-        if isinstance(inner.get("channel"), str):
-            fields["channel"] = inner["channel"]
+    if isinstance(event.get("channel"), str):  # a session's channel (canonical since v1)
+        fields["channel"] = event["channel"]
     if isinstance(event.get("received_at"), str):
         fields["first_seen_at"] = event["received_at"]
     fields["types"] = [event_type]
@@ -245,12 +244,12 @@ def call_status(record: dict[str, Any]) -> str | None:
 
 
 def title(record: dict[str, Any]) -> str:
-    provider = PROVIDER_NAMES.get(str(record.get("provider")), str(record.get("provider")))
+    provider = provider_title(str(record.get("provider")))
     types = set(record.get("types") or [])
     if "call.not_connected" in types:
         outcome = str(record.get("outcome") or "unknown").replace("_", " ")
         return f"{provider} call not connected: {outcome}"
-    if record.get("provider") == "saaya":
+    if not record.get("call_id") and record.get("session_id"):  # a session, not a call
         return f"{provider} {record.get('channel') or 'voice'} session"
     direction = record.get("direction")
     return f"{provider} {direction} call" if direction else f"{provider} call"

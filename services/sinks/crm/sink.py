@@ -1,8 +1,8 @@
 """The CRM sink: every finished call becomes a call activity on the customer's contact.
 
-Handles ``call.ended`` (Sawt, Sarj.ai ``complete``), ``call.analyzed`` (Sawt's
-summary and sentiment, merged into the same activity), ``call.not_connected``
-(Sarj.ai) and ``session.ended`` (Saaya). The events of a batch are written in
+Handles ``call.ended``, ``call.analyzed`` (a summary and sentiment, merged into the
+same activity), ``call.not_connected`` and ``session.ended`` (the catalog,
+docs/catalog.md, lists which provider event maps to each). The events of a batch are written in
 order, in chunks of ``batch_size`` (one HubSpot batch request per kind of object):
 
 * written: next chunk;

@@ -1,1 +1,2 @@
-"""The recordings sink: Sarj.ai's signed, expiring recording URLs fetched to durable storage."""
+"""The recordings sink: the recordings events link to (``recording_url``, often signed
+and expiring) fetched to durable storage."""

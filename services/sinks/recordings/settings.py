@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from ...core.config import ConfigError, env
+from ...providers import recording_hosts_note
 
 STORES = ("local", "s3")
 MIB = 1024 * 1024
@@ -41,7 +42,7 @@ class RecordingsSettings:
         "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS", (),
         "hosts recordings may be fetched from, redirects included (exact name, or .suffix "
         "for its subdomains); empty: none, every recording is dead-lettered "
-        "(recording_url_rejected). Sarj.ai: storage.googleapis.com")
+        f"(recording_url_rejected). {recording_hosts_note()}")
     allow_private_addresses: bool = env(
         "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES", False,
         "tests and development only: also fetch from loopback, private and link-local "

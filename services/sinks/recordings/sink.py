@@ -1,8 +1,8 @@
 """The recordings sink: fetch each call's recording to a durable store.
 
-Sarj.ai's ``complete`` webhook (canonical ``call.ended``) carries a signed,
-expiring ``recording_url``; the document states no lifetime, only "download
-promptly or generate a fresh one via ``GET /calls/{call_id}``". Per event, in a
+A provider's finished call (canonical ``call.ended``) may carry a signed,
+expiring ``recording_url``, often with no stated lifetime, only "download
+promptly or generate a fresh one" from the provider's call API. Per event, in a
 batch:
 
 1. no URL (other providers, unrecorded calls): nothing to do, written;
@@ -13,11 +13,12 @@ batch:
 4. record the locations of the batch in the warehouse in one transaction
    (index.py): ``recordings`` and ``calls.recording_location``.
 
-An expired URL: the storage answers a 4xx. For a Sarj.ai call whose source has a
-call-API key (``api_key_env``, ``HOOKSTREAM_SARJ_API_*``), the sink asks the call
-API for the call again, takes its fresh ``recording_url`` and downloads once more
-before giving up. So no lifetime is assumed anywhere: a recording parked on the
-retry topic for longer than its URL lives is still fetched.
+An expired URL: the storage answers a 4xx. For a call of a provider with a way to
+fresh URLs (``ProviderSpec.recording_urls``: its call API, set up, and a key for
+the call's source), the sink asks the call API for the call again, takes its
+fresh ``recording_url`` and downloads once more before giving up. So no lifetime
+is assumed anywhere: a recording parked on the retry topic for longer than its URL
+lives is still fetched.
 
 Failures:
 
@@ -42,6 +43,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,8 +55,8 @@ from ...core.config import PostgresSettings
 from ...core.errors import Retryable
 from ...core.postgres import DATABASE_ERRORS
 from ...core.sink import MALFORMED_EVENT, SinkEvent, WriteOutcome
-from ...sarjapi.calls import NotACallDetail, recording_url
-from ...sarjapi.client import ApiFailed, ApiUnavailable, SarjApi
+from ...providers import recording_hosts_note
+from ...providers.base import ApiFailed, ApiUnavailable, RecordingUrls
 from ..warehouse.settings import WarehouseSettings
 from ..warehouse.store import WarehouseStore, parse_ts
 from . import fetch
@@ -137,14 +139,16 @@ class RecordingsSink:
                  warehouse: WarehouseSettings | None = None, *,
                  store: RecordingStore | None = None, index: RecordingsIndex | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 api: SarjApi | None = None) -> None:
+                 api: RecordingUrls | None = None,
+                 apis: Sequence[RecordingUrls] = ()) -> None:
         self._settings = settings
         for outcome in ("stored", "unchanged", "known", "deferred", "recording_unavailable",
                         "recording_too_large", "recording_url_rejected"):
             RECORDINGS.labels(outcome)  # series exist from the start, at 0
         for outcome in ("refreshed", "no_url", "api_failed", "api_unavailable"):
             REFRESHES.labels(outcome)
-        self._api = api  # Sarj.ai's call API, for fresh URLs (None: not configured)
+        # Per provider, its call API for fresh URLs (absent: none, or not configured).
+        self._apis = {a.provider: a for a in (*apis, *([api] if api is not None else []))}
         self._pg = pg or PostgresSettings()
         self._warehouse = warehouse or WarehouseSettings()
         self.store = store or build_store(settings)
@@ -168,8 +172,8 @@ class RecordingsSink:
             allow_private=self._settings.allow_private_addresses)
         if not self._settings.allowed_hosts:
             log.warning("HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS is empty: no recording will be "
-                        "fetched, each is dead-lettered (recording_url_rejected); Sarj.ai's "
-                        "recordings are on storage.googleapis.com")
+                        "fetched, each is dead-lettered (recording_url_rejected); "
+                        f"{recording_hosts_note()}")
         if self._settings.allow_private_addresses:
             log.warning("HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES is on: recordings may "
                         "be fetched from loopback and private addresses (tests and "
@@ -187,8 +191,8 @@ class RecordingsSink:
     async def stop(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-        if self._api is not None:
-            await self._api.aclose()
+        for api in self._apis.values():
+            await api.aclose()
         await self.store.close()
         if self._pool is not None:
             await self._pool.close()
@@ -330,20 +334,22 @@ class RecordingsSink:
             timeout_s=self._settings.download_timeout_s)
 
     def _can_refresh(self, job: _Job) -> bool:
-        """Only Sarj.ai documents a way to a fresh URL; the source must have a key."""
-        return (job.provider == "sarj" and self._api is not None and self._api.enabled
-                and job.source is not None and self._api.has_key(job.source))
+        """Only a provider with a call API (set up) gives a fresh URL; the source must
+        have a key."""
+        api = self._apis.get(job.provider)
+        return api is not None and job.source is not None and api.can_refresh(job.source)
 
     async def _fresh_url(self, job: _Job, expired: fetch.FetchFailed) -> str:
         """A fresh ``recording_url`` from ``GET /calls/{call_id}``; or the download's
         failure, with why no fresh URL was had (FetchFailed or FetchTransient)."""
-        assert self._api is not None and job.source is not None
+        api = self._apis.get(job.provider)
+        assert api is not None and job.source is not None
         try:
-            fresh = recording_url(job.call_id, await self._api.call(job.source, job.call_id))
+            fresh = await api.fresh_recording_url(job.source, job.call_id)
         except ApiUnavailable as exc:
             REFRESHES.labels("api_unavailable").inc()
             raise fetch.FetchTransient(f"{expired.detail}; call API: {exc}") from exc
-        except (ApiFailed, NotACallDetail) as exc:
+        except ApiFailed as exc:
             REFRESHES.labels("api_failed").inc()
             raise fetch.FetchFailed(expired.reason, f"{expired.detail}; call API: {exc}",
                                     expired.status) from exc

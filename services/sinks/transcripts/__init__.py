@@ -1,1 +1,1 @@
-"""The transcripts sink: fetch the transcripts providers link to (Saaya's transcriptUrl)."""
+"""The transcripts sink: fetch the transcripts providers link to (``transcript_url``)."""

@@ -1,5 +1,5 @@
-"""``hookstream-sink-transcripts``: fetch the transcripts Saaya links to (transcriptUrl)
-and store them with their session in the warehouse."""
+"""``hookstream-sink-transcripts``: fetch the transcripts events link to
+(``transcript_url``) and store them with their session in the warehouse."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .sink import TranscriptsSink
 
 DESCRIPTION = (
     "Fetch the transcript of every session.ended (or session.errored) event that has a "
-    "transcript_url (Saaya's transcriptUrl): allow-listed hosts and public addresses only, "
+    "transcript_url: allow-listed hosts and public addresses only, "
     "streamed and size-capped; store the document in the warehouse (table transcripts) "
     "and its turns in calls.transcript. Applies the warehouse migrations at start. "
     "Refused URLs, gone or oversized transcripts and bodies that are not a transcript "

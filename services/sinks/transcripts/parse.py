@@ -1,7 +1,7 @@
 """What a fetched transcript is, and the canonical turns read from it.
 
-Saaya's document links a transcript (``transcriptUrl``, on its API host) but never
-shows one. So hookstream decides (docs/providers.md, docs/sinks-transcripts.md):
+A provider's document may link a transcript (canonical ``transcript_url``, on its
+API host) but never show one. So hookstream decides (docs/providers.md, docs/sinks-transcripts.md):
 
 * a transcript is a JSON object or array; anything else (an HTML error page, plain
   text, a JSON scalar or ``null``, an empty or undecodable body) is

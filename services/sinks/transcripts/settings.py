@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from ...core.config import ConfigError, env
+from ...providers import transcript_hosts
 
 MIB = 1024 * 1024
 
@@ -29,10 +30,11 @@ class TranscriptsSettings:
         "HOOKSTREAM_TRANSCRIPTS_BATCH_DEADLINE_S", 60.0,
         "no new fetch starts after this long on one batch; the rest is parked on the "
         "retry topic (keeps the consumer inside max.poll.interval)")
-    # Saaya's document shows its transcript URLs on its API host; unlike a bucket
-    # host, that name serves nothing else, so it is allowed by default.
+    # The providers' documents show their transcript URLs on their API hosts
+    # (ProviderSpec.transcript_hosts); unlike a bucket host, such a name serves nothing
+    # else, so they are allowed by default.
     allowed_hosts: tuple[str, ...] = env(
-        "HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS", ("api.saaya.ai",),
+        "HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS", transcript_hosts(),
         "hosts transcripts may be fetched from, redirects included (exact name, or .suffix "
         "for its subdomains); empty: none, every transcript is dead-lettered "
         "(transcript_url_rejected)")
@@ -43,8 +45,8 @@ class TranscriptsSettings:
         "addresses, checked after DNS resolution on every redirect hop")
     authorization: str = _secret(
         "HOOKSTREAM_TRANSCRIPTS_AUTHORIZATION",
-        "Authorization header sent with every transcript fetch, e.g. `Bearer <Saaya API "
-        "key>` (empty: none); never sent on a redirect to another host")
+        "Authorization header sent with every transcript fetch, e.g. `Bearer <the "
+        "provider's API key>` (empty: none); never sent on a redirect to another host")
 
     def validate(self) -> None:
         if self.max_bytes <= 0:

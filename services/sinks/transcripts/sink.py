@@ -1,8 +1,8 @@
 """The transcripts sink: fetch the transcript a session's event links to, store it with
 the session in the warehouse.
 
-Saaya's ``session.ended`` carries ``transcriptUrl`` (canonical ``transcript_url``),
-never the transcript itself. Per event, in a batch:
+A session's ``session.ended`` may carry ``transcript_url``, a link, never the
+transcript itself. Per event, in a batch:
 
 1. no URL (other providers, other events): nothing to do, written;
 2. the call's transcript is stored already: nothing to do (a redelivery fetches
@@ -58,8 +58,8 @@ from .settings import TranscriptsSettings
 
 log = logging.getLogger(__name__)
 
-# The events that close a session. Only session.ended carries transcriptUrl in Saaya's
-# document; session.errored is taken too should the optional field appear there.
+# The events that close a session. The documents show transcript_url on session.ended
+# only; session.errored is taken too should the optional field appear there.
 # session.escalated is not: mid-session, its transcript would be partial.
 WANTED = frozenset({"session.ended", "session.errored"})
 

@@ -163,7 +163,7 @@ def _received(event: dict[str, Any]) -> dt.datetime:
 def chain_surplus(events: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
     """Per (lifecycle rank, status): the events of that rank that move the call into
     the status, minus those that move it out, counting only events that state both
-    ends (Sawt's ``previous_call_status`` -> ``call_status``).
+    ends (``previous_status`` -> ``status``, where the provider states both).
 
     The transitions of one call form a walk. Every status it passes through is
     entered as often as it is left, except its first (one more exit) and its last

@@ -27,7 +27,7 @@ import orjson
 from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, Invalid
 from ...core.events import TranscriptTurn
 from ...core.record import RawDelivery
-from .base import MappingAdapter, lower_or_none, num_or_none, obj_or_empty, str_or_none
+from ..adapter import MappingAdapter, lower_or_none, num_or_none, obj_or_empty, str_or_none
 
 PROVIDER = "sarj"
 

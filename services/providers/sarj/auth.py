@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from .base import HeaderMap, ProviderSpec, SecretLookup, top_level_string
+from ..base import HeaderMap, SecretLookup, top_level_string
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +52,3 @@ def api_key_var(source: str, table: Mapping[str, Any]) -> str | None:
 OPTIONS: dict[str, Any] = {
     "api_key_env": None,  # the call API's key (recordings sink, hookstream backfill)
 }
-
-PROVIDER = ProviderSpec(
-    name="sarj",
-    build_verifier=build_verifier,
-    natural_key=natural_key,
-    options=OPTIONS,
-)

@@ -34,17 +34,16 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import ConfigError
-from .base import (
+from ...core.config import ConfigError
+from ..base import (
     HEADER_NAME,
     HeaderMap,
-    ProviderSpec,
     SecretLookup,
     any_digest_matches,
     secrets_from,
     top_level_string,
 )
-from .bounds import (
+from ..bounds import (
     MAX_ID_CHARS,
     MAX_SIGNATURES_CHARS,
     MAX_TIMESTAMP_DIGITS,
@@ -326,11 +325,3 @@ OPTIONS: dict[str, Any] = {
     **{key: "<preset>" for key in SIGNATURE_KEYS},
     "timestamp_tolerance_s": DEFAULT_TOLERANCE_S,
 }
-
-PROVIDER = ProviderSpec(
-    name="saaya",
-    build_verifier=build_verifier,
-    natural_key=natural_key,
-    default_event_id_header="webhook-id",
-    options=OPTIONS,
-)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..core.config import ConfigError, env
+from ...core.config import ConfigError, env
 
 
 @dataclasses.dataclass(frozen=True)

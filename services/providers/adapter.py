@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ...core.errors import MAPPING_FAILED, Invalid
-from ...core.events import CanonicalEvent, iso_ms
-from ...core.record import RawDelivery
+from ..core.errors import MAPPING_FAILED, Invalid
+from ..core.events import CanonicalEvent, iso_ms
+from ..core.record import RawDelivery
 
 
 class Adapter(Protocol):

@@ -24,16 +24,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import ConfigError
-from .base import (
+from ...core.config import ConfigError
+from ..base import (
     HeaderMap,
-    ProviderSpec,
     SecretLookup,
     any_digest_matches,
     secrets_from,
     top_level_string,
 )
-from .bounds import MAX_CREDENTIAL_CHARS, bounded
+from ..bounds import MAX_CREDENTIAL_CHARS, bounded
 
 MODES = ("header", "basic", "none")
 DEFAULT_AUTH_HEADER = "X-Webhook-Secret"
@@ -124,11 +123,3 @@ OPTIONS: dict[str, Any] = {
     "basic_password_env": None,  # required with auth = "basic", or basic_passwords_env
     "basic_passwords_env": None,
 }
-
-PROVIDER = ProviderSpec(
-    name="sawt",
-    build_verifier=build_verifier,
-    natural_key=natural_key,
-    default_routing_key_header=DEFAULT_ROUTING_KEY_HEADER,
-    options=OPTIONS,
-)

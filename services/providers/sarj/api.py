@@ -22,6 +22,10 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from ..base import ApiFailed as ProviderApiFailed
+from ..base import ApiUnavailable as ProviderApiUnavailable
+from .adapter import PROVIDER
+from .calls import NotACallDetail, recording_url
 from .settings import SarjApiSettings
 
 log = logging.getLogger(__name__)
@@ -29,15 +33,11 @@ log = logging.getLogger(__name__)
 TRANSIENT_STATUS = frozenset({408, 425, 429})
 
 
-class ApiFailed(Exception):
+class ApiFailed(ProviderApiFailed):
     """A permanent failure: asking again will not help."""
 
-    def __init__(self, detail: str, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
 
-
-class ApiUnavailable(Exception):
+class ApiUnavailable(ProviderApiUnavailable):
     """The API kept failing in a way that may pass (after every retry)."""
 
 
@@ -55,6 +55,11 @@ def retry_after_s(value: str | None) -> float | None:
 
 
 class SarjApi:
+    """The call API; also the recordings sink's way to fresh recording URLs
+    (``providers.base.RecordingUrls``)."""
+
+    provider = PROVIDER
+
     def __init__(self, settings: SarjApiSettings, keys: Mapping[str, str], *,
                  transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -73,6 +78,17 @@ class SarjApi:
 
     def has_key(self, source: str) -> bool:
         return source in self._keys
+
+    def can_refresh(self, source: str) -> bool:
+        return self.enabled and self.has_key(source)
+
+    async def fresh_recording_url(self, source: str, call_id: str) -> str | None:
+        """The call's fresh ``recording_url`` (None: it has none), from its detail."""
+        detail = await self.call(source, call_id)
+        try:
+            return recording_url(call_id, detail)
+        except NotACallDetail as exc:
+            raise ApiFailed(str(exc)) from exc
 
     def _auth(self, source: str) -> dict[str, str]:
         key = self._keys.get(source)
@@ -115,6 +131,20 @@ class SarjApi:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def from_environment() -> SarjApi | None:
+    """The API as the recordings sink configures it (HOOKSTREAM_SARJ_API_*, the keys of
+    the sources file's Sarj.ai sources); None when no URL is set."""
+    from ...core.config import load
+    from ...core.sources import load_api_keys
+
+    settings = load(SarjApiSettings)
+    settings.validate()
+    if not settings.url:
+        return None
+    keys = load_api_keys(settings.sources_file) if settings.sources_file else {}
+    return SarjApi(settings, keys)
 
 
 def _detail(path: str, response: httpx.Response) -> dict[str, Any]:

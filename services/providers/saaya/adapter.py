@@ -12,7 +12,8 @@
   (< -0.25 negative, > 0.25 positive, else neutral; only for a score in [-1, 1],
   the scale the thresholds assume: the document states none); ``transcriptUrl``;
   ``metadata.callerNumber`` -> ``customer_number``; ``toolName``; ``error.code`` /
-  ``error.message``; ``reason`` (escalation, pause); ``outcome`` (campaign rows).
+  ``error.message``; ``reason`` (escalation, pause); ``outcome`` (campaign rows);
+  ``channel`` (the session's channel, e.g. ``voice``).
 
 See docs/canonical.md for the mapping table.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 from ...core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, Invalid
 from ...core.record import RawDelivery
-from .base import MappingAdapter, num_or_none, obj_or_empty, str_or_none
+from ..adapter import MappingAdapter, num_or_none, obj_or_empty, str_or_none
 
 PROVIDER = "saaya"
 
@@ -116,6 +117,7 @@ class SaayaAdapter(MappingAdapter):
             error_code=_str(error.get("code")),
             error_message=_str(error.get("message")),
             reason=_str(data.get("reason")),
+            channel=_str(data.get("channel")),
         )
 
 
