@@ -31,14 +31,15 @@ from aiokafka import TopicPartition
 
 from .core import dlq, logs, topics
 from .core.config import ConfigError, KafkaSettings, LogSettings, help_epilog, load
+from .core.headers import H_ATTEMPT, H_NOT_BEFORE
 from .core.kafka import end_offsets, make_consumer, make_producer, scan
 from .core.record import H_REQUEST_ID, H_SOURCE, RawDelivery
 from .core.samples import Sample, fresh_copy, samples
-from .core.sink import H_ATTEMPT, H_NOT_BEFORE, sink_topics
 from .core.sources import Source, load_sources
 from .core.times import parse_time
 from .sarjapi.settings import SarjApiSettings
 from .sinks.crm.settings import CRMSettings
+from .sinks.runner import sink_topics
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack"

@@ -144,7 +144,8 @@ class ProducerKeeper:
         self.resets = 0
 
     async def start(self) -> AIOKafkaProducer:
-        self.producer = await start_producer(self._kafka, self._role)
+        if self.producer is None:  # given one (a benchmark's, a unit test's): kept
+            self.producer = await start_producer(self._kafka, self._role)
         return self.producer
 
     def succeeded(self) -> None:

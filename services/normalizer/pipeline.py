@@ -24,6 +24,7 @@ from ..core import dlq, errors
 from ..core.config import KafkaSettings
 from ..core.errors import Invalid, Retryable
 from ..core.events import CanonicalEvent, event_id
+from ..core.headers import H_CONTENT_TYPE, H_EVENT_ID, H_EVENT_TYPE, H_PROVIDER, H_SOURCE
 from ..core.kafka import Outgoing, ProducerKeeper, publish_batched
 from ..core.postgres import DATABASE_ERRORS
 from ..core.record import RawDelivery
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "normalizer"
 DECODE_SLICE = 50  # records decoded between yields to the event loop (about 1 ms)
-H_EVENT_TYPE = "hs-event-type"
 # Caps on what one delivery may be (HOOKSTREAM_NORMALIZER_MAX_DEPTH / _MAX_BODY_BYTES).
 # The depth stays far below orjson's serialisation limit (255 levels; the envelope
 # adds two) and keeps every later stage's recursion shallow.
@@ -176,7 +176,7 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
 
 
 def _provider_of(record: ConsumedRecord) -> str:
-    return dlq.header(record.headers, "hs-provider") or "unknown"
+    return dlq.header(record.headers, H_PROVIDER) or "unknown"
 
 
 class Normalizer:
@@ -331,10 +331,10 @@ class Normalizer:
             Outgoing(topic, value, subject.encode() if (subject := event.subject_id)
                      else None, [
                          (H_EVENT_TYPE, event.type.encode()),
-                         ("hs-provider", event.provider.encode()),
-                         ("hs-source", event.source.encode()),
-                         ("hs-event-id", event.event_id.encode()),
-                         ("content-type", b"application/json"),
+                         (H_PROVIDER, event.provider.encode()),
+                         (H_SOURCE, event.source.encode()),
+                         (H_EVENT_ID, event.event_id.encode()),
+                         (H_CONTENT_TYPE, b"application/json"),
                      ])
             for event, value in events
         ]

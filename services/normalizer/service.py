@@ -15,6 +15,7 @@ from ..core import health
 from ..core.config import KafkaSettings, PostgresSettings
 from ..core.consumer import ConsumeLoop
 from ..core.errors import Retryable
+from ..core.headers import H_SOURCE
 from ..core.kafka import ProducerKeeper, make_consumer, scan
 from ..core.postgres import DATABASE_ERRORS, create_pool
 from ..core.schemas import SchemaRegistry
@@ -151,6 +152,6 @@ async def _handle_with_retry(normalizer: Normalizer, records: Sequence[Any]) -> 
 
 def _source_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
     for key, value in headers:
-        if key == "hs-source":
+        if key == H_SOURCE:
             return value.decode()
     return None

@@ -27,11 +27,11 @@ from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import make_producer
 from hookstream.core.providers.sarj import PROVIDER
 from hookstream.core.record import H_ORIGIN, RawDelivery, new_request_id, now_ms
-from hookstream.core.sink import SinkRunner, SinkSettings
 from hookstream.normalizer.service import run as run_normalizer
 from hookstream.normalizer.settings import NormalizerSettings
 from hookstream.sarjapi.client import SarjApi
 from hookstream.sarjapi.settings import SarjApiSettings
+from hookstream.sinks.runner import SinkRunner, SinkSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...core.config import load
-from ...core.sink import sink_main
+from ..runner import sink_main
 from .sink import AlertsSettings, AlertsSink
 
 DESCRIPTION = (

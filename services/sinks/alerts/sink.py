@@ -7,7 +7,7 @@ others become alerts, posted to Prometheus Alertmanager (``POST
 /api/v2/alerts``) and/or a JSON webhook (one POST per alert; a Slack-compatible
 ``{"text": ...}`` body on request).
 
-Failures, per the sink framework (``hookstream.core.sink``):
+Failures, per the sink framework (``hookstream.sinks.runner``):
 
 * 400, 413 or 422 for an alert: its event is dead-lettered with reason
   ``alert_rejected`` (Alertmanager validates each alert of a request and stores
@@ -40,9 +40,9 @@ import httpx
 from prometheus_client import Counter
 
 from ...core.config import ConfigError, env
-from ...core.errors import Retryable
+from ...core.errors import Retryable, sink_reasons
 from ...core.events import iso_ms
-from ...core.sink import SinkEvent, WriteOutcome
+from ..base import SinkEvent, WriteOutcome
 from .rules import (
     FIELDS,
     LABEL_NAME,
@@ -56,7 +56,7 @@ from .rules import (
 
 log = logging.getLogger(__name__)
 
-ALERT_REJECTED = "alert_rejected"  # dead-letter reason of this sink
+(ALERT_REJECTED,) = sink_reasons("alerts", "alert_rejected")  # dead-letter reason of this sink
 # Event fields copied into every alert's annotations when the event has them.
 ANNOTATED_FIELDS = ("event_id", "type", "provider_type", "occurred_at", "received_at",
                     "call_id", "session_id", "agent_id", "campaign_id", "tool_name",

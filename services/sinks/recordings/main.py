@@ -6,10 +6,10 @@ from __future__ import annotations
 import sys
 
 from ...core.config import PostgresSettings, load
-from ...core.sink import sink_main
 from ...core.sources import load_api_keys
 from ...sarjapi.client import SarjApi
 from ...sarjapi.settings import SarjApiSettings
+from ..runner import sink_main
 from ..warehouse.settings import WarehouseSettings
 from .settings import RecordingsSettings
 from .sink import RecordingsSink

@@ -52,11 +52,12 @@ from prometheus_client import Counter
 from ...core.config import PostgresSettings
 from ...core.errors import Retryable
 from ...core.postgres import DATABASE_ERRORS
-from ...core.sink import MALFORMED_EVENT, SinkEvent, WriteOutcome
+from ...core.times import parse_utc
 from ...sarjapi.calls import NotACallDetail, recording_url
 from ...sarjapi.client import ApiFailed, ApiUnavailable, SarjApi
+from ..base import MALFORMED_EVENT, SinkEvent, WriteOutcome
 from ..warehouse.settings import WarehouseSettings
-from ..warehouse.store import WarehouseStore, parse_ts
+from ..warehouse.store import WarehouseStore
 from . import fetch
 from .index import PgRecordingsIndex, RecordingRow, RecordingsIndex
 from .settings import RecordingsSettings
@@ -110,7 +111,7 @@ class _Done:
 def _when(event: dict[str, Any]) -> dt.datetime:
     """The month a recording is filed under: the call's end, else the event's times."""
     for field in ("ended_at", "occurred_at", "received_at"):
-        parsed = parse_ts(event.get(field))
+        parsed = parse_utc(event.get(field))
         if parsed is not None:
             return parsed
     return dt.datetime.now(dt.UTC)

@@ -40,20 +40,20 @@ import httpx
 from prometheus_client import Counter
 
 from ...core.config import PostgresSettings
-from ...core.errors import (
+from ...core.errors import Retryable
+from ...core.postgres import DATABASE_ERRORS
+from .. import egress
+from ..base import MALFORMED_EVENT, SinkEvent, WriteOutcome
+from ..warehouse.settings import WarehouseSettings
+from ..warehouse.store import WarehouseStore
+from .index import PgTranscriptsIndex, TranscriptRow, TranscriptsIndex
+from .parse import (
     NOT_A_TRANSCRIPT,
     TRANSCRIPT_TOO_LARGE,
     TRANSCRIPT_UNAVAILABLE,
     TRANSCRIPT_URL_REJECTED,
-    Retryable,
+    parse,
 )
-from ...core.postgres import DATABASE_ERRORS
-from ...core.sink import MALFORMED_EVENT, SinkEvent, WriteOutcome
-from .. import egress
-from ..warehouse.settings import WarehouseSettings
-from ..warehouse.store import WarehouseStore
-from .index import PgTranscriptsIndex, TranscriptRow, TranscriptsIndex
-from .parse import parse
 from .settings import TranscriptsSettings
 
 log = logging.getLogger(__name__)

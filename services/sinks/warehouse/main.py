@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from ...core.config import PostgresSettings, load
-from ...core.sink import sink_main
+from ..runner import sink_main
 from .settings import WarehouseSettings
 from .sink import WarehouseSink
 from .store import WarehouseStore

@@ -22,6 +22,7 @@ from ...core import migrate
 from ...core.config import PostgresSettings
 from ...core.events import is_test
 from ...core.postgres import create_pool
+from ...core.times import parse_utc
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -75,19 +76,6 @@ CALL_EVENTS = (
 )
 
 
-def parse_ts(value: Any) -> dt.datetime | None:
-    """An RFC 3339 time as an aware UTC datetime; None if it is not one, or if it has no
-    UTC equivalent in Python's range (``9999-12-31T23:00:00-05:00``, which asyncpg
-    would refuse to encode, so the whole event would be refused)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-    except (ValueError, OverflowError):
-        return None
-
-
 def _clean(value: Any) -> Any:
     """PostgreSQL rejects NUL in text and jsonb (SQLSTATE 22P05): drop it."""
     if isinstance(value, str):
@@ -120,9 +108,9 @@ def _text(value: Any) -> str | None:
 
 
 def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
-    received = parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
+    received = parse_utc(event.get("received_at")) or dt.datetime.now(dt.UTC)
     return (
-        event["event_id"], received, parse_ts(event.get("occurred_at")),
+        event["event_id"], received, parse_utc(event.get("occurred_at")),
         _text(event.get("provider")) or "", _text(event.get("source")) or "",
         _text(event.get("type")) or "", _text(event.get("provider_type")) or "",
         _text(event.get("call_id")), _text(event.get("session_id")),
@@ -144,7 +132,7 @@ def call_key(event: dict[str, Any]) -> str | None:
 
 def _field(name: str, value: Any) -> Any:
     if name in TIMESTAMPS:
-        return parse_ts(value)
+        return parse_utc(value)
     if name == "transcript":
         return None if value is None else event_json(value)
     if name in ("duration_s", "cost", "sentiment"):
@@ -157,7 +145,7 @@ Precedence = tuple[int, int, dt.datetime, dt.datetime, str]
 
 
 def _received(event: dict[str, Any]) -> dt.datetime:
-    return parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
+    return parse_utc(event.get("received_at")) or dt.datetime.now(dt.UTC)
 
 
 def chain_surplus(events: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
@@ -191,7 +179,7 @@ def _precedence(event: dict[str, Any], surplus: dict[tuple[int, str], int]) -> P
     status = _text(event.get("status"))
     chain_end = int(status is not None and surplus.get((rank, status), 0) > 0)
     received = _received(event)
-    return (rank, chain_end, parse_ts(event.get("occurred_at")) or received, received,
+    return (rank, chain_end, parse_utc(event.get("occurred_at")) or received, received,
             str(event["event_id"]))
 
 
