@@ -293,6 +293,7 @@ async def _summary(kafka: KafkaSettings, since_ms: int | None, schema: str) -> d
     import asyncpg
 
     from .core.config import PostgresSettings
+    from .sinks.warehouse import schema as warehouse
 
     counts: dict[str, int] = {}
     for label, topic in (("raw", kafka.raw_topic), ("events", kafka.events_topic),
@@ -301,12 +302,8 @@ async def _summary(kafka: KafkaSettings, since_ms: int | None, schema: str) -> d
     conn = await asyncpg.connect(load(PostgresSettings).dsn)
     try:
         since = since_ms / 1000 if since_ms is not None else 0.0
-        counts["warehouse rows"] = int(await conn.fetchval(
-            f'SELECT count(*) FROM "{schema}".events'
-            " WHERE received_at >= to_timestamp($1)", since) or 0)
-        counts["warehouse calls"] = int(await conn.fetchval(
-            f'SELECT count(*) FROM "{schema}".calls WHERE last_event_at >= to_timestamp($1)'
-            " OR first_event_at >= to_timestamp($1)", since) or 0)
+        counts["warehouse rows"] = await warehouse.count_events_since(conn, schema, since)
+        counts["warehouse calls"] = await warehouse.count_calls_since(conn, schema, since)
     except asyncpg.UndefinedTableError:
         counts["warehouse rows"] = counts["warehouse calls"] = 0
     finally:

@@ -14,7 +14,7 @@ from .core.config import KafkaSettings, LogSettings, PostgresSettings, markdown_
 from .ingest.settings import IngestSettings
 from .normalizer.settings import NormalizerSettings
 from .sarjapi.settings import SarjApiSettings
-from .sinks.alerts.sink import AlertsSettings
+from .sinks.alerts.settings import AlertsSettings
 from .sinks.crm.settings import CRMSettings
 from .sinks.recordings.settings import RecordingsSettings
 from .sinks.runner import SinkSettings

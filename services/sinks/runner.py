@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import sys
 import time
@@ -39,7 +38,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
@@ -53,10 +51,19 @@ from ..core.errors import (
     SINK_ERROR,
     Retryable,
     describe,
+    sink_stage,
 )
 from ..core.events import is_test
 from ..core.headers import H_ATTEMPT, H_EVENT_TYPE, H_NOT_BEFORE
-from ..core.kafka import ProducerKeeper, make_consumer
+from ..core.kafka import Outgoing, ProducerKeeper, make_consumer
+from ..core.stage import (
+    LoopSettings,
+    Output,
+    Subscription,
+    consume,
+    dead_letter_record,
+    serving_health,
+)
 from ..core.times import iso_to_ms
 from .base import ParsedBatch, Sink, SinkEvent, WriteOutcome
 
@@ -134,7 +141,9 @@ class SinkRunner:
         self.settings = settings
         self.group_id = group_id or settings.group_id or f"hookstream-sink-{sink.name}"
         self.retry_topic, self.dlq_topic = sink_topics(kafka, sink.name)
+        self.stage = sink_stage(sink.name)
         self._producers = producers or ProducerKeeper(kafka, f"sink-{sink.name}")
+        self._output = Output(self._producers)
         self._make_consumer = consumer_factory or (lambda group: make_consumer(
             kafka, group, max_poll_records=settings.max_batch))
         self._loops: list[ConsumeLoop] = []
@@ -147,51 +156,30 @@ class SinkRunner:
             metric.labels(name)
 
     # ------------------------------------------------------------ outcomes
-    async def _send_all(self, sends: list[tuple[str, bytes | None, bytes | None,
-                                                list[tuple[str, bytes]]]]) -> None:
-        if not sends:
-            return
-        producer = self._producers.producer
-        assert producer is not None
-        try:
-            async with asyncio.timeout(30):
-                futures = [await producer.send(topic, value=value, key=key, headers=headers)
-                           for topic, key, value, headers in sends]
-                done, _ = await asyncio.wait(futures)
-                for future in done:
-                    future.result()
-        except (KafkaError, TimeoutError) as exc:
-            await self._producers.failed(exc)  # a new producer for the retry, if needed
-            raise Retryable(f"parking/dead-lettering failed: {exc!r}") from exc
-        self._producers.succeeded()
+    async def _send_all(self, sends: list[Outgoing]) -> None:
+        await self._output.send(sends, "parking/dead-lettering")
 
-    def _park(self, item: SinkEvent, detail: str) -> tuple[str, bytes | None, bytes | None,
-                                                            list[tuple[str, bytes]]]:
+    def _park(self, item: SinkEvent, detail: str) -> Outgoing:
         attempt = item.attempt + 1
         delays = self.settings.delays()
         if attempt > len(delays):
             return self._dead(item, RETRIES_EXHAUSTED, f"after {item.attempt} attempts: {detail}")
         not_before = time.time_ns() // 1_000_000 + int(delays[attempt - 1] * 1000)
-        headers = [(k, v) for k, v in item.record.headers
-                   if k not in (H_ATTEMPT, H_NOT_BEFORE)]
-        headers += [(H_ATTEMPT, str(attempt).encode()), (H_NOT_BEFORE, str(not_before).encode())]
-        return (self.retry_topic, item.record.key, item.record.value, headers)
+        return self._parked(item, attempt, not_before)
 
-    def _hold(self, item: SinkEvent, not_before_ms: int
-              ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    def _hold(self, item: SinkEvent, not_before_ms: int) -> Outgoing:
+        return self._parked(item, item.attempt, not_before_ms)
+
+    def _parked(self, item: SinkEvent, attempt: int, not_before_ms: int) -> Outgoing:
         headers = [(k, v) for k, v in item.record.headers
                    if k not in (H_ATTEMPT, H_NOT_BEFORE)]
-        headers += [(H_ATTEMPT, str(item.attempt).encode()),
+        headers += [(H_ATTEMPT, str(attempt).encode()),
                     (H_NOT_BEFORE, str(not_before_ms).encode())]
-        return (self.retry_topic, item.record.key, item.record.value, headers)
+        return Outgoing(self.retry_topic, item.record.value, item.record.key, headers)
 
-    def _dead(self, item: SinkEvent, reason: str, detail: str
-              ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
-        r = item.record
-        headers = dlq.dead_letter_headers(
-            r.headers, reason=reason, stage=f"sink:{self.sink.name}", detail=detail,
-            topic=r.topic, partition=r.partition, offset=r.offset)
-        return (self.dlq_topic, r.key, r.value, headers)
+    def _dead(self, item: SinkEvent, reason: str, detail: str) -> Outgoing:
+        return dead_letter_record(item.record, topic=self.dlq_topic, reason=reason,
+                                  stage=self.stage, detail=detail)
 
     async def _offer(self, items: list[SinkEvent], malformed: list[SinkEvent]) -> None:
         """Write ``items``; park what is deferred, dead-letter what failed or is malformed."""
@@ -339,44 +327,30 @@ class SinkRunner:
         self._stop = stop
         checks = health.Health()
         checks.add_check("sink", self.ready)
-        server = None
-        if serve_http:
-            port = self.settings.http_port or self.sink.default_http_port
-            server = await health.serve_in_background(checks, self.settings.http_host, port)
-        if ensure_topics:
-            await topics.ensure(self.kafka, topic_plan(self.kafka, self.sink.name))
-        await self.sink.start()
-        await self._producers.start()
-        consumers = []
-        try:
-            for topic, handler, prepare, group in (
-                (self.kafka.events_topic, self.offer_parsed, self.parse_main, self.group_id),
-                (self.retry_topic, self.handle_retry, None, f"{self.group_id}-retry"),
-            ):
-                consumer = self._make_consumer(group)
-                loop = ConsumeLoop(consumer, topic, group, handler, prepare=prepare,
-                                   dead_letter=self.dead_letter,
-                                   max_batch=self.settings.max_batch,
-                                   poll_timeout_ms=self.settings.poll_timeout_ms,
-                                   backoff_max_s=self.settings.backoff_max_s)
-                loop.subscribe()
-                await consumer.start()
-                consumers.append(consumer)
-                self._loops.append(loop)
-            gc.freeze()
-            log.info("sink consuming", extra={"sink": self.sink.name, "group": self.group_id})
-            await asyncio.gather(*(loop.run(stop) for loop in self._loops))
-        finally:
-            for consumer in consumers:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), self.settings.shutdown_timeout_s)
-            await self._producers.stop(self.settings.shutdown_timeout_s)
-            await self.sink.stop()
-            if server is not None:
-                server.cancel()
-                with contextlib.suppress(BaseException):
-                    await server
-            log.info("sink stopped", extra={"sink": self.sink.name})
+        port = self.settings.http_port or self.sink.default_http_port
+        async with serving_health(checks, self.settings.http_host, port, serve_http):
+            if ensure_topics:
+                await topics.ensure(self.kafka, topic_plan(self.kafka, self.sink.name))
+            await self.sink.start()
+            await self._producers.start()
+            try:
+                await consume(
+                    [Subscription(self.kafka.events_topic, self.group_id, self.offer_parsed,
+                                  self.parse_main),
+                     Subscription(self.retry_topic, f"{self.group_id}-retry",
+                                  self.handle_retry)],
+                    stop, make_consumer=self._make_consumer, dead_letter=self.dead_letter,
+                    settings=LoopSettings(self.settings.max_batch,
+                                          self.settings.poll_timeout_ms,
+                                          self.settings.backoff_max_s,
+                                          self.settings.shutdown_timeout_s),
+                    loops=self._loops,
+                    on_consuming=lambda: log.info("sink consuming", extra={
+                        "sink": self.sink.name, "group": self.group_id}))
+            finally:
+                await self._producers.stop(self.settings.shutdown_timeout_s)
+                await self.sink.stop()
+                log.info("sink stopped", extra={"sink": self.sink.name})
 
 
 def sink_main(

@@ -31,7 +31,8 @@ from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.service import run as run_normalizer
 from hookstream.normalizer.settings import NormalizerSettings
-from hookstream.sinks.alerts.sink import AlertsSettings, AlertsSink
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import AlertsSink
 from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
 from hookstream.sinks.runner import SinkRunner, SinkSettings

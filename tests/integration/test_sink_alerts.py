@@ -34,7 +34,8 @@ from starlette.routing import Route
 from hookstream.core import dlq
 from hookstream.core.config import KafkaSettings, load
 from hookstream.core.kafka import end_offsets, make_producer
-from hookstream.sinks.alerts.sink import ALERT_REJECTED, AlertsSettings, AlertsSink
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import ALERT_REJECTED, AlertsSink
 from hookstream.sinks.runner import SinkRunner, SinkSettings, sink_topics
 
 from ..support import free_port, own_topics, read_topic, serve

@@ -199,7 +199,7 @@ def settings_problems(script: str, environ: dict[str, str]) -> list[str]:
     from hookstream.ingest.settings import IngestSettings
     from hookstream.normalizer.settings import NormalizerSettings
     from hookstream.sarjapi.settings import SarjApiSettings
-    from hookstream.sinks.alerts.sink import AlertsSettings
+    from hookstream.sinks.alerts.settings import AlertsSettings
     from hookstream.sinks.crm.settings import CRMSettings
     from hookstream.sinks.recordings.settings import RecordingsSettings
     from hookstream.sinks.runner import SinkSettings
@@ -743,7 +743,7 @@ def settings_vars(*class_names: str) -> set[str]:
     import dataclasses
 
     from hookstream.core.config import PostgresSettings
-    from hookstream.sinks.alerts.sink import AlertsSettings
+    from hookstream.sinks.alerts.settings import AlertsSettings
     from hookstream.sinks.crm.settings import CRMSettings
     from hookstream.sinks.recordings.settings import RecordingsSettings
     from hookstream.sinks.transcripts.settings import TranscriptsSettings

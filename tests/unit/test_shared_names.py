@@ -80,3 +80,15 @@ def test_a_sink_cannot_take_a_reason_of_the_normalizer_or_of_every_sink() -> Non
         errors.sink_reasons("x", errors.RETRIES_EXHAUSTED)
     with pytest.raises(ValueError):
         errors.sink_reasons("x", "Not A Reason")
+
+
+def test_the_warehouse_is_shared_through_its_public_module_alone() -> None:
+    """Nothing but the warehouse sink reaches into its internals (store.py, sink.py):
+    the other sinks, the CLI and the load generator use sinks/warehouse/schema.py."""
+    internals = re.compile(r"warehouse(\.|\s+import\s+)(store|sink)\b|WarehouseStore")
+    found = [f"{path.relative_to(REPO)}:{n}"
+             for path in (REPO / "services").rglob("*.py")
+             if "warehouse" not in path.relative_to(REPO / "services").parts
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if line.lstrip().startswith(("from ", "import ")) and internals.search(line)]
+    assert found == []

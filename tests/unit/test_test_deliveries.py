@@ -21,7 +21,8 @@ from hookstream.core.schemas import SchemaRegistry
 from hookstream.core.sources import TestCalls, load_test_calls, parse_sources, parse_test_calls
 from hookstream.normalizer.pipeline import Decoder
 from hookstream.sinks.alerts.rules import load_rules
-from hookstream.sinks.alerts.sink import AlertsSettings, AlertsSink
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import AlertsSink
 from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
 from hookstream.sinks.recordings.settings import RecordingsSettings

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ...core.config import load
 from ..runner import sink_main
-from .sink import AlertsSettings, AlertsSink
+from .settings import AlertsSettings
+from .sink import AlertsSink
 
 DESCRIPTION = (
     "Match canonical events against the alert rules (HOOKSTREAM_ALERT_RULES_FILE) and "

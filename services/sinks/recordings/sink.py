@@ -56,8 +56,8 @@ from ...core.times import parse_utc
 from ...sarjapi.calls import NotACallDetail, recording_url
 from ...sarjapi.client import ApiFailed, ApiUnavailable, SarjApi
 from ..base import MALFORMED_EVENT, SinkEvent, WriteOutcome
+from ..warehouse import schema as warehouse
 from ..warehouse.settings import WarehouseSettings
-from ..warehouse.store import WarehouseStore
 from . import fetch
 from .index import PgRecordingsIndex, RecordingRow, RecordingsIndex
 from .settings import RecordingsSettings
@@ -178,8 +178,8 @@ class RecordingsSink:
         if self._index is None:
             # The warehouse's migrations (0002 creates ``recordings``), so either sink
             # can start first.
-            self._pool = await WarehouseStore.create_pool(self._pg, self._warehouse.schema)
-            applied = await WarehouseStore(self._pool).migrate()
+            self._pool = await warehouse.create_pool(self._pg, self._warehouse.schema)
+            applied = await warehouse.migrate(self._pool)
             self._index = PgRecordingsIndex(self._pool)
             log.info("recordings ready", extra={"schema": self._warehouse.schema,
                                                 "store": self.store.kind,
@@ -240,7 +240,7 @@ class RecordingsSink:
                                        "but no valid provider, call_id or event_id"))
                 continue
             assert isinstance(call_id, str) and isinstance(provider, str)
-            key = f"{provider}:{call_id}"
+            key = warehouse.subject_key(provider, call_id)
             if key in jobs:
                 jobs[key].items.append(item)  # same call twice in one batch: fetched once
             else:
