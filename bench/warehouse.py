@@ -31,7 +31,7 @@ import orjson
 from hookstream.core import logs, topics
 from hookstream.core.config import KafkaSettings, LogSettings, PostgresSettings, load
 from hookstream.core.kafka import make_producer
-from hookstream.core.sink import SinkRunner, SinkSettings
+from hookstream.sinks.runner import SinkRunner, SinkSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 from hookstream.sinks.warehouse.store import EVENT_COLUMNS, WarehouseStore, event_row

@@ -31,14 +31,15 @@ from aiokafka import TopicPartition
 
 from .core import dlq, logs, topics
 from .core.config import ConfigError, KafkaSettings, LogSettings, help_epilog, load
+from .core.headers import H_ATTEMPT, H_NOT_BEFORE
 from .core.kafka import end_offsets, make_consumer, make_producer, scan
 from .core.record import H_REQUEST_ID, H_SOURCE, RawDelivery
 from .core.samples import Sample, fresh_copy, samples
-from .core.sink import H_ATTEMPT, H_NOT_BEFORE, sink_topics
 from .core.sources import Source, load_sources
 from .core.times import parse_time
 from .providers import PROVIDERS
 from .sinks.crm.settings import CRMSettings
+from .sinks.runner import sink_topics
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
@@ -293,6 +294,7 @@ async def _summary(kafka: KafkaSettings, since_ms: int | None, schema: str) -> d
     import asyncpg
 
     from .core.config import PostgresSettings
+    from .sinks.warehouse import schema as warehouse
 
     counts: dict[str, int] = {}
     for label, topic in (("raw", kafka.raw_topic), ("events", kafka.events_topic),
@@ -301,12 +303,8 @@ async def _summary(kafka: KafkaSettings, since_ms: int | None, schema: str) -> d
     conn = await asyncpg.connect(load(PostgresSettings).dsn)
     try:
         since = since_ms / 1000 if since_ms is not None else 0.0
-        counts["warehouse rows"] = int(await conn.fetchval(
-            f'SELECT count(*) FROM "{schema}".events'
-            " WHERE received_at >= to_timestamp($1)", since) or 0)
-        counts["warehouse calls"] = int(await conn.fetchval(
-            f'SELECT count(*) FROM "{schema}".calls WHERE last_event_at >= to_timestamp($1)'
-            " OR first_event_at >= to_timestamp($1)", since) or 0)
+        counts["warehouse rows"] = await warehouse.count_events_since(conn, schema, since)
+        counts["warehouse calls"] = await warehouse.count_calls_since(conn, schema, since)
     except asyncpg.UndefinedTableError:
         counts["warehouse rows"] = counts["warehouse calls"] = 0
     finally:

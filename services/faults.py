@@ -574,7 +574,7 @@ class Pipeline:
         import asyncpg
         from aiokafka.admin import AIOKafkaAdminClient
 
-        from .core.sink import sink_topics
+        from .sinks.runner import sink_topics
 
         with contextlib.suppress(Exception):
             conn = await asyncpg.connect(self.dsn, timeout=5)

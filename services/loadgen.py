@@ -35,6 +35,7 @@ from .core.schemas import SchemaRegistry
 from .core.sources import Source
 from .normalizer.pipeline import Decoder
 from .providers import PROVIDERS
+from .sinks.warehouse import schema as warehouse
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +230,8 @@ class Accounting:
                         if e is not None and e not in self.in_warehouse})
         if pending:
             try:
-                rows = await self._pool.fetch(
-                    f'SELECT event_id::text FROM "{self._schema}".event_ids'
-                    " WHERE event_id = ANY($1::uuid[])", pending)
-                self.in_warehouse.update(r[0] for r in rows)
+                self.in_warehouse.update(
+                    await warehouse.stored_event_ids(self._pool, self._schema, pending))
             except asyncpg.UndefinedTableError:
                 pass
             except DATABASE_ERRORS as exc:  # a PostgreSQL restart: look again next time

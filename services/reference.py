@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from .core.config import KafkaSettings, LogSettings, PostgresSettings, markdown_table
-from .core.sink import SinkSettings
 from .ingest.settings import IngestSettings
 from .normalizer.settings import NormalizerSettings
 from .providers import PROVIDERS
-from .sinks.alerts.sink import AlertsSettings
+from .sinks.alerts.settings import AlertsSettings
 from .sinks.crm.settings import CRMSettings
 from .sinks.recordings.settings import RecordingsSettings
+from .sinks.runner import SinkSettings
 from .sinks.transcripts.settings import TranscriptsSettings
 from .sinks.warehouse.settings import WarehouseSettings
 

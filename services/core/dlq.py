@@ -9,12 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-H_REASON = "hs-dlq-reason"  # closed set: hookstream.core.errors.REASONS
-H_STAGE = "hs-dlq-stage"  # "normalizer", "sink:warehouse", ...
-H_DETAIL = "hs-dlq-detail"  # human-readable, truncated
-H_ORIGIN = "hs-dlq-origin"  # "<topic>/<partition>/<offset>" of the failed record
-H_AT = "hs-dlq-at"  # integer ms since the epoch
-PREFIX = "hs-dlq-"
+from . import headers as _names
+
+# The header names (core/headers.py), under the names this module always gave them.
+H_REASON = _names.H_DLQ_REASON
+H_STAGE = _names.H_DLQ_STAGE
+H_DETAIL = _names.H_DLQ_DETAIL
+H_ORIGIN = _names.H_DLQ_ORIGIN
+H_AT = _names.H_DLQ_AT
+PREFIX = _names.DLQ_PREFIX
+
 MAX_DETAIL_BYTES = 2000
 
 

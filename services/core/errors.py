@@ -30,18 +30,51 @@ REASONS = (
     TOO_LARGE, INTERNAL_ERROR,
 )
 
-# Dead-letter reasons of the transcripts sink, on its own topic
-# hookstream.sink.transcripts.dlq.v1 (docs/sinks-transcripts.md). A closed set of its
-# own: REASONS above is the normalizer's, which the hookstream.dlq.v1 schema closes.
-# url_rejected: not http(s), a host not allowed, or one resolving to a non-public address.
-TRANSCRIPT_URL_REJECTED = "transcript_url_rejected"
-TRANSCRIPT_UNAVAILABLE = "transcript_unavailable"  # 4xx other than 408/425/429
-TRANSCRIPT_TOO_LARGE = "transcript_too_large"  # past HOOKSTREAM_TRANSCRIPTS_MAX_BYTES
-NOT_A_TRANSCRIPT = "not_a_transcript"  # the body is not a JSON object or array
+# Dead-letter reasons every sink may give, on its own topic hookstream.sink.<name>.dlq.v1
+# (the sink runner's; INTERNAL_ERROR above too). A sink adds the reasons its ``write``
+# gives with :func:`sink_reasons`; REASONS above is the normalizer's alone, which the
+# hookstream.dlq.v1 schema closes.
+MALFORMED_EVENT = "malformed_event"  # not a canonical event JSON object, or missing a field
+RETRIES_EXHAUSTED = "retries_exhausted"  # parked past the last of its retry delays
+SINK_ERROR = "sink_error"  # the sink raised on this event alone
 
-TRANSCRIPT_REASONS = (
-    TRANSCRIPT_URL_REJECTED, TRANSCRIPT_UNAVAILABLE, TRANSCRIPT_TOO_LARGE, NOT_A_TRANSCRIPT,
-)
+SINK_REASONS = (MALFORMED_EVENT, RETRIES_EXHAUSTED, SINK_ERROR, INTERNAL_ERROR)
+
+NORMALIZER_STAGE = "normalizer"
+# The registry: the closed set of dead-letter reasons of every stage ("normalizer",
+# "sink:<name>"), filled by the sinks' modules as they are imported.
+_REGISTRY: dict[str, tuple[str, ...]] = {NORMALIZER_STAGE: REASONS}
+
+
+def sink_stage(sink: str) -> str:
+    """The ``hs-dlq-stage`` of sink ``sink``'s dead letters."""
+    return f"sink:{sink}"
+
+
+def sink_reasons(sink: str, *reasons: str) -> tuple[str, ...]:
+    """Register the dead-letter reasons sink ``sink`` gives of its own (beyond
+    ``SINK_REASONS``) and return them, in order: ``A, B = sink_reasons("x", "a", "b")``."""
+    for reason in reasons:
+        if not reason or reason != reason.lower() or " " in reason:
+            raise ValueError(f"a dead-letter reason is a snake_case word: {reason!r}")
+        if reason in REASONS or reason in SINK_REASONS:
+            raise ValueError(f"{reason!r} is a reason of the normalizer or of every sink")
+    stage = sink_stage(sink)
+    known = _REGISTRY.get(stage, SINK_REASONS)
+    _REGISTRY[stage] = known + tuple(r for r in reasons if r not in known)
+    return reasons
+
+
+def reasons_of(stage: str) -> tuple[str, ...]:
+    """The dead-letter reasons of ``stage`` (``"normalizer"`` or ``"sink:<name>"``)."""
+    if stage in _REGISTRY:
+        return _REGISTRY[stage]
+    return SINK_REASONS if stage.startswith("sink:") else ()
+
+
+def registered() -> dict[str, tuple[str, ...]]:
+    """Every stage's reasons registered so far (the sinks' once their modules are imported)."""
+    return dict(_REGISTRY)
 
 
 def describe(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -144,7 +144,8 @@ class ProducerKeeper:
         self.resets = 0
 
     async def start(self) -> AIOKafkaProducer:
-        self.producer = await start_producer(self._kafka, self._role)
+        if self.producer is None:  # given one (a benchmark's, a unit test's): kept
+            self.producer = await start_producer(self._kafka, self._role)
         return self.producer
 
     def succeeded(self) -> None:
@@ -165,13 +166,10 @@ class ProducerKeeper:
         if reason is None:
             return
         new = make_producer(self._kafka, self._role, linger_ms=5)
-        try:
-            await asyncio.wait_for(new.start(), timeout=10)
-        except (KafkaError, OSError, TimeoutError) as start_error:
+        start_error = await try_start_producer(new, 10)
+        if start_error is not None:
             log.warning("producer not replaced yet; broker not reachable",
                         extra={"role": self._role, "error": repr(start_error)})
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(new.stop(), timeout=5)
             return
         self.producer, self._failing_since = new, None
         self.resets += 1
@@ -380,17 +378,33 @@ async def scan(
         await consumer.stop()
 
 
-async def start_producer(kafka: KafkaSettings, role: str) -> AIOKafkaProducer:
-    """Start a producer, retrying while the broker is unreachable."""
+async def try_start_producer(producer: AIOKafkaProducer, timeout_s: float
+                            ) -> BaseException | None:
+    """Start ``producer`` within ``timeout_s``; None once started, else why not (the
+    broker not reachable: a ``KafkaError``, ``OSError`` or timeout), the producer
+    stopped again (bounded)."""
+    try:
+        await asyncio.wait_for(producer.start(), timeout=timeout_s)
+        return None
+    except (KafkaError, OSError, TimeoutError) as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), timeout=5)
+        return exc
+
+
+async def start_producer(kafka: KafkaSettings, role: str, *,
+                         factory: Callable[[], AIOKafkaProducer] | None = None,
+                         start_timeout_s: float = 15.0) -> AIOKafkaProducer:
+    """Start a producer, retrying with backoff (0.5 s doubling to 10 s) while the broker
+    is unreachable: the one way every service starts its producer. ``factory`` builds
+    each try's producer (default: ``make_producer(kafka, role, linger_ms=5)``)."""
+    make = factory or (lambda: make_producer(kafka, role, linger_ms=5))
     delay = 0.5
     while True:
-        producer = make_producer(kafka, role, linger_ms=5)
-        try:
-            await asyncio.wait_for(producer.start(), timeout=15)
+        producer = make()
+        error = await try_start_producer(producer, start_timeout_s)
+        if error is None:
             return producer
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("broker not reachable; retrying", extra={"error": repr(exc)})
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), timeout=5)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
+        log.warning("broker not reachable; retrying", extra={"error": repr(error)})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10)

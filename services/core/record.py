@@ -12,18 +12,17 @@ import os
 import time
 from collections.abc import Sequence
 
-# Header names on the raw topic. Lower-case ASCII; values are UTF-8.
-H_SOURCE = "hs-source"
-H_PROVIDER = "hs-provider"
-H_RECEIVED_AT = "hs-received-at"  # integer milliseconds since the epoch
-H_REQUEST_ID = "hs-request-id"
-H_CONTENT_TYPE = "content-type"
-H_ROUTING_KEY = "hs-routing-key"  # the provider's event name, when the request carried one
-H_EVENT_ID = "hs-event-id"  # the provider's delivery/event id, when a header carried it
-H_TEST = "hs-test"  # "1": the request carried X-Hookstream-Test (a smoke test of our own)
-# Set only on a record that did not come through ingest: "api-backfill" (``hookstream
-# backfill``, fetched from a provider's API). Absent: a webhook delivery.
-H_ORIGIN = "hs-origin"
+# Header names on the raw topic (core/headers.py has every one, for every topic).
+from .headers import H_CONTENT_TYPE as H_CONTENT_TYPE
+from .headers import H_EVENT_ID as H_EVENT_ID
+from .headers import H_ORIGIN as H_ORIGIN
+from .headers import H_PROVIDER as H_PROVIDER
+from .headers import H_RECEIVED_AT as H_RECEIVED_AT
+from .headers import H_REQUEST_ID as H_REQUEST_ID
+from .headers import H_ROUTING_KEY as H_ROUTING_KEY
+from .headers import H_SOURCE as H_SOURCE
+from .headers import H_TEST as H_TEST
+
 ORIGIN_API_BACKFILL = "api-backfill"
 # The request header that marks a delivery as a test, and the values that set it.
 TEST_REQUEST_HEADER = "x-hookstream-test"

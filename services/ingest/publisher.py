@@ -56,6 +56,7 @@ from ..core.kafka import (
     partition_for,
     producer_wedged,
     reset_reason,
+    start_producer,
     submit_batches,
 )
 from . import metrics
@@ -176,21 +177,11 @@ class Publisher:
             await self._probe()
 
     async def _connect(self) -> None:
-        backoff = 0.5
-        while self._producer is None:
-            producer = self._new_producer()
-            try:
-                await asyncio.wait_for(producer.start(), timeout=10)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("broker not reachable; retrying", extra={"error": repr(exc)})
-                await _stop_quietly(producer, 5)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
-                continue
-            self._producer = producer
-            self._failing_since = None
-            self._set_broker_ok(True)
-            log.info("producer connected", extra={"bootstrap": self._kafka.bootstrap})
+        self._producer = await start_producer(self._kafka, "ingest", factory=self._new_producer,
+                                              start_timeout_s=10)
+        self._failing_since = None
+        self._set_broker_ok(True)
+        log.info("producer connected", extra={"bootstrap": self._kafka.bootstrap})
 
     async def _probe(self) -> None:
         """Readiness: can we still reach the cluster? Also learns new partitions."""

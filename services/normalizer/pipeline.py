@@ -18,26 +18,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
-from aiokafka.errors import KafkaError
 
 from ..core import dlq, errors
 from ..core.config import KafkaSettings
 from ..core.errors import Invalid, Retryable
 from ..core.events import CanonicalEvent, event_id
-from ..core.kafka import Outgoing, ProducerKeeper, publish_batched
+from ..core.headers import H_CONTENT_TYPE, H_EVENT_ID, H_EVENT_TYPE, H_PROVIDER, H_SOURCE
+from ..core.kafka import Outgoing, ProducerKeeper
 from ..core.postgres import DATABASE_ERRORS
 from ..core.record import RawDelivery
 from ..core.schemas import SchemaRegistry
 from ..core.sources import TestCalls
+from ..core.stage import Output, dead_letter_record
 from ..providers import PROVIDERS
 from . import metrics
 from .dedupe import DedupeStore
 
 log = logging.getLogger(__name__)
 
-STAGE = "normalizer"
+STAGE = errors.NORMALIZER_STAGE
 DECODE_SLICE = 50  # records decoded between yields to the event loop (about 1 ms)
-H_EVENT_TYPE = "hs-event-type"
 # Caps on what one delivery may be (HOOKSTREAM_NORMALIZER_MAX_DEPTH / _MAX_BODY_BYTES).
 # The depth stays far below orjson's serialisation limit (255 levels; the envelope
 # adds two) and keeps every later stage's recursion shallow.
@@ -179,7 +179,7 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
 
 
 def _provider_of(record: ConsumedRecord) -> str:
-    return dlq.header(record.headers, "hs-provider") or "unknown"
+    return dlq.header(record.headers, H_PROVIDER) or "unknown"
 
 
 class Normalizer:
@@ -192,10 +192,10 @@ class Normalizer:
         produce_timeout_s: float = 30.0,
     ) -> None:
         self._kafka = kafka
-        self._producers = producers
+        self._output = Output(producers, produce_timeout_s,
+                              on_failure=metrics.RETRIES.labels("broker").inc)
         self._dedupe = dedupe
         self._decoder = decoder
-        self._produce_timeout_s = produce_timeout_s
         # Closed label sets: every series exists from the start, at 0.
         for provider in PROVIDERS:
             metrics.EVENTS_IN.labels(provider)
@@ -334,34 +334,16 @@ class Normalizer:
             Outgoing(topic, value, subject.encode() if (subject := event.subject_id)
                      else None, [
                          (H_EVENT_TYPE, event.type.encode()),
-                         ("hs-provider", event.provider.encode()),
-                         ("hs-source", event.source.encode()),
-                         ("hs-event-id", event.event_id.encode()),
-                         ("content-type", b"application/json"),
+                         (H_PROVIDER, event.provider.encode()),
+                         (H_SOURCE, event.source.encode()),
+                         (H_EVENT_ID, event.event_id.encode()),
+                         (H_CONTENT_TYPE, b"application/json"),
                      ])
             for event, value in events
         ]
         outgoing += [
-            Outgoing(self._kafka.dlq_topic, letter.record.value, letter.record.key,
-                     dlq.dead_letter_headers(
-                         letter.record.headers, reason=letter.reason, stage=STAGE,
-                         detail=letter.detail, topic=letter.record.topic,
-                         partition=letter.record.partition, offset=letter.record.offset))
+            dead_letter_record(letter.record, topic=self._kafka.dlq_topic,
+                               reason=letter.reason, stage=STAGE, detail=letter.detail)
             for letter in dead
         ]
-        producer = self._producers.producer
-        assert producer is not None
-        try:
-            async with asyncio.timeout(self._produce_timeout_s):
-                futures = await publish_batched(producer, outgoing)
-                # asyncio.wait (unlike gather under a timeout) never cancels the
-                # futures: aiokafka keeps its batch bookkeeping intact on a timeout.
-                if futures:
-                    done, _ = await asyncio.wait(futures)
-                    for future in done:
-                        future.result()  # raises the KafkaError of a failed send
-        except (KafkaError, TimeoutError) as exc:
-            metrics.RETRIES.labels("broker").inc()
-            await self._producers.failed(exc)  # a new producer for the retry, if needed
-            raise Retryable(f"publish failed: {exc!r}") from exc
-        self._producers.succeeded()
+        await self._output.send(outgoing, "publish")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -15,10 +14,12 @@ from ..core import health
 from ..core.config import KafkaSettings, PostgresSettings
 from ..core.consumer import ConsumeLoop
 from ..core.errors import Retryable
+from ..core.headers import H_SOURCE
 from ..core.kafka import ProducerKeeper, make_consumer, scan
 from ..core.postgres import DATABASE_ERRORS, create_pool
 from ..core.schemas import SchemaRegistry
 from ..core.sources import load_test_calls
+from ..core.stage import LoopSettings, Subscription, consume, serving_health
 from ..providers import accepted_versions
 from .dedupe import DedupeStore
 from .pipeline import Decoder, Normalizer
@@ -68,42 +69,33 @@ async def run(settings: NormalizerSettings, kafka: KafkaSettings, pg: PostgresSe
               stop: asyncio.Event, serve_http: bool = True) -> None:
     """Consume the raw topic until ``stop`` is set; then finish the batch, commit, leave."""
     checks = health.Health()
-    server: asyncio.Task[None] | None = None
-    loop_ref: list[ConsumeLoop] = []
-    checks.add_check("consumer", lambda: bool(loop_ref) and loop_ref[0].started)
-    if serve_http:
-        server = await health.serve_in_background(checks, settings.http_host, settings.http_port)
-    try:
-        async with normalizer_parts(settings, kafka, pg) as (normalizer, dedupe, _, _):
-            consumer = make_consumer(kafka, settings.group_id,
-                                     max_poll_records=settings.max_batch)
-            loop = ConsumeLoop(consumer, kafka.raw_topic, settings.group_id,
-                               normalizer.complete, prepare=normalizer.decode_batch,
-                               dead_letter=normalizer.dead_letter,
-                               max_batch=settings.max_batch,
-                               poll_timeout_ms=settings.poll_timeout_ms,
-                               backoff_max_s=settings.retry_backoff_max_s)
-            loop.subscribe()
-            await consumer.start()
-            loop_ref.append(loop)
-            # Everything allocated so far (schemas, clients) lives for the whole run:
-            # keep it out of the cyclic collector's scans on the hot path.
-            gc.freeze()
-            purge = asyncio.create_task(_purge_forever(dedupe))
+    loops: list[ConsumeLoop] = []
+    checks.add_check("consumer", lambda: bool(loops) and loops[0].started)
+    async with (serving_health(checks, settings.http_host, settings.http_port, serve_http),
+                normalizer_parts(settings, kafka, pg) as (normalizer, dedupe, _, _)):
+        purge: list[asyncio.Task[None]] = []
+
+        def consuming() -> None:
+            purge.append(asyncio.create_task(_purge_forever(dedupe)))
             log.info("normalizer consuming", extra={"topic": kafka.raw_topic,
                                                     "group": settings.group_id})
-            try:
-                await loop.run(stop)
-            finally:
-                purge.cancel()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), timeout=settings.shutdown_timeout_s)
-                log.info("normalizer stopped")
-    finally:
-        if server is not None:
-            server.cancel()
-            with contextlib.suppress(BaseException):
-                await server
+
+        try:
+            await consume(
+                [Subscription(kafka.raw_topic, settings.group_id, normalizer.complete,
+                              normalizer.decode_batch)],
+                stop,
+                make_consumer=lambda group: make_consumer(
+                    kafka, group, max_poll_records=settings.max_batch),
+                dead_letter=normalizer.dead_letter,
+                settings=LoopSettings(settings.max_batch, settings.poll_timeout_ms,
+                                      settings.retry_backoff_max_s,
+                                      settings.shutdown_timeout_s),
+                loops=loops, on_consuming=consuming)
+        finally:
+            for task in purge:
+                task.cancel()
+            log.info("normalizer stopped")
 
 
 async def replay(
@@ -154,6 +146,6 @@ async def _handle_with_retry(normalizer: Normalizer, records: Sequence[Any]) -> 
 
 def _source_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
     for key, value in headers:
-        if key == "hs-source":
+        if key == H_SOURCE:
             return value.decode()
     return None

@@ -1,1 +1,2 @@
-"""Sink workers: each its own deployable and consumer group (hookstream.core.sink)."""
+"""Sink workers: each its own deployable and consumer group; the contract in
+``base``, the runner every sink worker shares in ``runner``."""

@@ -34,11 +34,12 @@ import pytest
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import end_offsets, make_producer
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.core.sink import SinkEvent, SinkRunner, SinkSettings, sink_topics
 from hookstream.normalizer.dedupe import DedupeStore
 from hookstream.normalizer.pipeline import Decoder
 from hookstream.normalizer.service import run as run_normalizer
 from hookstream.normalizer.settings import NormalizerSettings
+from hookstream.sinks.base import SinkEvent
+from hookstream.sinks.runner import SinkRunner, SinkSettings, sink_topics
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 

@@ -35,7 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings, PostgresSettings
-from hookstream.core.sink import topic_plan
+from hookstream.sinks.runner import topic_plan
 
 from ..support import REPO, SOURCES_FILE, free_port, local_secrets
 from ..support import stack as run_stack

@@ -26,15 +26,16 @@ import pytest
 from hookstream.cli import signed_request
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.samples import samples
-from hookstream.core.sink import SinkRunner, SinkSettings
 from hookstream.core.sources import load_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.service import run as run_normalizer
 from hookstream.normalizer.settings import NormalizerSettings
-from hookstream.sinks.alerts.sink import AlertsSettings, AlertsSink
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import AlertsSink
 from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
+from hookstream.sinks.runner import SinkRunner, SinkSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 

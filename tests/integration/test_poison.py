@@ -26,12 +26,12 @@ from hookstream.cli import signed_request
 from hookstream.core import dlq
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.samples import Sample, samples
-from hookstream.core.sink import SinkRunner, SinkSettings
 from hookstream.core.sources import Source, load_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.service import run as run_normalizer
 from hookstream.normalizer.settings import NormalizerSettings
+from hookstream.sinks.runner import SinkRunner, SinkSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 

@@ -26,12 +26,12 @@ from hookstream import cli
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import make_producer
 from hookstream.core.record import H_ORIGIN, RawDelivery, new_request_id, now_ms
-from hookstream.core.sink import SinkRunner, SinkSettings
 from hookstream.normalizer.service import run as run_normalizer
 from hookstream.normalizer.settings import NormalizerSettings
 from hookstream.providers.sarj import SPEC as PROVIDER
 from hookstream.providers.sarj.api import SarjApi
 from hookstream.providers.sarj.settings import SarjApiSettings
+from hookstream.sinks.runner import SinkRunner, SinkSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 

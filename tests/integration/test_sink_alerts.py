@@ -34,8 +34,9 @@ from starlette.routing import Route
 from hookstream.core import dlq
 from hookstream.core.config import KafkaSettings, load
 from hookstream.core.kafka import end_offsets, make_producer
-from hookstream.core.sink import SinkRunner, SinkSettings, sink_topics
-from hookstream.sinks.alerts.sink import ALERT_REJECTED, AlertsSettings, AlertsSink
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import ALERT_REJECTED, AlertsSink
+from hookstream.sinks.runner import SinkRunner, SinkSettings, sink_topics
 
 from ..support import free_port, own_topics, read_topic, serve
 from ..support import stack as run_stack

@@ -24,11 +24,12 @@ from prometheus_client import REGISTRY
 
 from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings
+from hookstream.core.headers import H_ATTEMPT, H_NOT_BEFORE
 from hookstream.core.kafka import end_offsets, make_consumer, make_producer, topic_partitions
-from hookstream.core.sink import H_ATTEMPT, H_NOT_BEFORE, SinkRunner, SinkSettings, sink_topics
-from hookstream.core.sink import topic_plan as sink_topic_plan
 from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
+from hookstream.sinks.runner import SinkRunner, SinkSettings, sink_topics
+from hookstream.sinks.runner import topic_plan as sink_topic_plan
 
 from ..fakes.crm import MAX_STRING, TOKEN, FakeCRM, example, utf16_len
 from ..support import caught_up, free_port, serve

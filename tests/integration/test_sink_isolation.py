@@ -21,16 +21,10 @@ import orjson
 
 from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings
+from hookstream.core.headers import H_ATTEMPT, H_NOT_BEFORE
 from hookstream.core.kafka import start_producer
-from hookstream.core.sink import (
-    H_ATTEMPT,
-    H_NOT_BEFORE,
-    SinkEvent,
-    SinkRunner,
-    SinkSettings,
-    WriteOutcome,
-    sink_topics,
-)
+from hookstream.sinks.base import SinkEvent, WriteOutcome
+from hookstream.sinks.runner import SinkRunner, SinkSettings, sink_topics
 
 from ..support import read_topic
 

@@ -25,11 +25,11 @@ from starlette.routing import Route
 from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import end_offsets, make_consumer, make_producer, scan
-from hookstream.core.sink import SinkRunner, SinkSettings
 from hookstream.providers.sarj.api import SarjApi
 from hookstream.sinks.recordings.index import PgRecordingsIndex, RecordingRow
 from hookstream.sinks.recordings.settings import RecordingsSettings
 from hookstream.sinks.recordings.sink import RecordingsSink
+from hookstream.sinks.runner import SinkRunner, SinkSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.store import WarehouseStore
 

@@ -22,7 +22,8 @@ from starlette.routing import Route
 from hookstream.core import dlq, topics
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import end_offsets, make_consumer, make_producer, scan
-from hookstream.core.sink import RETRIES_EXHAUSTED, SinkRunner, SinkSettings, sink_topics
+from hookstream.sinks.base import RETRIES_EXHAUSTED
+from hookstream.sinks.runner import SinkRunner, SinkSettings, sink_topics
 from hookstream.sinks.transcripts.index import PgTranscriptsIndex, TranscriptRow
 from hookstream.sinks.transcripts.settings import TranscriptsSettings
 from hookstream.sinks.transcripts.sink import TranscriptsSink

@@ -18,7 +18,7 @@ import pytest
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import make_producer
-from hookstream.core.sink import SinkRunner, SinkSettings
+from hookstream.sinks.runner import SinkRunner, SinkSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 from hookstream.sinks.warehouse.store import WarehouseStore, event_row
@@ -225,7 +225,7 @@ async def test_sink_dead_letters_are_visible_and_redrivable(warehouse: Warehouse
 
     from hookstream.cli import _redrive
     from hookstream.core import dlq
-    from hookstream.core.sink import sink_topics
+    from hookstream.sinks.runner import sink_topics
 
     good = fresh(canonical_examples()[0])
     producer = make_producer(warehouse.kafka, "test")
@@ -304,7 +304,7 @@ async def test_hostile_events_are_written_sanitised_or_dead_lettered(
     nested one is dead-lettered ``unstorable_event``; every other event is written, the
     NUL stripped, and the calls are recomputed (none of this batch stalls the sink)."""
     from hookstream.core import dlq
-    from hookstream.core.sink import sink_topics
+    from hookstream.sinks.runner import sink_topics
     from hookstream.sinks.warehouse.sink import UNSTORABLE
 
     by_name = {p.stem: orjson.loads(p.read_bytes()) for p in sorted(EXAMPLES.glob("*.json"))}

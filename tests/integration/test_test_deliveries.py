@@ -25,17 +25,18 @@ import orjson
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import end_offsets
 from hookstream.core.samples import samples
-from hookstream.core.sink import TEST_SKIPPED, SinkRunner, SinkSettings, sink_topics
 from hookstream.core.sources import load_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.service import run as run_normalizer
 from hookstream.normalizer.settings import NormalizerSettings
-from hookstream.sinks.alerts.sink import AlertsSettings, AlertsSink
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import AlertsSink
 from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
 from hookstream.sinks.recordings.settings import RecordingsSettings
 from hookstream.sinks.recordings.sink import RecordingsSink
+from hookstream.sinks.runner import TEST_SKIPPED, SinkRunner, SinkSettings, sink_topics
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 

@@ -18,16 +18,12 @@ from prometheus_client import REGISTRY
 
 from hookstream.core.config import ConfigError, load, markdown_table
 from hookstream.core.errors import Retryable
-from hookstream.core.sink import SinkEvent
 from hookstream.sinks.alerts.main import main as alerts_main
+from hookstream.sinks.alerts.render import slack_body
 from hookstream.sinks.alerts.rules import Rules, load_rules, loads_rules
-from hookstream.sinks.alerts.sink import (
-    ALERT_REJECTED,
-    AlertsSettings,
-    AlertsSink,
-    RepeatWindow,
-    slack_body,
-)
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import ALERT_REJECTED, AlertsSink, RepeatWindow
+from hookstream.sinks.base import SinkEvent
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "schemas" / "canonical" / "v1" / "examples"

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from hookstream.core import dlq, errors, record, topics
+from hookstream.core import dlq, errors, headers, record, topics
 from hookstream.core.config import KafkaSettings
 from hookstream.core.events import ENVELOPE, CanonicalEvent, TranscriptTurn, is_test
 from hookstream.core.samples import SCHEMAS_DIR
-from hookstream.normalizer import catalog, pipeline
+from hookstream.normalizer import catalog
 from hookstream.providers import PROVIDERS as _PROVIDERS
 
 ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}
@@ -196,7 +196,7 @@ def test_dlq_topic_headers_match_the_dead_letter_record() -> None:
 
 def test_events_topic_headers_match_the_pipeline() -> None:
     names = {h["name"] for h in _topics()["hookstream.events.v1"]["headers"]}
-    assert pipeline.H_EVENT_TYPE in names
+    assert headers.H_EVENT_TYPE in names
     assert {"hs-provider", "hs-source", "hs-event-id", "content-type"} <= names
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from hookstream.core.config import ConfigError, load
 from hookstream.core.errors import Retryable
-from hookstream.core.sink import SinkEvent
+from hookstream.sinks.base import SinkEvent
 from hookstream.sinks.crm import main as crm_main
 from hookstream.sinks.crm.adapters import HubSpotAdapter, WebhookAdapter
 from hookstream.sinks.crm.circuit import CLOSED, HALF_OPEN, OPEN

@@ -33,8 +33,8 @@ import yaml
 
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings
-from hookstream.core.sink import sink_topics
 from hookstream.core.sources import parse_sources
+from hookstream.sinks.runner import sink_topics
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "services"
@@ -196,13 +196,13 @@ def settings_problems(script: str, environ: dict[str, str]) -> list[str]:
     """Load every settings class from ``environ`` and validate the service's own, as the
     process would at start."""
     from hookstream.core.config import ConfigError, LogSettings, PostgresSettings, load
-    from hookstream.core.sink import SinkSettings
     from hookstream.ingest.settings import IngestSettings
     from hookstream.normalizer.settings import NormalizerSettings
     from hookstream.providers.sarj.settings import SarjApiSettings
-    from hookstream.sinks.alerts.sink import AlertsSettings
+    from hookstream.sinks.alerts.settings import AlertsSettings
     from hookstream.sinks.crm.settings import CRMSettings
     from hookstream.sinks.recordings.settings import RecordingsSettings
+    from hookstream.sinks.runner import SinkSettings
     from hookstream.sinks.transcripts.settings import TranscriptsSettings
     from hookstream.sinks.warehouse.settings import WarehouseSettings
 
@@ -750,7 +750,7 @@ def settings_vars(*class_names: str) -> set[str]:
     import dataclasses
 
     from hookstream.core.config import PostgresSettings
-    from hookstream.sinks.alerts.sink import AlertsSettings
+    from hookstream.sinks.alerts.settings import AlertsSettings
     from hookstream.sinks.crm.settings import CRMSettings
     from hookstream.sinks.recordings.settings import RecordingsSettings
     from hookstream.sinks.transcripts.settings import TranscriptsSettings

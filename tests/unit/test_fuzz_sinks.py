@@ -50,9 +50,11 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from hookstream.core.config import PostgresSettings
-from hookstream.core.sink import SinkEvent, WriteOutcome
+from hookstream.sinks.alerts.render import build_alert, slack_body
 from hookstream.sinks.alerts.rules import FIELDS, Rules, load_rules, loads_rules, render
-from hookstream.sinks.alerts.sink import AlertsSettings, AlertsSink, Hit, build_alert, slack_body
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import AlertsSink, Hit
+from hookstream.sinks.base import SinkEvent, WriteOutcome
 from hookstream.sinks.crm.adapters import (
     HubSpotAdapter,
     WebhookAdapter,

@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from hookstream.core.sink import SinkEvent
 from hookstream.providers.sarj.api import SarjApi
 from hookstream.providers.sarj.settings import SarjApiSettings
+from hookstream.sinks.base import SinkEvent
 from hookstream.sinks.recordings.fetch import RECORDING_UNAVAILABLE
 from hookstream.sinks.recordings.settings import RecordingsSettings
 from hookstream.sinks.recordings.sink import RecordingsSink

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from hookstream.core.errors import Retryable
-from hookstream.core.sink import MALFORMED_EVENT, SinkEvent
+from hookstream.sinks.base import MALFORMED_EVENT, SinkEvent
 from hookstream.sinks.recordings.fetch import RECORDING_TOO_LARGE, RECORDING_UNAVAILABLE
 from hookstream.sinks.recordings.index import Known, RecordingRow
 from hookstream.sinks.recordings.settings import RecordingsSettings

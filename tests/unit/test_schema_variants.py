@@ -36,10 +36,11 @@ from hookstream.core.events import CanonicalEvent
 from hookstream.core.record import LocalRecord
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.core.sink import SinkEvent
 from hookstream.normalizer.pipeline import Decoder, Normalizer
 from hookstream.sinks.alerts.rules import load_rules
-from hookstream.sinks.alerts.sink import AlertsSettings, AlertsSink
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import AlertsSink
+from hookstream.sinks.base import SinkEvent
 from hookstream.sinks.crm.adapters import HubSpotAdapter, WebhookAdapter
 from hookstream.sinks.crm.mapping import FINISHED_TYPES
 from hookstream.sinks.crm.sink import CRMSink

@@ -18,15 +18,16 @@ from hookstream.core.events import CanonicalEvent, is_test
 from hookstream.core.record import H_TEST, LocalRecord, RawDelivery, marks_test
 from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.core.sink import TEST_SKIPPED, SinkRunner, SinkSettings
 from hookstream.core.sources import TestCalls, load_test_calls, parse_sources, parse_test_calls
 from hookstream.normalizer.pipeline import Decoder
 from hookstream.sinks.alerts.rules import load_rules
-from hookstream.sinks.alerts.sink import AlertsSettings, AlertsSink
+from hookstream.sinks.alerts.settings import AlertsSettings
+from hookstream.sinks.alerts.sink import AlertsSink
 from hookstream.sinks.crm.settings import CRMSettings
 from hookstream.sinks.crm.sink import CRMSink
 from hookstream.sinks.recordings.settings import RecordingsSettings
 from hookstream.sinks.recordings.sink import RecordingsSink
+from hookstream.sinks.runner import TEST_SKIPPED, SinkRunner, SinkSettings
 from hookstream.sinks.transcripts.settings import TranscriptsSettings
 from hookstream.sinks.transcripts.sink import TranscriptsSink
 from hookstream.sinks.warehouse.settings import WarehouseSettings

@@ -7,9 +7,8 @@ import hashlib
 import orjson
 import pytest
 
-from hookstream.core.errors import NOT_A_TRANSCRIPT
 from hookstream.sinks.egress import FetchFailed
-from hookstream.sinks.transcripts.parse import parse, turns
+from hookstream.sinks.transcripts.parse import NOT_A_TRANSCRIPT, parse, turns
 
 TURNS = [{"role": "agent", "text": "Hello, how can I help?"},
          {"role": "customer", "text": "I'd like to move my appointment."}]

@@ -13,16 +13,16 @@ import httpx
 import orjson
 import pytest
 
-from hookstream.core.errors import (
+from hookstream.core.errors import Retryable
+from hookstream.sinks import egress
+from hookstream.sinks.base import MALFORMED_EVENT, SinkEvent
+from hookstream.sinks.transcripts.index import TranscriptRow
+from hookstream.sinks.transcripts.parse import (
     NOT_A_TRANSCRIPT,
     TRANSCRIPT_TOO_LARGE,
     TRANSCRIPT_UNAVAILABLE,
     TRANSCRIPT_URL_REJECTED,
-    Retryable,
 )
-from hookstream.core.sink import MALFORMED_EVENT, SinkEvent
-from hookstream.sinks import egress
-from hookstream.sinks.transcripts.index import TranscriptRow
 from hookstream.sinks.transcripts.settings import TranscriptsSettings
 from hookstream.sinks.transcripts.sink import REASONS, TranscriptsSink
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ...core.config import load
-from ...core.sink import sink_main
-from .sink import AlertsSettings, AlertsSink
+from ..runner import sink_main
+from .settings import AlertsSettings
+from .sink import AlertsSink
 
 DESCRIPTION = (
     "Match canonical events against the alert rules (HOOKSTREAM_ALERT_RULES_FILE) and "

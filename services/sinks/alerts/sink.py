@@ -7,7 +7,7 @@ others become alerts, posted to Prometheus Alertmanager (``POST
 /api/v2/alerts``) and/or a JSON webhook (one POST per alert; a Slack-compatible
 ``{"text": ...}`` body on request).
 
-Failures, per the sink framework (``hookstream.core.sink``):
+Failures, per the sink framework (``hookstream.sinks.runner``):
 
 * 400, 413 or 422 for an alert: its event is dead-lettered with reason
   ``alert_rejected`` (Alertmanager validates each alert of a request and stores
@@ -32,109 +32,31 @@ import asyncio
 import dataclasses
 import logging
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 from prometheus_client import Counter
 
-from ...core.config import ConfigError, env
-from ...core.errors import Retryable
-from ...core.events import iso_ms
-from ...core.sink import SinkEvent, WriteOutcome
-from .rules import (
-    FIELDS,
-    LABEL_NAME,
-    RESERVED_LABELS,
-    Rule,
-    Rules,
-    load_rules,
-    render,
-    template_fields,
-)
+from ...core.config import ConfigError
+from ...core.errors import sink_reasons
+from ..base import SinkEvent, WriteOutcome
+from .destinations import SENT, Alertmanager, Destination, Webhook
+from .render import build_alert
+from .rules import Rule, Rules, load_rules
+from .settings import AlertsSettings
 
 log = logging.getLogger(__name__)
 
-ALERT_REJECTED = "alert_rejected"  # dead-letter reason of this sink
-# Event fields copied into every alert's annotations when the event has them.
-ANNOTATED_FIELDS = ("event_id", "type", "provider_type", "occurred_at", "received_at",
-                    "call_id", "session_id", "agent_id", "campaign_id", "tool_name",
-                    "error_code", "error_message", "reason")
-ALERTS_PER_REQUEST = 200
+(ALERT_REJECTED,) = sink_reasons("alerts", "alert_rejected")  # dead-letter reason of this sink
 MAX_REMEMBERED = 100_000  # answers kept for batches being retried
 
 RULE_HITS = Counter("hookstream_alerts_rule_hits_total",
                     "Canonical events that matched an alert rule (sent or suppressed)",
                     ["rule", "severity"])
-SENT = Counter("hookstream_alerts_sent_total",
-               "Alerts delivered per destination, by outcome (sent; rejected: 400/413/422, "
-               "dead-lettered; error: a transient failure, the batch is retried)",
-               ["destination", "outcome"])
 SUPPRESSED = Counter("hookstream_alerts_suppressed_total",
                      "Rule hits not sent: the rule already paged for the same grouping key "
                      "within the repeat window", ["rule"])
-
-
-@dataclasses.dataclass(frozen=True)
-class AlertsSettings:
-    rules_file: str = env("HOOKSTREAM_ALERT_RULES_FILE", "deploy/local/alerts.toml",
-                          "the alert rules file (TOML)")
-    alertmanager_url: str = env("HOOKSTREAM_ALERTMANAGER_URL", "http://127.0.0.1:9095",
-                                "Alertmanager base URL; alerts are POSTed to its "
-                                "/api/v2/alerts (empty: no Alertmanager)")
-    webhook_url: str = env("HOOKSTREAM_ALERT_WEBHOOK_URL", "",
-                           "a webhook that gets one JSON POST per alert (empty: none)")
-    webhook_slack: bool = env("HOOKSTREAM_ALERT_WEBHOOK_SLACK", False,
-                              "send the webhook a Slack-compatible body {\"text\": ...}")
-    repeat_window_s: float = env("HOOKSTREAM_ALERT_REPEAT_WINDOW_S", 3600.0,
-                                 "a rule pages at most once per grouping key within this "
-                                 "window (in memory; 0: every hit pages)")
-    resolve_after_s: float = env("HOOKSTREAM_ALERT_RESOLVE_AFTER_S", 3600.0,
-                                 "endsAt = startsAt + this: Alertmanager resolves the alert "
-                                 "then unless it fires again")
-    labels: tuple[str, ...] = env("HOOKSTREAM_ALERT_LABELS", (),
-                                  "labels added to every alert: name=value,... "
-                                  "(e.g. env=prod)")
-    generator_url: str = env("HOOKSTREAM_ALERT_GENERATOR_URL", "",
-                             "generatorURL of each alert, a template over event fields, "
-                             "e.g. https://console.example/calls/{call_id} (empty: none)")
-    timeout_s: float = env("HOOKSTREAM_ALERT_HTTP_TIMEOUT_S", 5.0,
-                           "timeout of one request to Alertmanager or the webhook")
-
-    def extra_labels(self) -> dict[str, str]:
-        """``labels`` as a dict; ConfigError if malformed."""
-        out: dict[str, str] = {}
-        for item in self.labels:
-            name, sep, value = item.partition("=")
-            name, value = name.strip(), value.strip()
-            if not sep or not value or not LABEL_NAME.match(name):
-                raise ConfigError(f"HOOKSTREAM_ALERT_LABELS: {item!r} is not name=value "
-                                  "with a label name [a-zA-Z_][a-zA-Z0-9_]*")
-            if name in RESERVED_LABELS or name in FIELDS:
-                raise ConfigError(f"HOOKSTREAM_ALERT_LABELS: {name!r} is set by the sink "
-                                  "(reserved labels and event fields); pick another name")
-            out[name] = value
-        return out
-
-    def validate(self) -> None:
-        if not self.alertmanager_url and not self.webhook_url:
-            raise ConfigError("set HOOKSTREAM_ALERTMANAGER_URL or HOOKSTREAM_ALERT_WEBHOOK_URL "
-                              "(or both): alerts need somewhere to go")
-        for var, url in (("HOOKSTREAM_ALERTMANAGER_URL", self.alertmanager_url),
-                         ("HOOKSTREAM_ALERT_WEBHOOK_URL", self.webhook_url),
-                         ("HOOKSTREAM_ALERT_GENERATOR_URL", self.generator_url)):
-            if url and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                raise ConfigError(f"{var}={url!r}: expected an http:// or https:// URL")
-        if self.generator_url:
-            template_fields(self.generator_url, "HOOKSTREAM_ALERT_GENERATOR_URL")
-        if self.repeat_window_s < 0:
-            raise ConfigError("HOOKSTREAM_ALERT_REPEAT_WINDOW_S must be >= 0")
-        if self.resolve_after_s <= 0:
-            raise ConfigError("HOOKSTREAM_ALERT_RESOLVE_AFTER_S must be > 0")
-        if self.timeout_s <= 0:
-            raise ConfigError("HOOKSTREAM_ALERT_HTTP_TIMEOUT_S must be > 0")
-        self.extra_labels()
 
 
 class RepeatWindow:
@@ -185,145 +107,6 @@ def split_hits(hits: Sequence[Hit], window: RepeatWindow) -> tuple[list[Hit], li
     return send, suppressed
 
 
-def _utf8(text: str) -> str:
-    """``text`` as UTF-8 can carry it: a lone surrogate (which a Python caller may hold,
-    though orjson never reads one) becomes "?" instead of failing the JSON encoding."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode(errors="replace").decode()
-    return text
-
-
-def build_alert(hit: Hit, settings: AlertsSettings, extra_labels: dict[str, str],
-                now: float) -> dict[str, Any]:
-    """The Alertmanager v2 ``postableAlert`` of a hit (the webhook gets the same)."""
-    rule, event = hit.rule, hit.item.event
-    labels = {"alertname": rule.alertname, "severity": rule.severity, "rule": rule.name}
-    for field in ("provider", "source"):
-        if event.get(field):
-            labels[field] = _utf8(str(event[field]))
-    for field, value in zip(rule.group_by, rule.group_values(event), strict=True):
-        if value:  # an empty label is an absent label in Alertmanager
-            labels[field] = _utf8(value)
-    labels.update(rule.labels)
-    labels.update(extra_labels)
-    annotations = {"summary": _utf8(render(rule.summary, event))}
-    if rule.description:
-        annotations["description"] = _utf8(render(rule.description, event))
-    for field in ANNOTATED_FIELDS:
-        found = event.get(field)
-        if found is not None and found != "":
-            annotations["event_type" if field == "type" else field] = _utf8(str(found))
-    alert: dict[str, Any] = {
-        "labels": labels,
-        "annotations": annotations,
-        "startsAt": iso_ms(int(now * 1000)),
-        "endsAt": iso_ms(int((now + settings.resolve_after_s) * 1000)),
-    }
-    if settings.generator_url:
-        quoted = {k: urllib.parse.quote(_utf8(str(v)), safe="") for k, v in event.items()
-                  if k in FIELDS and v is not None}
-        alert["generatorURL"] = render(settings.generator_url, quoted)
-    return alert
-
-
-def _slack_escape(text: str) -> str:
-    """Slack's three control characters in message text."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def slack_body(alert: dict[str, Any]) -> dict[str, Any]:
-    labels, notes = alert["labels"], alert["annotations"]
-    shown = ", ".join(f"{k}={v}" for k, v in labels.items()
-                      if k not in ("alertname", "severity"))
-    lines = [f"*[{labels['severity'].upper()}] {labels['alertname']}*: {notes['summary']}",
-             shown]
-    if "event_id" in notes:
-        lines.append(f"event {notes['event_id']} at {notes.get('received_at', '?')}")
-    text = "\n".join(_slack_escape(line) for line in lines)
-    if alert.get("generatorURL"):
-        text += f"\n<{alert['generatorURL']}|details>"
-    return {"text": text}
-
-
-# The answers that reject one request's content for good: the request (after bisection,
-# the one alert) is bad. Every other non-2xx (401/403: credentials, 404/405: a wrong
-# URL, 3xx, 408, 429, 5xx) is about the destination, not the alert: retry the batch
-# rather than dead-letter every alert until someone notices.
-REJECTED_STATUSES = frozenset({400, 413, 422})
-
-
-def _transient(status: int) -> bool:
-    return not 200 <= status < 300 and status not in REJECTED_STATUSES
-
-
-def _detail(response: httpx.Response) -> str:
-    return f"HTTP {response.status_code}: {response.text[:300].strip()}"
-
-
-# Called with (position in the list, None) when an alert was accepted,
-# (position, detail) when it was rejected for good.
-Done = Callable[[int, str | None], None]
-
-
-class Alertmanager:
-    name = "alertmanager"
-
-    def __init__(self, base_url: str) -> None:
-        self.url = base_url.rstrip("/") + "/api/v2/alerts"
-
-    async def _post(self, client: httpx.AsyncClient, alerts: list[dict[str, Any]]
-                    ) -> httpx.Response:
-        try:
-            response = await client.post(self.url, json=alerts)
-        except httpx.HTTPError as exc:
-            SENT.labels(self.name, "error").inc(len(alerts))
-            raise Retryable(f"alertmanager {self.url}: {exc!r}") from exc
-        if _transient(response.status_code):
-            SENT.labels(self.name, "error").inc(len(alerts))
-            raise Retryable(f"alertmanager {self.url}: {_detail(response)}")
-        return response
-
-    async def send(self, client: httpx.AsyncClient, alerts: list[dict[str, Any]],
-                   done: Done) -> None:
-        for start in range(0, len(alerts), ALERTS_PER_REQUEST):
-            chunk = alerts[start:start + ALERTS_PER_REQUEST]
-            response = await self._post(client, chunk)
-            if response.is_success:
-                for pos in range(start, start + len(chunk)):
-                    done(pos, None)
-                continue
-            if len(chunk) > 1:  # which one? Alertmanager stored the valid ones already
-                log.warning("alertmanager rejected a request; re-sending one by one",
-                            extra={"error": _detail(response)})
-            for pos, alert in enumerate(chunk, start):
-                single = response if len(chunk) == 1 else await self._post(client, [alert])
-                done(pos, None if single.is_success else _detail(single))
-
-
-class Webhook:
-    name = "webhook"
-
-    def __init__(self, url: str, slack: bool) -> None:
-        self.url = url
-        self.slack = slack
-
-    async def send(self, client: httpx.AsyncClient, alerts: list[dict[str, Any]],
-                   done: Done) -> None:
-        for pos, alert in enumerate(alerts):
-            body = slack_body(alert) if self.slack else {"status": "firing", **alert}
-            try:
-                response = await client.post(self.url, json=body)
-            except httpx.HTTPError as exc:
-                SENT.labels(self.name, "error").inc()
-                raise Retryable(f"webhook: {exc!r}") from exc
-            if _transient(response.status_code):
-                SENT.labels(self.name, "error").inc()
-                raise Retryable(f"webhook: {_detail(response)}")
-            done(pos, None if response.is_success else _detail(response))
-
-
 def _position(item: SinkEvent) -> tuple[Any, ...]:
     """Where the event was read from: the same on every retry of its batch."""
     record = item.record
@@ -357,7 +140,7 @@ class AlertsSink:
                                   f"rule {rule.name!r} sets too")
         self.window = RepeatWindow(settings.repeat_window_s, clock)
         self._wall = wall_clock
-        self.destinations: list[Alertmanager | Webhook] = []
+        self.destinations: list[Destination] = []
         if settings.alertmanager_url:
             self.destinations.append(Alertmanager(settings.alertmanager_url))
         if settings.webhook_url:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ...core.config import load
-from ...core.sink import sink_main
+from ..runner import sink_main
 from .settings import CRMSettings
 from .sink import CRMSink
 

@@ -19,7 +19,6 @@ CRM sink does not read), so the CRM gets no recording link: docs/sinks-crm.md.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import html
 import math
 import re
@@ -28,6 +27,7 @@ from typing import Any
 import orjson
 import phonenumbers
 
+from ...core.times import iso_to_ms
 from ...providers import title as provider_title
 from . import fit
 
@@ -271,14 +271,9 @@ def timestamp_ms(record: dict[str, Any]) -> str | None:
         value = record.get(name)
         if not isinstance(value, str) or not value:
             continue
-        try:
-            when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            continue
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        delta = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        return str(delta // dt.timedelta(milliseconds=1))
+        ms = iso_to_ms(value.strip())
+        if ms is not None:
+            return str(ms)
     return None
 
 

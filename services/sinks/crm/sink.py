@@ -34,8 +34,8 @@ from collections.abc import Callable
 
 import httpx
 
-from ...core.errors import Retryable
-from ...core.sink import SinkEvent, WriteOutcome
+from ...core.errors import Retryable, sink_reasons
+from ..base import SinkEvent, WriteOutcome
 from .adapters import LRU, CRMAdapter, build_adapter
 from .circuit import CLOSED, CircuitBreaker
 from .http import RETRIES as http_retries
@@ -47,9 +47,9 @@ from .settings import CRMSettings
 log = logging.getLogger(__name__)
 
 # Dead-letter reasons of this sink (hs-dlq-reason on hookstream.sink.crm.dlq.v1).
-CRM_REJECTED = "crm_rejected"
-CRM_UNMAPPABLE = "crm_unmappable"
-CRM_ERROR = "crm_error"  # an unexpected error writing this event (a bug): see the detail
+# crm_error: an unexpected error writing this event (a bug): see the detail.
+CRM_REJECTED, CRM_UNMAPPABLE, CRM_ERROR = sink_reasons(
+    "crm", "crm_rejected", "crm_unmappable", "crm_error")
 CIRCUIT_OPEN_DETAIL = "crm circuit open"
 
 

@@ -50,6 +50,8 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
+from ...core.errors import sink_reasons
+
 # The guard and the failure classes live in ../egress.py, shared with the transcripts
 # sink; re-exported here under their old names (fetch.FetchFailed, ...).
 from ..egress import AddressRefused as AddressRefused
@@ -64,9 +66,9 @@ from ..egress import host_allowed as host_allowed
 from ..egress import resolve_host as resolve_host
 from .store import Spooled, StoreError
 
-RECORDING_UNAVAILABLE = "recording_unavailable"
-RECORDING_TOO_LARGE = "recording_too_large"
-RECORDING_URL_REJECTED = "recording_url_rejected"
+# The recordings sink's dead-letter reasons (beyond every sink's).
+RECORDING_UNAVAILABLE, RECORDING_TOO_LARGE, RECORDING_URL_REJECTED = sink_reasons(
+    "recordings", "recording_unavailable", "recording_too_large", "recording_url_rejected")
 
 TRANSIENT_STATUS = frozenset({408, 425, 429})
 

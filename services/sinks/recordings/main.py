@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 from ...core.config import PostgresSettings, load
-from ...core.sink import sink_main
 from ...providers import PROVIDERS, settings_of
+from ..runner import sink_main
 from ..warehouse.settings import WarehouseSettings
 from .settings import RecordingsSettings
 from .sink import RecordingsSink

@@ -54,11 +54,12 @@ from prometheus_client import Counter
 from ...core.config import PostgresSettings
 from ...core.errors import Retryable
 from ...core.postgres import DATABASE_ERRORS
-from ...core.sink import MALFORMED_EVENT, SinkEvent, WriteOutcome
+from ...core.times import parse_utc
 from ...providers import recording_hosts_note
 from ...providers.base import ApiFailed, ApiUnavailable, RecordingUrls
+from ..base import MALFORMED_EVENT, SinkEvent, WriteOutcome
+from ..warehouse import schema as warehouse
 from ..warehouse.settings import WarehouseSettings
-from ..warehouse.store import WarehouseStore, parse_ts
 from . import fetch
 from .index import PgRecordingsIndex, RecordingRow, RecordingsIndex
 from .settings import RecordingsSettings
@@ -112,7 +113,7 @@ class _Done:
 def _when(event: dict[str, Any]) -> dt.datetime:
     """The month a recording is filed under: the call's end, else the event's times."""
     for field in ("ended_at", "occurred_at", "received_at"):
-        parsed = parse_ts(event.get(field))
+        parsed = parse_utc(event.get(field))
         if parsed is not None:
             return parsed
     return dt.datetime.now(dt.UTC)
@@ -181,8 +182,8 @@ class RecordingsSink:
         if self._index is None:
             # The warehouse's migrations (0002 creates ``recordings``), so either sink
             # can start first.
-            self._pool = await WarehouseStore.create_pool(self._pg, self._warehouse.schema)
-            applied = await WarehouseStore(self._pool).migrate()
+            self._pool = await warehouse.create_pool(self._pg, self._warehouse.schema)
+            applied = await warehouse.migrate(self._pool)
             self._index = PgRecordingsIndex(self._pool)
             log.info("recordings ready", extra={"schema": self._warehouse.schema,
                                                 "store": self.store.kind,
@@ -243,7 +244,7 @@ class RecordingsSink:
                                        "but no valid provider, call_id or event_id"))
                 continue
             assert isinstance(call_id, str) and isinstance(provider, str)
-            key = f"{provider}:{call_id}"
+            key = warehouse.subject_key(provider, call_id)
             if key in jobs:
                 jobs[key].items.append(item)  # same call twice in one batch: fetched once
             else:

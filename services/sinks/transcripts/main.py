@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from ...core.config import PostgresSettings, load
-from ...core.sink import sink_main
+from ..runner import sink_main
 from ..warehouse.settings import WarehouseSettings
 from .settings import TranscriptsSettings
 from .sink import TranscriptsSink

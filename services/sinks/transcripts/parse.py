@@ -26,8 +26,19 @@ from typing import Any
 
 import orjson
 
-from ...core.errors import NOT_A_TRANSCRIPT
+from ...core.errors import sink_reasons
 from ..egress import FetchFailed
+
+# The transcripts sink's dead-letter reasons (beyond every sink's), on its own topic
+# hookstream.sink.transcripts.dlq.v1 (docs/sinks-transcripts.md). url_rejected: not
+# http(s), a host not allowed, or one resolving to a non-public address; unavailable:
+# a 4xx other than 408/425/429; too_large: past HOOKSTREAM_TRANSCRIPTS_MAX_BYTES;
+# not_a_transcript: the body is not a JSON object or array.
+TRANSCRIPT_REASONS = sink_reasons(
+    "transcripts", "transcript_url_rejected", "transcript_unavailable",
+    "transcript_too_large", "not_a_transcript")
+(TRANSCRIPT_URL_REJECTED, TRANSCRIPT_UNAVAILABLE, TRANSCRIPT_TOO_LARGE,
+ NOT_A_TRANSCRIPT) = TRANSCRIPT_REASONS
 
 TURN_LISTS = ("turns", "messages", "transcript", "utterances", "entries", "segments")
 ROLE_KEYS = ("role", "speaker", "participant", "from")

@@ -40,20 +40,20 @@ import httpx
 from prometheus_client import Counter
 
 from ...core.config import PostgresSettings
-from ...core.errors import (
+from ...core.errors import Retryable
+from ...core.postgres import DATABASE_ERRORS
+from .. import egress
+from ..base import MALFORMED_EVENT, SinkEvent, WriteOutcome
+from ..warehouse import schema as warehouse
+from ..warehouse.settings import WarehouseSettings
+from .index import PgTranscriptsIndex, TranscriptRow, TranscriptsIndex
+from .parse import (
     NOT_A_TRANSCRIPT,
     TRANSCRIPT_TOO_LARGE,
     TRANSCRIPT_UNAVAILABLE,
     TRANSCRIPT_URL_REJECTED,
-    Retryable,
+    parse,
 )
-from ...core.postgres import DATABASE_ERRORS
-from ...core.sink import MALFORMED_EVENT, SinkEvent, WriteOutcome
-from .. import egress
-from ..warehouse.settings import WarehouseSettings
-from ..warehouse.store import WarehouseStore
-from .index import PgTranscriptsIndex, TranscriptRow, TranscriptsIndex
-from .parse import parse
 from .settings import TranscriptsSettings
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class TranscriptsSink:
         if self._index is None:
             # The warehouse's migrations (0004 creates ``transcripts``), so any of the
             # sinks can start first.
-            self._pool = await WarehouseStore.create_pool(self._pg, self._warehouse.schema)
-            applied = await WarehouseStore(self._pool).migrate()
+            self._pool = await warehouse.create_pool(self._pg, self._warehouse.schema)
+            applied = await warehouse.migrate(self._pool)
             self._index = PgTranscriptsIndex(self._pool)
             log.info("transcripts ready", extra={"schema": self._warehouse.schema,
                                                  "migrations_applied": applied})
@@ -188,7 +188,7 @@ class TranscriptsSink:
             url = event.get("transcript_url")
             if not isinstance(url, str) or not url:
                 continue  # nothing to fetch: written
-            # The warehouse's call key (store.call_key): the call id, else the session id.
+            # The warehouse's call key (schema.call_key): the call id, else the session id.
             call_id = event.get("call_id") or event.get("session_id")
             provider = event.get("provider")
             if not (_text(call_id) and _text(provider) and _uuid(event.get("event_id"))):
@@ -198,7 +198,7 @@ class TranscriptsSink:
                                        "id or event_id"))
                 continue
             assert isinstance(call_id, str) and isinstance(provider, str)
-            key = f"{provider}:{call_id}"
+            key = warehouse.subject_key(provider, call_id)
             if key in jobs:
                 jobs[key].items.append(item)  # same call twice in one batch: fetched once
             else:

@@ -7,10 +7,10 @@ import asyncio
 import sys
 
 from ...core.config import PostgresSettings, load
-from ...core.sink import sink_main
+from ..runner import sink_main
+from . import schema
 from .settings import WarehouseSettings
 from .sink import WarehouseSink
-from .store import WarehouseStore
 
 DESCRIPTION = ("Write every canonical event into PostgreSQL: the append-only events table, "
                "one row per call with its current state, and analysts' views "
@@ -20,9 +20,9 @@ DESCRIPTION = ("Write every canonical event into PostgreSQL: the append-only eve
 
 async def _migrate() -> None:
     settings = load(WarehouseSettings)
-    pool = await WarehouseStore.create_pool(load(PostgresSettings), settings.schema)
+    pool = await schema.create_pool(load(PostgresSettings), settings.schema)
     try:
-        applied = await WarehouseStore(pool).migrate()
+        applied = await schema.migrate(pool)
         print(f"schema {settings.schema}: "
               + (f"applied {', '.join(applied)}" if applied else "up to date"))
     finally:

@@ -8,16 +8,17 @@ from typing import Any
 import asyncpg
 
 from ...core.config import PostgresSettings
-from ...core.errors import Retryable
+from ...core.errors import Retryable, sink_reasons
 from ...core.postgres import TRANSIENT_ERRORS
-from ...core.sink import SinkEvent, WriteOutcome
+from ..base import SinkEvent, WriteOutcome
 from .settings import WarehouseSettings
 from .store import Unstorable, WarehouseStore
 
 log = logging.getLogger(__name__)
 
-REJECTED = "rejected_by_database"
-UNSTORABLE = "unstorable_event"  # not writable as JSON (too deep, an int past 64 bits)
+# Dead-letter reasons of this sink; unstorable: not writable as JSON (too deep, an int
+# past 64 bits).
+REJECTED, UNSTORABLE = sink_reasons("warehouse", "rejected_by_database", "unstorable_event")
 
 
 class WarehouseSink:

@@ -12,37 +12,24 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 
-from ...core import migrate
 from ...core.config import PostgresSettings
 from ...core.events import is_test
-from ...core.postgres import create_pool
-
-MIGRATIONS = Path(__file__).with_name("migrations")
+from ...core.times import parse_utc
+from .schema import MIGRATIONS as MIGRATIONS
+from .schema import STATE_RANK as STATE_RANK
+from .schema import Partitions, migrate
+from .schema import call_key as call_key
+from .schema import create_pool as create_schema_pool
+from .schema import nul_free as _text
 
 EVENT_COLUMNS = ("event_id", "received_at", "occurred_at", "provider", "source", "type",
                  "provider_type", "call_id", "session_id", "agent_id", "campaign_id", "test",
                  "event")
-
-# Lifecycle order: a call's row only moves forward. Rank 0 events (analysis)
-# never move the state; they only fill fields that are still empty.
-STATE_RANK = {
-    "call.analyzed": 0,
-    "call.initializing": 10,
-    "session.started": 20,
-    "call.started": 20,
-    "call.updated": 30,
-    "session.escalated": 35,
-    "call.ended": 40,
-    "call.not_connected": 40,
-    "session.ended": 40,
-    "session.errored": 40,
-}
 
 # Fields of ``calls`` taken from the canonical event of the same name.
 CALL_FIELDS = ("status", "direction", "customer_number", "started_at", "ended_at",
@@ -75,19 +62,6 @@ CALL_EVENTS = (
 )
 
 
-def parse_ts(value: Any) -> dt.datetime | None:
-    """An RFC 3339 time as an aware UTC datetime; None if it is not one, or if it has no
-    UTC equivalent in Python's range (``9999-12-31T23:00:00-05:00``, which asyncpg
-    would refuse to encode, so the whole event would be refused)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-    except (ValueError, OverflowError):
-        return None
-
-
 def _clean(value: Any) -> Any:
     """PostgreSQL rejects NUL in text and jsonb (SQLSTATE 22P05): drop it."""
     if isinstance(value, str):
@@ -115,14 +89,10 @@ def event_json(event: Any) -> str:
     return text.decode()
 
 
-def _text(value: Any) -> str | None:
-    return value.replace("\x00", "") if isinstance(value, str) else None
-
-
 def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
-    received = parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
+    received = parse_utc(event.get("received_at")) or dt.datetime.now(dt.UTC)
     return (
-        event["event_id"], received, parse_ts(event.get("occurred_at")),
+        event["event_id"], received, parse_utc(event.get("occurred_at")),
         _text(event.get("provider")) or "", _text(event.get("source")) or "",
         _text(event.get("type")) or "", _text(event.get("provider_type")) or "",
         _text(event.get("call_id")), _text(event.get("session_id")),
@@ -131,20 +101,9 @@ def event_row(event: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def call_key(event: dict[str, Any]) -> str | None:
-    """``<provider>:<call or session id>`` of a lifecycle event, else None (also for a
-    test delivery: it is stored in ``events`` but is no call's state)."""
-    # NUL-free, as the stored event it is read back from (the key is a query argument):
-    # a call id of only NUL is no call id.
-    subject = _text(event.get("call_id")) or _text(event.get("session_id"))
-    if str(event.get("type")) not in STATE_RANK or not subject or is_test(event):
-        return None
-    return f"{event.get('provider')}:{subject}".replace("\x00", "")
-
-
 def _field(name: str, value: Any) -> Any:
     if name in TIMESTAMPS:
-        return parse_ts(value)
+        return parse_utc(value)
     if name == "transcript":
         return None if value is None else event_json(value)
     if name in ("duration_s", "cost", "sentiment"):
@@ -157,7 +116,7 @@ Precedence = tuple[int, int, dt.datetime, dt.datetime, str]
 
 
 def _received(event: dict[str, Any]) -> dt.datetime:
-    return parse_ts(event.get("received_at")) or dt.datetime.now(dt.UTC)
+    return parse_utc(event.get("received_at")) or dt.datetime.now(dt.UTC)
 
 
 def chain_surplus(events: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
@@ -191,7 +150,7 @@ def _precedence(event: dict[str, Any], surplus: dict[tuple[int, str], int]) -> P
     status = _text(event.get("status"))
     chain_end = int(status is not None and surplus.get((rank, status), 0) > 0)
     received = _received(event)
-    return (rank, chain_end, parse_ts(event.get("occurred_at")) or received, received,
+    return (rank, chain_end, parse_utc(event.get("occurred_at")) or received, received,
             str(event["event_id"]))
 
 
@@ -222,54 +181,28 @@ def fold_call(events: list[dict[str, Any]]) -> tuple[Any, ...]:
 
 
 class WarehouseStore:
+    """The warehouse sink's writer (the schema itself is ``schema.py``'s)."""
+
     def __init__(self, pool: asyncpg.Pool, copy_timeout_s: float = 30.0) -> None:
         self._pool = pool
         self._copy_timeout_s = copy_timeout_s
-        self._months: set[tuple[int, int]] = set()
-
-    async def ensure_partitions(self, months: set[tuple[int, int]]) -> None:
-        """Monthly partitions of ``events`` (rows of other months go to events_default).
-
-        A month whose rows already sit in the default partition cannot get its own
-        partition any more; such rows stay queryable there, so that is not an error.
-        """
-        for year, month in sorted(months - self._months):
-            nxt = (year + month // 12, month % 12 + 1)
-            name = f"events_{year:04d}_{month:02d}"
-            try:
-                await self._pool.execute(
-                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF events FOR VALUES"
-                    f" FROM ('{year:04d}-{month:02d}-01') TO ('{nxt[0]:04d}-{nxt[1]:02d}-01')")
-            except asyncpg.exceptions.CheckViolationError:
-                pass  # rows of that month are already in events_default
-            except asyncpg.exceptions.DuplicateTableError:
-                pass  # a concurrent replica created it
-            self._months.add((year, month))
+        self._partitions = Partitions(pool)
 
     @staticmethod
     async def create_pool(pg: PostgresSettings, schema: str) -> asyncpg.Pool:
-        admin = await asyncpg.connect(pg.dsn)
-        try:
-            await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        finally:
-            await admin.close()
-        return await create_pool(pg, server_settings={"search_path": f'"{schema}", public'})
+        return await create_schema_pool(pg, schema)
+
+    async def ensure_partitions(self, months: set[tuple[int, int]]) -> None:
+        await self._partitions.ensure(months)
 
     async def migrate(self) -> list[str]:
-        async with self._pool.acquire() as conn:
-            applied = await migrate.apply(conn, "warehouse", MIGRATIONS)
-        today = dt.datetime.now(dt.UTC)
-        this, following = (today.year, today.month), (
-            today.year + today.month // 12, today.month % 12 + 1)
-        await self.ensure_partitions({this, following})
-        return applied
+        return await migrate(self._pool, self._partitions)
 
     async def write(self, events: Sequence[dict[str, Any]]) -> int:
         """Write one batch in one transaction; returns how many events were new."""
         rows = [event_row(e) for e in events]
         months = {(r[1].year, r[1].month) for r in rows}
-        if not months <= self._months:
-            await self.ensure_partitions(months)
+        await self._partitions.ensure(months)
         async with self._pool.acquire() as conn, conn.transaction():
             # Which ids are already stored, in the database's canonical form (so two
             # spellings of one uuid are one event): one lookup, then only new rows

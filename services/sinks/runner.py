@@ -1,8 +1,8 @@
-"""The sink framework: what every sink worker shares, so a new sink is one module.
+"""The sink runner: what every sink worker shares, so a new sink is one module.
 
-A sink is a separately deployable worker with its own consumer group on the
-canonical topic. It implements :class:`Sink` (``wants`` to filter by canonical
-type, ``write`` a batch durably); :class:`SinkRunner` does the rest:
+A sink implements the contract of :mod:`hookstream.sinks.base` (``wants`` to
+filter by canonical type, ``write`` a batch durably); :class:`SinkRunner` does
+the rest:
 
 * batching (``getmany``) and commit-after-write (the shared ``ConsumeLoop``);
 * three outcomes per event, decided by the sink's ``write``:
@@ -30,36 +30,45 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
-import gc
 import logging
 import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
-from . import dlq, health, logs, topics
-from .config import ConfigError, KafkaSettings, LogSettings, env, help_epilog, load
-from .consumer import ConsumeLoop, stop_on_signals
-from .errors import INTERNAL_ERROR, Retryable, describe
-from .events import is_test
-from .kafka import ProducerKeeper, make_consumer
+from ..core import dlq, health, logs, topics
+from ..core.config import ConfigError, KafkaSettings, LogSettings, env, help_epilog, load
+from ..core.consumer import ConsumeLoop, stop_on_signals
+from ..core.errors import (
+    INTERNAL_ERROR,
+    MALFORMED_EVENT,
+    RETRIES_EXHAUSTED,
+    SINK_ERROR,
+    Retryable,
+    describe,
+    sink_stage,
+)
+from ..core.events import is_test
+from ..core.headers import H_ATTEMPT, H_EVENT_TYPE, H_NOT_BEFORE
+from ..core.kafka import Outgoing, ProducerKeeper, make_consumer
+from ..core.stage import (
+    LoopSettings,
+    Output,
+    Subscription,
+    consume,
+    dead_letter_record,
+    serving_health,
+)
+from ..core.times import iso_to_ms
+from .base import ParsedBatch, Sink, SinkEvent, WriteOutcome
 
 log = logging.getLogger(__name__)
 
-H_ATTEMPT = "hs-retry-attempt"
-H_NOT_BEFORE = "hs-retry-not-before"  # integer ms since the epoch
-
-# Dead-letter reasons of the sink stage.
-MALFORMED_EVENT = "malformed_event"
-RETRIES_EXHAUSTED = "retries_exhausted"
-SINK_ERROR = "sink_error"  # the sink raised on this event alone
 
 EVENTS = PromCounter("hookstream_sink_events_total",
                      "Canonical events handled by a sink, by outcome "
@@ -107,55 +116,6 @@ class SinkSettings:
         return [float(d) for d in self.retry_delays_s]
 
 
-@dataclasses.dataclass
-class SinkEvent:
-    """One canonical event as a sink sees it."""
-
-    event: dict[str, Any]
-    record: Any  # the consumed Kafka record (value, headers, topic/partition/offset)
-    attempt: int = 0  # 0: first offer; n: the n-th re-offer from the retry topic
-
-    @property
-    def type(self) -> str:
-        return str(self.event.get("type", ""))
-
-
-# A parsed batch: (events the sink wants, malformed records, how many were skipped).
-ParsedBatch = tuple[list[SinkEvent], list[SinkEvent], int]
-
-
-@dataclasses.dataclass
-class WriteOutcome:
-    """What did not get written; everything else in the batch was."""
-
-    deferred: list[tuple[SinkEvent, str]] = dataclasses.field(default_factory=list)
-    failed: list[tuple[SinkEvent, str, str]] = dataclasses.field(default_factory=list)
-    # (event, detail, not-before in ms since the epoch): parked until then, the event's
-    # attempt count unchanged (the delay is the destination's, not a failure of ours)
-    held: list[tuple[SinkEvent, str, int]] = dataclasses.field(default_factory=list)
-
-
-class Sink(Protocol):
-    name: str  # "warehouse" -> group hookstream-sink-warehouse, its retry and DLQ topics
-    default_http_port: int
-    # Whether ``write`` is given test deliveries (canonical ``test: true``): only the
-    # warehouse, which keeps them in ``events``. Every other sink never sees one.
-    takes_test_events: bool
-
-    def wants(self, event_type: str) -> bool: ...
-
-    async def start(self) -> None: ...
-
-    async def write(self, events: list[SinkEvent]) -> WriteOutcome:
-        """Write durably, then return. Raise ``Retryable`` if the whole batch should be
-        retried later (a dependency is down); a sink must be idempotent per event_id."""
-        ...
-
-    async def stop(self) -> None: ...
-
-    def ready(self) -> bool: ...
-
-
 def sink_topics(kafka: KafkaSettings, name: str) -> tuple[str, str]:
     """(retry topic, dead-letter topic) of sink ``name``."""
     prefix = f"{kafka.sink_topic_prefix}.{name}"
@@ -170,25 +130,22 @@ def topic_plan(kafka: KafkaSettings, name: str) -> list[topics.TopicSpec]:
     ]
 
 
-def _received_ms(event: dict[str, Any]) -> int | None:
-    value = event.get("received_at")
-    if not isinstance(value, str):
-        return None
-    try:
-        return int(dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
 class SinkRunner:
     def __init__(self, sink: Sink, kafka: KafkaSettings, settings: SinkSettings,
-                 group_id: str | None = None) -> None:
+                 group_id: str | None = None, *, producers: ProducerKeeper | None = None,
+                 consumer_factory: Callable[[str], Any] | None = None) -> None:
+        """``producers`` and ``consumer_factory`` (group id -> an unstarted consumer) are
+        the real ones unless given: the unit tests give in-memory ones."""
         self.sink = sink
         self.kafka = kafka
         self.settings = settings
         self.group_id = group_id or settings.group_id or f"hookstream-sink-{sink.name}"
         self.retry_topic, self.dlq_topic = sink_topics(kafka, sink.name)
-        self._producers = ProducerKeeper(kafka, f"sink-{sink.name}")
+        self.stage = sink_stage(sink.name)
+        self._producers = producers or ProducerKeeper(kafka, f"sink-{sink.name}")
+        self._output = Output(self._producers)
+        self._make_consumer = consumer_factory or (lambda group: make_consumer(
+            kafka, group, max_poll_records=settings.max_batch))
         self._loops: list[ConsumeLoop] = []
         self._stop = asyncio.Event()
         name = sink.name  # every series of this sink exists from the start, at 0
@@ -199,51 +156,30 @@ class SinkRunner:
             metric.labels(name)
 
     # ------------------------------------------------------------ outcomes
-    async def _send_all(self, sends: list[tuple[str, bytes | None, bytes | None,
-                                                list[tuple[str, bytes]]]]) -> None:
-        if not sends:
-            return
-        producer = self._producers.producer
-        assert producer is not None
-        try:
-            async with asyncio.timeout(30):
-                futures = [await producer.send(topic, value=value, key=key, headers=headers)
-                           for topic, key, value, headers in sends]
-                done, _ = await asyncio.wait(futures)
-                for future in done:
-                    future.result()
-        except (KafkaError, TimeoutError) as exc:
-            await self._producers.failed(exc)  # a new producer for the retry, if needed
-            raise Retryable(f"parking/dead-lettering failed: {exc!r}") from exc
-        self._producers.succeeded()
+    async def _send_all(self, sends: list[Outgoing]) -> None:
+        await self._output.send(sends, "parking/dead-lettering")
 
-    def _park(self, item: SinkEvent, detail: str) -> tuple[str, bytes | None, bytes | None,
-                                                            list[tuple[str, bytes]]]:
+    def _park(self, item: SinkEvent, detail: str) -> Outgoing:
         attempt = item.attempt + 1
         delays = self.settings.delays()
         if attempt > len(delays):
             return self._dead(item, RETRIES_EXHAUSTED, f"after {item.attempt} attempts: {detail}")
         not_before = time.time_ns() // 1_000_000 + int(delays[attempt - 1] * 1000)
-        headers = [(k, v) for k, v in item.record.headers
-                   if k not in (H_ATTEMPT, H_NOT_BEFORE)]
-        headers += [(H_ATTEMPT, str(attempt).encode()), (H_NOT_BEFORE, str(not_before).encode())]
-        return (self.retry_topic, item.record.key, item.record.value, headers)
+        return self._parked(item, attempt, not_before)
 
-    def _hold(self, item: SinkEvent, not_before_ms: int
-              ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    def _hold(self, item: SinkEvent, not_before_ms: int) -> Outgoing:
+        return self._parked(item, item.attempt, not_before_ms)
+
+    def _parked(self, item: SinkEvent, attempt: int, not_before_ms: int) -> Outgoing:
         headers = [(k, v) for k, v in item.record.headers
                    if k not in (H_ATTEMPT, H_NOT_BEFORE)]
-        headers += [(H_ATTEMPT, str(item.attempt).encode()),
+        headers += [(H_ATTEMPT, str(attempt).encode()),
                     (H_NOT_BEFORE, str(not_before_ms).encode())]
-        return (self.retry_topic, item.record.key, item.record.value, headers)
+        return Outgoing(self.retry_topic, item.record.value, item.record.key, headers)
 
-    def _dead(self, item: SinkEvent, reason: str, detail: str
-              ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
-        r = item.record
-        headers = dlq.dead_letter_headers(
-            r.headers, reason=reason, stage=f"sink:{self.sink.name}", detail=detail,
-            topic=r.topic, partition=r.partition, offset=r.offset)
-        return (self.dlq_topic, r.key, r.value, headers)
+    def _dead(self, item: SinkEvent, reason: str, detail: str) -> Outgoing:
+        return dead_letter_record(item.record, topic=self.dlq_topic, reason=reason,
+                                  stage=self.stage, detail=detail)
 
     async def _offer(self, items: list[SinkEvent], malformed: list[SinkEvent]) -> None:
         """Write ``items``; park what is deferred, dead-letter what failed or is malformed."""
@@ -280,7 +216,7 @@ class SinkRunner:
             if id(item) in not_written:
                 continue
             counts["written"] += 1
-            received = _received_ms(item.event)
+            received = iso_to_ms(item.event.get("received_at"))
             if received is not None:
                 END_TO_END.labels(name).observe(max(0, now_ms - received) / 1000)
         counts["deferred"] += len(outcome.deferred) + len(outcome.held)
@@ -309,7 +245,7 @@ class SinkRunner:
         malformed: list[SinkEvent] = []
         skipped = 0
         for record in records:
-            kind = dlq.header(record.headers, "hs-event-type")
+            kind = dlq.header(record.headers, H_EVENT_TYPE)
             if kind is not None and not self.sink.wants(kind):
                 skipped += 1  # cheap: filtered on the header, never parsed
                 continue
@@ -386,48 +322,35 @@ class SinkRunner:
         return (self._producers.producer is not None and bool(self._loops)
                 and all(loop.started for loop in self._loops) and self.sink.ready())
 
-    async def run(self, stop: asyncio.Event, serve_http: bool = True) -> None:
+    async def run(self, stop: asyncio.Event, serve_http: bool = True,
+                  ensure_topics: bool = True) -> None:
         self._stop = stop
         checks = health.Health()
         checks.add_check("sink", self.ready)
-        server = None
-        if serve_http:
-            port = self.settings.http_port or self.sink.default_http_port
-            server = await health.serve_in_background(checks, self.settings.http_host, port)
-        await topics.ensure(self.kafka, topic_plan(self.kafka, self.sink.name))
-        await self.sink.start()
-        await self._producers.start()
-        consumers = []
-        try:
-            for topic, handler, prepare, group in (
-                (self.kafka.events_topic, self.offer_parsed, self.parse_main, self.group_id),
-                (self.retry_topic, self.handle_retry, None, f"{self.group_id}-retry"),
-            ):
-                consumer = make_consumer(self.kafka, group,
-                                         max_poll_records=self.settings.max_batch)
-                loop = ConsumeLoop(consumer, topic, group, handler, prepare=prepare,
-                                   dead_letter=self.dead_letter,
-                                   max_batch=self.settings.max_batch,
-                                   poll_timeout_ms=self.settings.poll_timeout_ms,
-                                   backoff_max_s=self.settings.backoff_max_s)
-                loop.subscribe()
-                await consumer.start()
-                consumers.append(consumer)
-                self._loops.append(loop)
-            gc.freeze()
-            log.info("sink consuming", extra={"sink": self.sink.name, "group": self.group_id})
-            await asyncio.gather(*(loop.run(stop) for loop in self._loops))
-        finally:
-            for consumer in consumers:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), self.settings.shutdown_timeout_s)
-            await self._producers.stop(self.settings.shutdown_timeout_s)
-            await self.sink.stop()
-            if server is not None:
-                server.cancel()
-                with contextlib.suppress(BaseException):
-                    await server
-            log.info("sink stopped", extra={"sink": self.sink.name})
+        port = self.settings.http_port or self.sink.default_http_port
+        async with serving_health(checks, self.settings.http_host, port, serve_http):
+            if ensure_topics:
+                await topics.ensure(self.kafka, topic_plan(self.kafka, self.sink.name))
+            await self.sink.start()
+            await self._producers.start()
+            try:
+                await consume(
+                    [Subscription(self.kafka.events_topic, self.group_id, self.offer_parsed,
+                                  self.parse_main),
+                     Subscription(self.retry_topic, f"{self.group_id}-retry",
+                                  self.handle_retry)],
+                    stop, make_consumer=self._make_consumer, dead_letter=self.dead_letter,
+                    settings=LoopSettings(self.settings.max_batch,
+                                          self.settings.poll_timeout_ms,
+                                          self.settings.backoff_max_s,
+                                          self.settings.shutdown_timeout_s),
+                    loops=self._loops,
+                    on_consuming=lambda: log.info("sink consuming", extra={
+                        "sink": self.sink.name, "group": self.group_id}))
+            finally:
+                await self._producers.stop(self.settings.shutdown_timeout_s)
+                await self.sink.stop()
+                log.info("sink stopped", extra={"sink": self.sink.name})
 
 
 def sink_main(
