@@ -28,6 +28,7 @@ import orjson
 
 from ...core.errors import sink_reasons
 from ..egress import FetchFailed
+from ..warehouse.schema import nul_free_json
 
 # The transcripts sink's dead-letter reasons (beyond every sink's), on its own topic
 # hookstream.sink.transcripts.dlq.v1 (docs/sinks-transcripts.md). url_rejected: not
@@ -56,16 +57,6 @@ class Transcript:
     turns: list[dict[str, str]] | None  # canonical turns, None if the shape is unknown
     sha256: str  # of the fetched bytes
 
-
-def _clean(value: Any) -> Any:
-    """PostgreSQL rejects NUL in jsonb (SQLSTATE 22P05): drop it from every string."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _first_str(turn: dict[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -118,7 +109,7 @@ def parse(body: bytes) -> Transcript:
     if not isinstance(document, dict | list):
         raise FetchFailed(NOT_A_TRANSCRIPT,
                           f"a JSON {type(document).__name__}, not an object or array")
-    cleaned = _clean(document)
+    cleaned = nul_free_json(document)
     try:
         text = orjson.dumps(cleaned).decode()
     except orjson.JSONEncodeError as exc:  # nested deeper than 255, or an int past 64 bits

@@ -51,6 +51,18 @@ def nul_free(value: Any) -> str | None:
     return value.replace("\x00", "") if isinstance(value, str) else None
 
 
+def nul_free_json(value: Any) -> Any:
+    """A JSON value as PostgreSQL's jsonb can store it: NUL dropped from every string,
+    keys included (SQLSTATE 22P05 otherwise)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {nul_free_json(k): nul_free_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nul_free_json(v) for v in value]
+    return value
+
+
 def subject_key(provider: str, subject: str) -> str:
     """The ``calls.call_key`` of a call (or session) id of a provider."""
     return f"{provider}:{subject}"

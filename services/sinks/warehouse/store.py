@@ -22,7 +22,7 @@ from ...core.events import is_test
 from ...core.times import parse_utc
 from .schema import MIGRATIONS as MIGRATIONS
 from .schema import STATE_RANK as STATE_RANK
-from .schema import Partitions, migrate
+from .schema import Partitions, migrate, nul_free_json
 from .schema import call_key as call_key
 from .schema import create_pool as create_schema_pool
 from .schema import nul_free as _text
@@ -62,16 +62,6 @@ CALL_EVENTS = (
 )
 
 
-def _clean(value: Any) -> Any:
-    """PostgreSQL rejects NUL in text and jsonb (SQLSTATE 22P05): drop it."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
 
 class Unstorable(ValueError):
     """The event cannot be written as JSON: nested deeper than orjson writes (255; a
@@ -85,7 +75,7 @@ def event_json(event: Any) -> str:
     except orjson.JSONEncodeError as exc:
         raise Unstorable(f"event not storable as JSON: {exc}") from None
     if b"\\u0000" in text:
-        text = orjson.dumps(_clean(event))
+        text = orjson.dumps(nul_free_json(event))
     return text.decode()
 
 
