@@ -140,7 +140,7 @@ class LagShedder:
         for sock in self.listeners:
             try:
                 info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
-            except (OSError, AttributeError):  # not Linux, or the listener is closed
+            except (OSError, AttributeError, ValueError):  # not Linux, or closed (fd -1)
                 continue
             queued = max(queued, _LISTEN_QUEUE.unpack_from(info)[0])
         return queued

@@ -27,14 +27,14 @@ producer while its deadline lasts, so its requests can still be answered 202.
 Readiness is false while no producer is connected, the last probe failed, or
 produces fail with none succeeding since.
 
-A late ack is evidence against the broker only while this process keeps up. When
-ingest itself is behind (its event loop runs late: CPU overload, ``behind()``), an
-ack arrives late because the loop has not got to it yet: then the batch waits up to
-``ack_timeout_s`` instead of the spool budget, a timeout counts neither towards
-replacing the producer nor against readiness, and the spool does not drain (the
-drain competes for the CPU that is short; what is spooled is durable already).
-Spooling there would double the work of every delivery (write it, then drain it)
-exactly when there is none to spare (docs/reliability.md, overload).
+A late ack says little about the broker while this process is behind (its event
+loop runs late: CPU overload, ``behind()``): the ack may only be waiting for the
+loop. Then a batch waits up to ``ack_timeout_s`` instead of the spool budget before
+it is spooled: spooling would double the work of every delivery (write it, then
+drain it) exactly when there is none to spare (docs/reliability.md, overload).
+Failure accounting (readiness, replacing the producer) does not look at ``behind()``:
+a client that misbehaves (a metadata storm) also makes the loop late, and only a
+new producer ends that (the kill-ingest-spooling fault scenario).
 """
 
 from __future__ import annotations
@@ -147,16 +147,13 @@ class Publisher:
         producer = self._producer
         return producer is not None and self._broker_ok and not producer_wedged(producer)
 
-    def _can_drain(self) -> bool:
-        return self._can_send() and not self._behind()
-
     async def start(self) -> None:
         """Open the spool (recovering what a previous run left), then connect in the
         background: the process starts (and is live) without a broker."""
         if self._spool is not None:
             await self._spool.open()
             self._drainer = asyncio.create_task(
-                self._spool.drain_forever(self.send_spooled, self._can_drain,
+                self._spool.drain_forever(self.send_spooled, self._can_send,
                                           batch=self._drain_batch, rate=self._drain_rate),
                 name="spool-drainer")
         self._supervisor = asyncio.create_task(self._supervise(), name="publisher-supervisor")
@@ -197,12 +194,7 @@ class Publisher:
                 found = cluster.partitions_for_topic(topic)
                 if found:
                     self._partitions[topic] = sorted(found)
-        except TimeoutError:
-            # Not answered in time while this process runs late says nothing about
-            # the cluster: the answer may be waiting for the loop.
-            if not self._behind():
-                self._set_broker_ok(False)
-        except (KafkaError, OSError):
+        except (KafkaError, OSError, TimeoutError):
             self._set_broker_ok(False)
         except Exception:  # the supervisor must outlive any surprise from the client
             log.exception("readiness probe failed")
@@ -231,8 +223,6 @@ class Publisher:
             task.add_done_callback(self._closing.discard)
 
     def _produce_failed(self, producer: AIOKafkaProducer | None, exc: BaseException) -> None:
-        if isinstance(exc, TimeoutError) and self._behind():
-            return  # late because this process is: not the producer's failure
         if self._failing_since is None:
             self._failing_since = asyncio.get_running_loop().time()
         if producer is not None and producer is self._producer and (

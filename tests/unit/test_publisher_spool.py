@@ -68,15 +68,15 @@ async def test_while_ingest_runs_behind_a_late_ack_is_awaited_not_spooled(
     assert spool.records == 0
 
 
-async def test_while_ingest_runs_behind_a_timeout_is_not_a_broker_fault(
+async def test_while_ingest_runs_behind_a_timeout_still_counts_as_a_failure(
         spool: Spool) -> None:
-    """Past even ack_timeout_s the delivery is spooled, but the timeout counts neither
-    towards replacing the producer nor against readiness, and the drainer waits."""
+    """Past ack_timeout_s the delivery is spooled, and the failure counts as any other
+    (readiness, the producer's replacement): a misbehaving client also makes the loop
+    late, and only a new producer ends that."""
     publisher = make(spool, FakeProducer(), behind=True, ack_timeout_s=BUDGET_S)
     await publisher.publish("raw", b"value", b"key", HEADERS)
     assert spool.records == 1
-    assert publisher._failing_since is None and publisher.kafka_ready
-    assert not publisher._can_drain()  # the drain would compete for the CPU that is short
+    assert publisher._failing_since is not None and not publisher.kafka_ready
 
 
 async def test_without_a_producer_deliveries_go_straight_to_the_spool(spool: Spool) -> None:
