@@ -681,7 +681,7 @@ class Offer:
         import aiohttp
         import orjson
 
-        from .cli import signed_request
+        from .cli.send import signed_request
 
         assert self.session is not None
         source = self.sources[delivery.sample.provider]
@@ -1352,7 +1352,7 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
     ctx = Context(pipeline, settings.short, logdir / "stack.log")
     say(f"{scenario.name}: starting a pipeline of its own (schema {pipeline.schema}, "
         f"logs {logdir})")
-    from .cli import pick_sources
+    from .cli.send import pick_sources
 
     sources = pick_sources(load_sources(settings.sources_file), None)
     accounting: Accounting | None = None
