@@ -12,8 +12,8 @@ import time
 import httpx
 
 from ..core.config import KafkaSettings, load
-from ..core.samples import Sample
 from ..core.sources import Source, load_sources
+from ..devtools.samples import Sample
 from .common import DEFAULT_SOURCES
 from .send import pick_sources, signed_request
 
@@ -87,7 +87,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 async def _load(args: argparse.Namespace) -> int:
     from ..core.config import PostgresSettings
-    from ..loadgen import Accounting, LoadStats, run_load
+    from ..devtools.loadgen import Accounting, LoadStats, run_load
 
     sources = pick_sources(load_sources(args.sources), None)
     kafka = load(KafkaSettings)

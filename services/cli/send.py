@@ -16,8 +16,8 @@ from aiokafka import TopicPartition
 from ..core.config import ConfigError, KafkaSettings, load
 from ..core.kafka import end_offsets, make_consumer
 from ..core.record import H_REQUEST_ID, RawDelivery
-from ..core.samples import Sample, fresh_copy, samples
 from ..core.sources import Source, load_sources
+from ..devtools.samples import Sample, fresh_copy, samples
 from .common import DEFAULT_SOURCES
 
 
