@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from hookstream.core.config import KafkaSettings
 from hookstream.core.kafka import make_producer
 from hookstream.core.record import RawDelivery
-from hookstream.core.samples import fresh_copy, samples
+from hookstream.devtools.samples import fresh_copy, samples
 from hookstream.providers import PROVIDERS
 
 SOURCE_OF = {"saaya": "saaya-main", "sawt": "sawt-main", "sarj": "sarj-main"}

@@ -28,7 +28,7 @@ from hookstream.cli import signed_request
 from hookstream.core import logs, topics
 from hookstream.core.config import KafkaSettings, LogSettings, PostgresSettings, load
 from hookstream.core.sources import load_sources
-from hookstream.loadgen import deliveries
+from hookstream.devtools.loadgen import deliveries
 
 from .blast import blast, build_request
 from .common import rounds_note, spread, table

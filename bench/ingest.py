@@ -38,8 +38,8 @@ import orjson
 
 from hookstream.core import topics
 from hookstream.core.config import KafkaSettings, load
-from hookstream.core.samples import fresh_copy, samples
 from hookstream.core.sources import load_sources
+from hookstream.devtools.samples import fresh_copy, samples
 
 from .blast import blast, build_request
 from .common import median, rounds_note, spread, table

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .core.sources import Source
-    from .loadgen import Accounting, Delivery
+    from .devtools.loadgen import Accounting, Delivery
     from .sinks.alerts.rules import Rules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -648,7 +648,7 @@ class Offer:
     async def run(self) -> None:
         import aiohttp
 
-        from .loadgen import deliveries
+        from .devtools.loadgen import deliveries
 
         stream = deliveries(redeliver=0.0, malformed=0.0)
         # No connection limit: deliveries of independent senders do not queue behind
@@ -681,7 +681,7 @@ class Offer:
         import aiohttp
         import orjson
 
-        from .cli import signed_request
+        from .cli.send import signed_request
 
         assert self.session is not None
         source = self.sources[delivery.sample.provider]
@@ -725,7 +725,7 @@ class Offer:
         """Deliveries/s ingest acknowledges with ``senders`` trying one after another as
         fast as they are answered (a closed loop) for ``seconds``: its capacity now.
         The probes acknowledged are accounted for like any other delivery."""
-        from .loadgen import deliveries
+        from .devtools.loadgen import deliveries
 
         stream = deliveries(redeliver=0.0, malformed=0.0)
         acked = 0
@@ -1340,7 +1340,7 @@ class Settings:
 
 async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> Result:
     from .core.sources import load_sources
-    from .loadgen import Accounting
+    from .devtools.loadgen import Accounting
 
     result = Result(scenario.name)
     tag = f"{run_id}_{scenario.name.replace('-', '_')}"
@@ -1352,7 +1352,7 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
     ctx = Context(pipeline, settings.short, logdir / "stack.log")
     say(f"{scenario.name}: starting a pipeline of its own (schema {pipeline.schema}, "
         f"logs {logdir})")
-    from .cli import pick_sources
+    from .cli.send import pick_sources
 
     sources = pick_sources(load_sources(settings.sources_file), None)
     accounting: Accounting | None = None
@@ -1681,7 +1681,7 @@ def cmd_faults(args: argparse.Namespace) -> int:
     # The clients' own reconnect chatter (aiokafka logs every refused connection at
     # ERROR) would drown the table; outages are what this command is for.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    logging.getLogger("hookstream.loadgen").setLevel(logging.ERROR)
+    logging.getLogger("hookstream.devtools.loadgen").setLevel(logging.ERROR)
     logging.getLogger("asyncpg").setLevel(logging.ERROR)
     started = time.monotonic()
     results = asyncio.run(run(names, settings))

@@ -32,7 +32,7 @@ import orjson
 
 from hookstream.core.events import iso_ms
 from hookstream.core.record import LocalRecord, RawDelivery
-from hookstream.core.samples import samples
+from hookstream.devtools.samples import samples
 
 BASE_MS = 1_779_000_000_000  # 2026-05-17T06:40:00Z: a month partition of its own
 STEP_MS = 20_000  # between two deliveries the provider sends

@@ -9,7 +9,7 @@ covered by the tests that use :func:`variants` without anyone touching them. Req
 fields whose schema admits null (Sawt's ``call_status``, Sarj.ai's ``payload.call_data``)
 get a null variant too.
 
-Each variant gets fresh identities (:func:`hookstream.core.samples.fresh_copy`: Saaya
+Each variant gets fresh identities (:func:`hookstream.devtools.samples.fresh_copy`: Saaya
 ``id`` and ``sessionId``, Sarj.ai and Sawt ``call_id``), so every variant is a distinct
 event for the normalizer's dedupe and for the warehouse.
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from hookstream.core.samples import SCHEMAS_DIR, Sample, fresh_copy, samples
+from hookstream.devtools.samples import SCHEMAS_DIR, Sample, fresh_copy, samples
 
 ITEM = "[]"  # a path step into every item of an array
 FieldPath = tuple[str, ...]

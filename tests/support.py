@@ -186,8 +186,8 @@ class SarjLoad:
         import httpx
         import orjson
 
-        from hookstream.core.samples import samples
         from hookstream.core.sources import load_sources
+        from hookstream.devtools.samples import samples
 
         self.client = httpx.AsyncClient(base_url=base_url, timeout=15)
         self.admin = httpx.AsyncClient(base_url=admin_url or base_url, timeout=5)
@@ -205,7 +205,7 @@ class SarjLoad:
         import orjson
 
         from hookstream.cli import signed_request
-        from hookstream.core.samples import Sample
+        from hookstream.devtools.samples import Sample
 
         while True:
             body = orjson.dumps({**self.sample, "call_id": f"call_{uuid.uuid4()}"})

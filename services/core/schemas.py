@@ -9,6 +9,7 @@ fastjsonschema (generated Python code, far faster than interpreting).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,11 @@ import orjson
 
 from ..providers import PROVIDERS
 from .errors import SCHEMA_VIOLATION, UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, Invalid
-from .samples import SCHEMAS_DIR
+
+# The schema files (schemas/ in the repository; /opt/hookstream/schemas when deployed).
+SCHEMAS_DIR = Path(
+    os.environ.get("HOOKSTREAM_SCHEMAS_DIR", Path(__file__).resolve().parents[2] / "schemas")
+)
 
 Validator = Callable[[Any], Any]
 SUFFIX = ".schema.json"

@@ -26,7 +26,7 @@ from ..core.config import ConfigError
 from .adapter import Adapter
 
 if TYPE_CHECKING:
-    from ..core.samples import Sample
+    from ..devtools.samples import Sample
 
 # Header lookup: Starlette's case-insensitive ``Headers``, or a dict with lower-cased
 # names (verifiers look up lower-cased names).

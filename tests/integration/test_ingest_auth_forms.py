@@ -28,8 +28,8 @@ from hookstream.core import topics
 from hookstream.core.config import KafkaSettings
 from hookstream.core.kafka import end_offsets
 from hookstream.core.record import RawDelivery
-from hookstream.core.samples import Sample, fresh_copy, samples
 from hookstream.core.sources import Source, load_sources
+from hookstream.devtools.samples import Sample, fresh_copy, samples
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.providers.saaya.auth import SaayaVerifier

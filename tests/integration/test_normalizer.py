@@ -26,8 +26,8 @@ from hookstream.cli import _redrive, signed_request
 from hookstream.core import dlq
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import make_producer
-from hookstream.core.samples import Sample, samples
 from hookstream.core.sources import Source, load_sources
+from hookstream.devtools.samples import Sample, samples
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.service import replay, run

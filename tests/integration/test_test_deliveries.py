@@ -24,8 +24,8 @@ import orjson
 
 from hookstream.core.config import KafkaSettings, PostgresSettings
 from hookstream.core.kafka import end_offsets
-from hookstream.core.samples import samples
 from hookstream.core.sources import load_sources
+from hookstream.devtools.samples import samples
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.service import run as run_normalizer

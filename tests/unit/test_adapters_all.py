@@ -19,8 +19,8 @@ from jsonschema import Draft202012Validator
 from hookstream.core.errors import MAPPING_FAILED, Invalid
 from hookstream.core.events import CanonicalEvent, event_id
 from hookstream.core.record import RawDelivery
-from hookstream.core.samples import SCHEMAS_DIR, Sample, samples
 from hookstream.core.schemas import SchemaRegistry
+from hookstream.devtools.samples import SCHEMAS_DIR, Sample, samples
 from hookstream.providers import PROVIDERS as _PROVIDERS
 
 REGISTRY = SchemaRegistry()

@@ -15,8 +15,8 @@ from hookstream.core.errors import (
 )
 from hookstream.core.events import CanonicalEvent, event_id
 from hookstream.core.record import RawDelivery
-from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
+from hookstream.devtools.samples import samples
 from hookstream.providers.saaya import adapter as saaya
 from hookstream.providers.saaya.adapter import ADAPTER
 

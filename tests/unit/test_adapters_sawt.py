@@ -11,8 +11,8 @@ import pytest
 from hookstream.core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, Invalid
 from hookstream.core.events import CanonicalEvent, TranscriptTurn, event_id
 from hookstream.core.record import RawDelivery
-from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
+from hookstream.devtools.samples import samples
 from hookstream.providers.sawt import adapter as sawt
 from hookstream.providers.sawt.adapter import ADAPTER
 

@@ -23,9 +23,9 @@ from hookstream.cli import signed_request
 from hookstream.core.config import ConfigError, KafkaSettings
 from hookstream.core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, Invalid
 from hookstream.core.record import LocalRecord, RawDelivery
-from hookstream.core.samples import fresh_copy, samples
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.core.sources import parse_sources
+from hookstream.devtools.samples import fresh_copy, samples
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.normalizer.pipeline import Decoder

@@ -14,8 +14,8 @@ from jsonschema import Draft202012Validator
 from hookstream.core import dlq, errors, headers, record, topics
 from hookstream.core.config import KafkaSettings
 from hookstream.core.events import ENVELOPE, CanonicalEvent, TranscriptTurn, is_test
-from hookstream.core.samples import SCHEMAS_DIR
-from hookstream.normalizer import catalog
+from hookstream.devtools import catalog
+from hookstream.devtools.samples import SCHEMAS_DIR
 from hookstream.providers import PROVIDERS as _PROVIDERS
 
 ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}
@@ -123,7 +123,7 @@ def test_a_new_field_is_accepted() -> None:
 
 def test_examples_are_up_to_date() -> None:
     """schemas/canonical/v1/examples/ is exactly what the adapters make of the samples.
-    Regenerate: python -m hookstream.normalizer.catalog --write-examples"""
+    Regenerate: python -m hookstream.devtools.catalog --write-examples"""
     wanted = catalog.canonical_examples()
     on_disk = {p.name: p.read_bytes() for p in EXAMPLES_DIR.glob("*.json")}
     assert sorted(on_disk) == sorted(wanted)

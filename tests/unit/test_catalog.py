@@ -9,13 +9,13 @@ import pytest
 
 from hookstream.core.events import CanonicalEvent
 from hookstream.core.schemas import SchemaRegistry
-from hookstream.normalizer import catalog
+from hookstream.devtools import catalog
 
 CATALOG = Path(__file__).resolve().parents[2] / "docs" / "catalog.md"
 
 
 def test_catalog_page_is_up_to_date() -> None:
-    """Regenerate: python -m hookstream.normalizer.catalog > docs/catalog.md"""
+    """Regenerate: python -m hookstream.devtools.catalog > docs/catalog.md"""
     assert CATALOG.read_text(encoding="utf-8") == catalog.render()
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from hookstream import cli
+from hookstream.cli import dlq as cli_dlq
 from hookstream.core import dlq
 
 OSC_TITLE = "\x1b]0;pwned-title\x07"  # sets the terminal's title
@@ -49,7 +50,7 @@ def run_show(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     async def fake_records(kafka: Any, args: Any) -> list[Record]:
         return list(records)
 
-    monkeypatch.setattr(cli, "_dlq_records", fake_records)
+    monkeypatch.setattr(cli_dlq, "_dlq_records", fake_records)
     assert cli.main(["dlq", "show"]) == 0
     return capsys.readouterr().out
 
@@ -92,7 +93,7 @@ def test_list_strips_terminal_controls(monkeypatch: pytest.MonkeyPatch,
         return [Record(headers=[("hs-source", f"{CLEAR}sawt{OSC_TITLE}".encode()),
                                 (dlq.H_REASON, b"bad_json\x1b[5m")], value=b"")]
 
-    monkeypatch.setattr(cli, "_dlq_records", fake_records)
+    monkeypatch.setattr(cli_dlq, "_dlq_records", fake_records)
     assert cli.main(["dlq", "list"]) == 0
     out = capsys.readouterr().out
     assert controls(out) == []

@@ -10,8 +10,8 @@ import pytest
 from hookstream.core import errors
 from hookstream.core.errors import Invalid
 from hookstream.core.record import LocalRecord, RawDelivery
-from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
+from hookstream.devtools.samples import samples
 from hookstream.normalizer.pipeline import Decoder
 from hookstream.providers import PROVIDERS as _PROVIDERS
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from hookstream.core import errors
 from hookstream.core.config import KafkaSettings, load
 from hookstream.core.record import LocalRecord
-from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
+from hookstream.devtools.samples import samples
 from hookstream.normalizer.pipeline import DecodedBatch, Decoder, Normalizer
 
 from .test_canonical_schema import VALIDATOR

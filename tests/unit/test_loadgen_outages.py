@@ -9,7 +9,7 @@ import asyncpg
 from aiokafka.errors import KafkaConnectionError
 
 from hookstream.core.config import KafkaSettings
-from hookstream.loadgen import Accounting
+from hookstream.devtools.loadgen import Accounting
 
 
 class DownPool:

@@ -14,8 +14,8 @@ import orjson
 from hookstream.core.config import KafkaSettings, load
 from hookstream.core.events import CanonicalEvent
 from hookstream.core.record import LocalRecord, RawDelivery
-from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
+from hookstream.devtools.samples import samples
 from hookstream.normalizer.pipeline import Decoder, Normalizer
 
 

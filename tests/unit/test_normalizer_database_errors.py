@@ -12,8 +12,8 @@ from asyncpg.exceptions import InternalClientError
 
 from hookstream.core.config import KafkaSettings, load
 from hookstream.core.errors import Retryable
-from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
+from hookstream.devtools.samples import samples
 from hookstream.normalizer.pipeline import Decoder, Normalizer
 
 from .test_decoder import record

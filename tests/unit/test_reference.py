@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hookstream import reference
+from hookstream.devtools import reference
 
 from ..support import REPO
 
@@ -13,7 +13,7 @@ def test_readme_embeds_the_generated_reference() -> None:
     embedded = readme.split(reference.START, 1)[1].split(reference.END, 1)[0]
     assert embedded.strip() == reference.render().strip(), (
         "README's configuration reference is stale: "
-        "python -m hookstream.reference, and paste it between the markers")
+        "python -m hookstream.devtools.reference, and paste it between the markers")
 
 
 def test_every_variable_is_documented_once() -> None:

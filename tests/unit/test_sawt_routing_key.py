@@ -16,8 +16,8 @@ import pytest
 
 from hookstream.cli import signed_request
 from hookstream.core.config import ConfigError, KafkaSettings
-from hookstream.core.samples import Sample
 from hookstream.core.sources import Source, parse_sources
+from hookstream.devtools.samples import Sample
 from hookstream.ingest.app import MAX_HEADER_VALUE_CHARS, build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.providers import base

@@ -34,8 +34,8 @@ from jsonschema import Draft202012Validator
 from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.events import CanonicalEvent
 from hookstream.core.record import LocalRecord
-from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
+from hookstream.devtools.samples import samples
 from hookstream.normalizer.pipeline import Decoder, Normalizer
 from hookstream.sinks.alerts.rules import load_rules
 from hookstream.sinks.alerts.settings import AlertsSettings

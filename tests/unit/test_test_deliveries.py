@@ -16,9 +16,9 @@ import pytest
 from hookstream.core.config import ConfigError, KafkaSettings, PostgresSettings
 from hookstream.core.events import CanonicalEvent, is_test
 from hookstream.core.record import H_TEST, LocalRecord, RawDelivery, marks_test
-from hookstream.core.samples import samples
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.core.sources import TestCalls, load_test_calls, parse_sources, parse_test_calls
+from hookstream.devtools.samples import samples
 from hookstream.normalizer.pipeline import Decoder
 from hookstream.sinks.alerts.rules import load_rules
 from hookstream.sinks.alerts.settings import AlertsSettings

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..base import LoadMix
 
 if TYPE_CHECKING:
-    from ...core.samples import Sample
+    from ...devtools.samples import Sample
 
 
 def conversation(rng: random.Random, by_event: Mapping[str, Sequence[Sample]]) -> list[Sample]:

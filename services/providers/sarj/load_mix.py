@@ -10,7 +10,7 @@ from ..base import LoadMix
 from .adapter import NOT_CONNECTED
 
 if TYPE_CHECKING:
-    from ...core.samples import Sample
+    from ...devtools.samples import Sample
 
 
 def conversation(rng: random.Random, by_event: Mapping[str, Sequence[Sample]]) -> list[Sample]:

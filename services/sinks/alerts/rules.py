@@ -49,7 +49,7 @@ import orjson
 
 from ...core.config import ConfigError
 from ...core.events import CanonicalEvent
-from ...core.samples import SCHEMAS_DIR
+from ...core.schemas import SCHEMAS_DIR
 
 SEVERITIES = ("critical", "warning", "info")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -9,17 +9,15 @@ the tests and the benchmarks all draw from here, so there is one set of samples.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
+from ..core.schemas import SCHEMAS_DIR
 from ..providers import PROVIDERS
 
-SCHEMAS_DIR = Path(
-    os.environ.get("HOOKSTREAM_SCHEMAS_DIR", Path(__file__).resolve().parents[2] / "schemas")
-)
+__all__ = ["SCHEMAS_DIR", "Sample", "fresh_copy", "samples"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,17 +25,17 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from .core.config import KafkaSettings
-from .core.errors import Invalid
-from .core.kafka import make_consumer, topic_partitions
-from .core.postgres import DATABASE_ERRORS
-from .core.record import H_REQUEST_ID, LocalRecord, RawDelivery
-from .core.samples import Sample, fresh_copy, samples
-from .core.schemas import SchemaRegistry
-from .core.sources import Source
-from .normalizer.pipeline import Decoder
-from .providers import PROVIDERS
-from .sinks.warehouse import schema as warehouse
+from ..core.config import KafkaSettings
+from ..core.errors import Invalid
+from ..core.kafka import make_consumer, topic_partitions
+from ..core.postgres import DATABASE_ERRORS
+from ..core.record import H_REQUEST_ID, LocalRecord, RawDelivery
+from ..core.schemas import SchemaRegistry
+from ..core.sources import Source
+from ..normalizer.pipeline import Decoder
+from ..providers import PROVIDERS
+from ..sinks.warehouse import schema as warehouse
+from .samples import Sample, fresh_copy, samples
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The configuration reference of every service, generated from the settings classes.
 
-    python -m hookstream.reference        # prints the Markdown the README embeds
+    python -m hookstream.devtools.reference        # prints the Markdown the README embeds
 
 ``tests/unit/test_reference.py`` fails when the README's copy differs, so the
 documented variables and defaults are always the ones the code reads.
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core.config import KafkaSettings, LogSettings, PostgresSettings, markdown_table
-from .ingest.settings import IngestSettings
-from .normalizer.settings import NormalizerSettings
-from .providers import PROVIDERS
-from .sinks.alerts.settings import AlertsSettings
-from .sinks.crm.settings import CRMSettings
-from .sinks.recordings.settings import RecordingsSettings
-from .sinks.runner import SinkSettings
-from .sinks.transcripts.settings import TranscriptsSettings
-from .sinks.warehouse.settings import WarehouseSettings
+from ..core.config import KafkaSettings, LogSettings, PostgresSettings, markdown_table
+from ..ingest.settings import IngestSettings
+from ..normalizer.settings import NormalizerSettings
+from ..providers import PROVIDERS
+from ..sinks.alerts.settings import AlertsSettings
+from ..sinks.crm.settings import CRMSettings
+from ..sinks.recordings.settings import RecordingsSettings
+from ..sinks.runner import SinkSettings
+from ..sinks.transcripts.settings import TranscriptsSettings
+from ..sinks.warehouse.settings import WarehouseSettings
 
 SECTIONS: list[tuple[str, tuple[type[Any], ...]]] = [
     ("Every process", (KafkaSettings, LogSettings)),
@@ -37,7 +37,7 @@ SECTIONS: list[tuple[str, tuple[type[Any], ...]]] = [
       for _, spec in sorted(PROVIDERS.items()) for s in spec.settings),
 ]
 
-START = "<!-- config-reference:start (generated: python -m hookstream.reference) -->"
+START = "<!-- config-reference:start (generated: python -m hookstream.devtools.reference) -->"
 END = "<!-- config-reference:end -->"
 
 
@@ -61,7 +61,7 @@ def write_readme(path: str = "README.md") -> None:
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--write"]:  # python -m hookstream.reference --write
+    if sys.argv[1:] == ["--write"]:  # python -m hookstream.devtools.reference --write
         write_readme()
     else:
         print(render(), end="")

@@ -1,0 +1,10 @@
+"""Developer tools: what builds, loads and documents the pipeline, never part of it.
+
+    samples     the providers' sample deliveries (schemas/providers/*/examples)
+    loadgen     a realistic generated load of every provider (``hookstream load``, faults)
+    catalog     docs/catalog.md and schemas/canonical/v1/examples/ from the schemas
+    reference   the README's configuration reference from the settings classes
+
+No deployable (the console scripts other than ``hookstream``) imports this package;
+tests/unit/test_devtools_apart.py checks that.
+"""
