@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -41,6 +42,8 @@ from ..support import REPO, SOURCES_FILE, free_port, local_secrets
 from ..support import stack as run_stack
 
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
+EDGE_JOB = "hookstream-edge"  # HAProxy in front of ingest, not a hookstream process
+EDGE_CONFIG = REPO / "deploy" / "edge" / "haproxy.cfg"
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "hookstream-overview.json"
 ALERT_RULES = REPO / "deploy" / "local" / "alerts.toml"
@@ -299,10 +302,22 @@ async def test_every_dashboard_panel_has_data(stack: KafkaSettings, tmp_path: Pa
             started = [await pipeline.start(job.removeprefix("hookstream-"), port, job,
                                             env={**port_env(job, port),
                                                  "HOOKSTREAM_INGEST_PORT": str(ingest_port)})
-                       for job, port in targets.items()]
+                       for job, port in targets.items() if job != EDGE_JOB]
+            # The load goes through the edge proxy in front of ingest, as in production
+            # (deploy/edge): its stats listener is the edge job's target.
+            edge_port = free_port()
+            haproxy = shutil.which("haproxy")
+            assert haproxy, "haproxy not found (deploy/local/test installs it)"
+            started.append(await pipeline.start(
+                "edge", targets[EDGE_JOB], haproxy, "-db", "-f", str(EDGE_CONFIG),
+                health="/healthz", env={
+                    "HOOKSTREAM_EDGE_BIND": f"127.0.0.1:{edge_port}",
+                    "HOOKSTREAM_EDGE_INGEST": f"127.0.0.1:{ingest_port}",
+                    "HOOKSTREAM_EDGE_STATS": f"127.0.0.1:{targets[EDGE_JOB]}",
+                    "HOOKSTREAM_EDGE_ERRORS": str(EDGE_CONFIG.parent / "errors")}))
             await asyncio.gather(*(pipeline.ready(s) for s in started))
 
-            ingest_url = f"http://127.0.0.1:{ingest_port}"
+            ingest_url = f"http://127.0.0.1:{edge_port}"
             load = await pipeline.start(
                 "load", 0, "hookstream", "load", "--url", ingest_url, "--rate", str(LOAD_RATE),
                 "--seconds", str(LOAD_SECONDS), "--schema", schema, "--drain-timeout-s", "20")

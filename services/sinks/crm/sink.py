@@ -41,7 +41,7 @@ from .circuit import CLOSED, CircuitBreaker
 from .http import RETRIES as http_retries
 from .http import CRMDailyLimited, CRMHttp, CRMRateLimited, CRMRejected, CRMUnavailable
 from .mapping import FINISHED_TYPES, CallActivity, Unmappable, activity
-from .ratelimit import DAILY, PARKED, RESET_AT, TEN_SECONDLY
+from .ratelimit import DAILY, LIMITED, PARKED, RESET_AT, TEN_SECONDLY
 from .settings import CRMSettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class CRMSink:
         self._daily_reset_at = 0.0  # while HubSpot's DAILY limit is spent: its reset
         for policy in (DAILY, TEN_SECONDLY):
             PARKED.labels(policy)
+        for policy in (DAILY, TEN_SECONDLY, "SECONDLY", "unknown"):
+            LIMITED.labels(policy)  # series exist from the start, at 0
         RESET_AT.set(0)
         for cause in ("rate_limited", "timeout", "connection_error", "server_error",
                       "unauthorized", "bad_response"):
