@@ -1139,6 +1139,7 @@ def _kill(service: str) -> Callable[[Context], Awaitable[None]]:
 
 
 SPLIT_WITHIN_S = 90.0
+AFTERWARDS_S = 60.0  # longest wait for a scenario's notes after its run
 
 
 async def _normalizer_rebalance(ctx: Context) -> None:
@@ -1453,7 +1454,12 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
         for watcher in ctx.watchers:
             watcher.cancel()
         if scenario.afterwards is not None:
-            await scenario.afterwards(ctx)
+            # Notes only (how the fault played out): bounded, as its Kafka admin calls
+            # once waited for ever on a group coordinator (raw-partitions-added).
+            try:
+                await asyncio.wait_for(scenario.afterwards(ctx), AFTERWARDS_S)
+            except TimeoutError:
+                ctx.note(f"the notes after the run timed out after {AFTERWARDS_S:g} s")
         if watching_destinations is not None:
             watching_destinations.cancel()
             with contextlib.suppress(asyncio.CancelledError):
