@@ -1,4 +1,4 @@
-"""Commands that hand over to another tool: ``faults`` (hookstream.faults), ``replay``
+"""Commands that hand over to another tool: ``faults`` (hookstream.devtools.faults), ``replay``
 (hookstream-normalizer replay) and ``backfill`` (each provider's spec hook)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ def normalizer_main(argv: list[str]) -> int:
 def register_faults(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``faults``."""
     faults = sub.add_parser("faults", help="inject faults under load, account for every "
-                            "delivery, print one table (hookstream.faults)")
-    from ..faults import cmd_faults, configure_parser
+                            "delivery, print one table (hookstream.devtools.faults)")
+    from ..devtools.faults import cmd_faults, configure_parser
 
     configure_parser(faults)
     faults.set_defaults(func=cmd_faults)

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from hookstream.faults import (
+from hookstream.devtools.faults import (
     ALERT_RULES,
     COLUMNS,
     DEFAULT_POLICIES,

@@ -42,18 +42,18 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .providers import PROVIDERS
+from ..providers import PROVIDERS
 
 if TYPE_CHECKING:
     import aiohttp
     import asyncpg
     import httpx
 
-    from .core.sources import Source
-    from .devtools.loadgen import Accounting, Delivery
-    from .sinks.alerts.rules import Rules
+    from ..core.sources import Source
+    from ..sinks.alerts.rules import Rules
+    from .loadgen import Accounting, Delivery
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
 SOURCES_ENV = REPO / "deploy" / "local" / "sources.env"
 ALERT_RULES = REPO / "deploy" / "local" / "alerts.toml"
@@ -394,7 +394,7 @@ class Pipeline:
     def __init__(self, tag: str, logdir: Path, sources_file: str,
                  spool_dir: Path | None = None, ingest_env: dict[str, str] | None = None,
                  normalizers: int = 1, sinks: Sequence[str] = (), edge: bool = False) -> None:
-        from .core.config import KafkaSettings, PostgresSettings, load
+        from ..core.config import KafkaSettings, PostgresSettings, load
 
         self.tag = tag  # e.g. f1a2b3_broker_restart
         self.logdir = logdir
@@ -499,7 +499,7 @@ class Pipeline:
     async def start(self, timeout_s: float = 90) -> None:
         import httpx
 
-        from .core import topics
+        from ..core import topics
 
         await topics.ensure(self.kafka, topics.plan(self.kafka, partitions=3))
         for service in self.services.values():
@@ -574,7 +574,7 @@ class Pipeline:
         import asyncpg
         from aiokafka.admin import AIOKafkaAdminClient
 
-        from .sinks.runner import sink_topics
+        from ..sinks.runner import sink_topics
 
         with contextlib.suppress(Exception):
             conn = await asyncpg.connect(self.dsn, timeout=5)
@@ -648,7 +648,7 @@ class Offer:
     async def run(self) -> None:
         import aiohttp
 
-        from .devtools.loadgen import deliveries
+        from .loadgen import deliveries
 
         stream = deliveries(redeliver=0.0, malformed=0.0)
         # No connection limit: deliveries of independent senders do not queue behind
@@ -681,7 +681,7 @@ class Offer:
         import aiohttp
         import orjson
 
-        from .cli.send import signed_request
+        from ..cli.send import signed_request
 
         assert self.session is not None
         source = self.sources[delivery.sample.provider]
@@ -725,7 +725,7 @@ class Offer:
         """Deliveries/s ingest acknowledges with ``senders`` trying one after another as
         fast as they are answered (a closed loop) for ``seconds``: its capacity now.
         The probes acknowledged are accounted for like any other delivery."""
-        from .devtools.loadgen import deliveries
+        from .loadgen import deliveries
 
         stream = deliveries(redeliver=0.0, malformed=0.0)
         acked = 0
@@ -820,7 +820,7 @@ class CRMDestination(Destination):
     name = "CRM"
 
     def __init__(self, url: str) -> None:
-        from .sinks.crm.mapping import FINISHED_TYPES
+        from ..sinks.crm.mapping import FINISHED_TYPES
 
         super().__init__(FINISHED_TYPES)
         self.url = url
@@ -828,7 +828,7 @@ class CRMDestination(Destination):
         self.state: dict[str, Any] = {}
 
     def expect(self, event: dict[str, Any]) -> frozenset[str]:
-        from .sinks.crm.mapping import Unmappable, activity
+        from ..sinks.crm.mapping import Unmappable, activity
 
         try:
             return frozenset({activity(event).event_id})
@@ -1207,7 +1207,7 @@ async def _new_partitions_read(ctx: Context) -> None:
     where the normalizer's group committed them."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from .core.kafka import end_offsets
+    from ..core.kafka import end_offsets
 
     kafka = ctx.pipeline.kafka
     ends = {tp.partition: end for tp, end in (await end_offsets(kafka, kafka.raw_topic)).items()}
@@ -1340,8 +1340,8 @@ class Settings:
 
 
 async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> Result:
-    from .core.sources import load_sources
-    from .devtools.loadgen import Accounting
+    from ..core.sources import load_sources
+    from .loadgen import Accounting
 
     result = Result(scenario.name)
     tag = f"{run_id}_{scenario.name.replace('-', '_')}"
@@ -1353,7 +1353,7 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
     ctx = Context(pipeline, settings.short, logdir / "stack.log")
     say(f"{scenario.name}: starting a pipeline of its own (schema {pipeline.schema}, "
         f"logs {logdir})")
-    from .cli.send import pick_sources
+    from ..cli.send import pick_sources
 
     sources = pick_sources(load_sources(settings.sources_file), None)
     accounting: Accounting | None = None
@@ -1511,7 +1511,7 @@ async def _start_destinations(ctx: Context) -> asyncio.Task[None] | None:
     import asyncpg
     import httpx
 
-    from .sinks.alerts.rules import load_rules
+    from ..sinks.alerts.rules import load_rules
 
     pipeline = ctx.pipeline
     ctx.client = httpx.AsyncClient(timeout=5)
