@@ -21,17 +21,16 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Every dependency ships manylinux wheels for CPython 3.11 (uvloop, httptools,
 # orjson, asyncpg, aiokafka): no compiler needed.
-COPY pyproject.toml README.md ./
+COPY setup.py pyproject.toml README.md ./
 COPY services ./services
-# The warehouse's SQL migrations are data files, not modules: copy them into the
-# installed package (the same files again once pyproject.toml declares them as
-# package-data), and fail the build if the installed package cannot find them.
+COPY schemas ./schemas
+# The JSON Schemas (hookstream.schemas) and the warehouse's SQL migrations are
+# package data (setup.py): fail the build if the installed package, unconfigured,
+# cannot find them.
 RUN python -m venv /opt/hookstream \
  && /opt/hookstream/bin/pip install . \
- && pkg="$(/opt/hookstream/bin/python -c 'import hookstream, pathlib; print(pathlib.Path(hookstream.__file__).parent)')" \
- && mkdir -p "$pkg/sinks/warehouse/migrations" \
- && cp services/sinks/warehouse/migrations/*.sql "$pkg/sinks/warehouse/migrations/" \
- && /opt/hookstream/bin/python -c 'from hookstream.sinks.warehouse.store import MIGRATIONS as m; assert sorted(m.glob("*.sql")), m'
+ && /opt/hookstream/bin/python -c 'from hookstream.sinks.warehouse.schema import MIGRATIONS as m; assert sorted(m.glob("*.sql")), m' \
+ && /opt/hookstream/bin/python -c 'from hookstream.core.schemas import SchemaRegistry as r; assert r().kinds()'
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}
@@ -49,8 +48,6 @@ RUN groupadd --system --gid 10001 hookstream \
  && chown -R hookstream:hookstream /var/lib/hookstream /var/spool/hookstream
 
 COPY --from=build /opt/hookstream /opt/hookstream
-# The provider and canonical JSON Schemas are read at run time (normalizer, alerts).
-COPY schemas /opt/hookstream/schemas
 
 # Containers listen on every interface; the services' own defaults (127.0.0.1) are
 # for a developer machine. Config files are mounted at /etc/hookstream (compose: a
@@ -58,7 +55,6 @@ COPY schemas /opt/hookstream/schemas
 ENV PATH=/opt/hookstream/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    HOOKSTREAM_SCHEMAS_DIR=/opt/hookstream/schemas \
     HOOKSTREAM_SOURCES_FILE=/etc/hookstream/sources.toml \
     HOOKSTREAM_ALERT_RULES_FILE=/etc/hookstream/alerts.toml \
     HOOKSTREAM_RECORDINGS_DIR=/var/lib/hookstream/recordings \

@@ -9,6 +9,7 @@ fastjsonschema (generated Python code, far faster than interpreting).
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,19 @@ import orjson
 from ..providers import PROVIDERS
 from .errors import SCHEMA_VIOLATION, UNKNOWN_EVENT_TYPE, UNKNOWN_VERSION, Invalid
 
-# The schema files (schemas/ in the repository; /opt/hookstream/schemas when deployed).
-SCHEMAS_DIR = Path(
-    os.environ.get("HOOKSTREAM_SCHEMAS_DIR", Path(__file__).resolve().parents[2] / "schemas")
-)
+
+def _schemas_dir() -> Path:
+    """The schema files: the package data ``hookstream.schemas`` (the repository's
+    schemas/ folder, mapped by setup.py), unless HOOKSTREAM_SCHEMAS_DIR points
+    elsewhere (a deployment trying other contracts, a test's copy)."""
+    override = os.environ.get("HOOKSTREAM_SCHEMAS_DIR")
+    if override:
+        return Path(override)
+    # A regular (unzipped) install: the package's folder is a real directory.
+    return Path(str(importlib.resources.files("hookstream.schemas")))
+
+
+SCHEMAS_DIR = _schemas_dir()
 
 Validator = Callable[[Any], Any]
 SUFFIX = ".schema.json"

@@ -4,9 +4,12 @@
 catalog page; a unit test compares docs/catalog.md with :func:`render`, so the
 page cannot drift from the schemas (or from the adapters' mapping tables).
 
-``python -m hookstream.devtools.catalog --write-examples`` regenerates
-``schemas/canonical/v1/examples/`` by running the adapters over the provider
-samples (also checked by a unit test).
+``python -m hookstream.devtools.catalog --write-examples`` regenerates what of
+the canonical contract follows from the provider folders: the ``provider`` enum
+of ``schemas/canonical/v1/event.schema.json`` (every registered provider) and
+``schemas/canonical/v1/examples/`` (the adapters run over the provider samples).
+Unit tests check both, so adding a provider is its folder, its schema directory
+and its tests, then this command.
 """
 
 from __future__ import annotations
@@ -286,14 +289,29 @@ def example_bytes(event: dict[str, Any]) -> bytes:
     return json.dumps(event, indent=2, ensure_ascii=False).encode() + b"\n"
 
 
+def schema_bytes(schema: dict[str, Any]) -> bytes:
+    return json.dumps(schema, indent=2, ensure_ascii=False).encode() + b"\n"
+
+
+def canonical_schema_with_providers(schemas_dir: Path = SCHEMAS_DIR) -> dict[str, Any]:
+    """The canonical schema with its ``provider`` enum set to the registered providers:
+    the contract lists every provider (docs/canonical.md, "Compatibility"), and the
+    list follows from the provider folders rather than from a hand edit."""
+    schema: dict[str, Any] = _load(schemas_dir / CANONICAL_SCHEMA)
+    schema["properties"]["provider"]["enum"] = sorted(PROVIDERS)
+    return schema
+
+
 def write_examples(schemas_dir: Path = SCHEMAS_DIR) -> list[Path]:
+    schema_path = schemas_dir / CANONICAL_SCHEMA
+    schema_path.write_bytes(schema_bytes(canonical_schema_with_providers(schemas_dir)))
     directory = schemas_dir / CANONICAL_EXAMPLES
     directory.mkdir(parents=True, exist_ok=True)
     wanted = canonical_examples(schemas_dir)
     for stale in directory.glob("*.json"):
         if stale.name not in wanted:
             stale.unlink()
-    written = []
+    written = [schema_path]
     for name, event in wanted.items():
         path = directory / name
         path.write_bytes(example_bytes(event))
@@ -307,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Print the Markdown event catalog (docs/catalog.md) built from schemas/.",
     )
     parser.add_argument("--write-examples", action="store_true",
-                        help="instead, regenerate schemas/canonical/v1/examples/ from the "
-                             "provider samples")
+                        help="instead, regenerate the canonical schema's provider enum "
+                             "and schemas/canonical/v1/examples/ from the provider folders")
     args = parser.parse_args(argv)
     if args.write_examples:
         for path in write_examples():

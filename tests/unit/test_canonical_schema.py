@@ -21,7 +21,8 @@ from hookstream.providers import PROVIDERS as _PROVIDERS
 ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}
 
 
-SCHEMA_PATH = SCHEMAS_DIR / "canonical" / "v1" / "event.schema.json"
+CANONICAL_SCHEMA_REL = Path("canonical") / "v1" / "event.schema.json"
+SCHEMA_PATH = SCHEMAS_DIR / CANONICAL_SCHEMA_REL
 SCHEMA = orjson.loads(SCHEMA_PATH.read_bytes())
 EXAMPLES_DIR = SCHEMAS_DIR / "canonical" / "v1" / "examples"
 TOPICS_DIR = SCHEMAS_DIR / "topics"
@@ -77,8 +78,26 @@ def test_nullable_fields_are_typed_with_null() -> None:
 def test_type_enum_is_every_canonical_type() -> None:
     assert SCHEMA["properties"]["type"]["enum"] == CANONICAL_TYPES
     assert len(CANONICAL_TYPES) == 23
-    assert SCHEMA["properties"]["provider"]["enum"] == sorted(ADAPTERS)
 
+
+def test_provider_enum_is_every_registered_provider() -> None:
+    """The enum follows from the provider folders, written by the catalog generator.
+    Regenerate: python -m hookstream.devtools.catalog --write-examples"""
+    assert SCHEMA["properties"]["provider"]["enum"] == sorted(ADAPTERS)
+    assert SCHEMA_PATH.read_bytes() == catalog.schema_bytes(
+        catalog.canonical_schema_with_providers())
+
+
+def test_the_generator_adds_a_new_provider_to_the_enum(tmp_path: Path) -> None:
+    """A provider registered but not yet in the schema is written into the enum, the
+    rest of the schema byte for byte as it was."""
+    (tmp_path / CANONICAL_SCHEMA_REL.parent).mkdir(parents=True)
+    stale = dict(SCHEMA, properties=dict(
+        SCHEMA["properties"], provider=dict(SCHEMA["properties"]["provider"], enum=["saaya"])))
+    (tmp_path / CANONICAL_SCHEMA_REL).write_bytes(catalog.schema_bytes(stale))
+    fixed = catalog.canonical_schema_with_providers(tmp_path)
+    assert fixed["properties"]["provider"]["enum"] == sorted(ADAPTERS)
+    assert catalog.schema_bytes(fixed) == SCHEMA_PATH.read_bytes()
 
 def _event(**overrides: Any) -> dict[str, Any]:
     base = CanonicalEvent(event_id="2cd6bdb0-93fd-50d6-8005-36f33d105174", provider="sawt",
@@ -149,7 +168,9 @@ def test_write_examples_round_trips(tmp_path: Path) -> None:
     (tmp_path / "providers").symlink_to(SCHEMAS_DIR / "providers")
     (tmp_path / "canonical" / "v1" / "examples").mkdir(parents=True)
     (tmp_path / "canonical" / "v1" / "examples" / "stale.json").write_text("{}")
-    written = catalog.write_examples(tmp_path)
+    (tmp_path / CANONICAL_SCHEMA_REL).write_bytes(SCHEMA_PATH.read_bytes())
+    schema_path, *written = catalog.write_examples(tmp_path)
+    assert schema_path.read_bytes() == SCHEMA_PATH.read_bytes()
     assert sorted(p.name for p in written) == sorted(p.name for p in EXAMPLES_DIR.glob("*.json"))
     for path in written:
         assert path.read_bytes() == (EXAMPLES_DIR / path.name).read_bytes()

@@ -343,8 +343,9 @@ def test_dockerfile_builds_one_image_for_every_service() -> None:
     assert re.search(r"^USER 10001:10001$", text, re.M)
     assert re.search(r"^ENTRYPOINT \[\]$", text, re.M)
     assert re.search(r'^CMD \["hookstream-ingest"\]$', text, re.M)
-    assert "COPY schemas /opt/hookstream/schemas" in text
-    assert "HOOKSTREAM_SCHEMAS_DIR=/opt/hookstream/schemas" in logical
+    # The schemas are package data: installed with the package, found unconfigured.
+    assert "COPY schemas ./schemas" in text
+    assert "HOOKSTREAM_SCHEMAS_DIR" not in text
     # Every console script is smoke-tested at build time.
     loop = re.search(r"RUN for cmd in ([^;]+);", logical)
     assert loop is not None
@@ -358,8 +359,8 @@ def test_dockerfile_builds_one_image_for_every_service() -> None:
     assert env_block is not None
     for var in re.findall(r"\b(HOOKSTREAM_[A-Z0-9_]+)=", env_block.group(0)):
         assert var in known_env_vars(), f"Dockerfile sets unknown {var}"
-    # The migrations are data files: the build copies and checks them.
-    assert "sinks/warehouse/migrations" in text
+    # The migrations and schemas are package data: the build checks both are found.
+    assert "MIGRATIONS" in text and "SchemaRegistry" in text
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -375,7 +376,7 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
     lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!services/", "!schemas/"} <= set(lines)
+    assert {"!setup.py", "!pyproject.toml", "!README.md", "!services/", "!schemas/"} <= set(lines)
     copied = re.findall(r"^COPY (?!--from)(.+) \S+$", (REPO / "Dockerfile").read_text(), re.M)
     for sources in copied:
         for src in sources.split():
