@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from jsonschema import Draft202012Validator
 
 from hookstream.cli import signed_request
 from hookstream.core.config import ConfigError, KafkaSettings
@@ -25,6 +26,7 @@ from hookstream.core.errors import MAPPING_FAILED, UNKNOWN_EVENT_TYPE, Invalid
 from hookstream.core.record import LocalRecord, RawDelivery
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.core.sources import parse_sources
+from hookstream.devtools import catalog
 from hookstream.devtools.samples import fresh_copy, samples
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
@@ -168,6 +170,13 @@ async def test_a_fourth_provider_from_its_spec_alone(tiny: ProviderSpec) -> None
         "tiny", "tiny-main", "call.ended", "call.done")
     assert (event.call_id, event.duration_s, event.occurred_at) == (
         "c_1_t1", 42.0, "2026-05-01T10:00:00Z")
+
+    # The canonical contract's provider enum is written from the registry (the
+    # catalog generator, step 3 of the guide), so it lists tiny, and the event is valid.
+    canonical = catalog.canonical_schema_with_providers()
+    assert canonical["properties"]["provider"]["enum"] == sorted(PROVIDERS)
+    assert "tiny" in canonical["properties"]["provider"]["enum"]
+    assert list(Draft202012Validator(canonical).iter_errors(event.to_dict())) == []
 
     # Its schema is enforced like any other provider's.
     bad = RawDelivery(source="tiny-main", provider="tiny", received_at_ms=0,
