@@ -349,3 +349,28 @@ async def test_hostile_events_are_written_sanitised_or_dead_lettered(
             calls[f"sawt:{far['call_id']}"]["ended_at"]) == (None, None)
     bare = calls[f"None:{sourceless['call_id']}"]
     assert (bare["provider"], bare["source"]) == ("", "")
+
+
+async def test_sinks_starting_together_create_their_schema_once(stack: KafkaSettings) -> None:
+    """Every sink on the warehouse creates its schema, migrates it and creates this
+    month's partitions at start; started together they must not fail on each other
+    (CREATE SCHEMA / TABLE IF NOT EXISTS alone race on the catalog's unique indexes)."""
+    from hookstream.sinks.warehouse.schema import create_pool, migrate
+
+    pg = PostgresSettings()
+    for attempt in range(5):  # the unguarded race needs a few tries to show
+        schema = f"test_race_{uuid.uuid4().hex[:10]}"
+        try:
+            pools = await asyncio.gather(*(create_pool(pg, schema) for _ in range(8)))
+            applied = await asyncio.gather(*(migrate(pool) for pool in pools))
+            assert sorted(len(names) for names in applied)[:-1] == [0] * 7, "applied once"
+            assert len(max(applied, key=len)) >= 4
+            for pool in pools:
+                assert await pool.fetchval("SELECT current_schema()") == schema, attempt
+                await pool.close()
+        finally:
+            admin = await asyncpg.connect(pg.dsn)
+            try:
+                await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await admin.close()

@@ -17,6 +17,7 @@ warehouse sink's internals (``store.py``).
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,13 @@ async def create_pool(pg: PostgresSettings, schema: str) -> asyncpg.Pool:
     """A pool on the warehouse: ``schema`` created if missing, first on the search path."""
     admin = await asyncpg.connect(pg.dsn)
     try:
-        await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # Every sink on the warehouse runs this at start, and they start together:
+        # two concurrent CREATE SCHEMA IF NOT EXISTS can both miss the schema and
+        # one then fails on pg_namespace's unique index. Serialized per schema name.
+        async with admin.transaction():
+            await admin.execute("SELECT pg_advisory_xact_lock($1)",
+                                zlib.crc32(f"hookstream-schema-{schema}".encode()))
+            await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     finally:
         await admin.close()
     return await create_postgres_pool(
@@ -114,8 +121,11 @@ class Partitions:
                     f" FROM ('{year:04d}-{month:02d}-01') TO ('{nxt[0]:04d}-{nxt[1]:02d}-01')")
             except asyncpg.exceptions.CheckViolationError:
                 pass  # rows of that month are already in events_default
-            except asyncpg.exceptions.DuplicateTableError:
-                pass  # a concurrent replica created it
+            except (asyncpg.exceptions.DuplicateTableError,
+                    asyncpg.exceptions.UniqueViolationError):
+                # A concurrent replica created it (IF NOT EXISTS does not serialize:
+                # the loser may hit the catalog's unique index instead).
+                pass
             self._months.add((year, month))
 
 
