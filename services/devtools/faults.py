@@ -351,13 +351,15 @@ class Supervised:
                 await self._task
 
 
-async def stack(*args: str, log_path: Path, attempts: int = 1) -> None:
-    """``deploy/local/stack ARGS``; raises after ``attempts`` failures."""
+async def stack(*args: str, log_path: Path, attempts: int = 1, reuse: bool = True) -> None:
+    """``deploy/local/stack ARGS``; raises after ``attempts`` failures. ``reuse=False``:
+    ``up`` fails rather than take a server it did not start for its own."""
+    env = {**os.environ, "HOOKSTREAM_STACK_REUSE": "1" if reuse else "0"}
     for attempt in range(1, attempts + 1):
         with log_path.open("ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
                 str(STACK_SCRIPT), *args, stdout=log_file, stderr=log_file,
-                stdin=asyncio.subprocess.DEVNULL)
+                stdin=asyncio.subprocess.DEVNULL, env=env)
             code = await proc.wait()
         if code == 0:
             return
@@ -937,7 +939,10 @@ class Context:
     violations: list[str] = dataclasses.field(default_factory=list)  # fail the scenario
 
     async def stack(self, *args: str, attempts: int = 3) -> None:
-        await stack(*args, log_path=self.log_path, attempts=attempts)
+        # A scenario restarts what it stopped: whatever else answers on that port
+        # (another checkout's broker) must not stand in for it, or the run measures
+        # a stranger (it once cost a CI run 1,125 deliveries).
+        await stack(*args, log_path=self.log_path, attempts=attempts, reuse=False)
 
     def note(self, text: str) -> None:
         self.notes.append(text)

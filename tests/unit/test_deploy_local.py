@@ -6,12 +6,14 @@ No network: only --help and static reads of the scripts.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "deploy" / "local"
+STACK = LOCAL / "stack"
 
 
 def _commands(script: Path) -> list[str]:
@@ -79,3 +81,39 @@ def test_stack_help_is_its_manual() -> None:
                     "status [COMPONENT...]", "env ", "help, -h, --help"):
         assert command in result.stdout, command
     assert result.stdout.rstrip().endswith("`env` and `status` print to stdout.")
+
+
+def test_stack_up_reuses_a_stranger_only_when_allowed(tmp_path: Path) -> None:
+    """A server the stack did not start answers on Alertmanager's port: `up` reuses it,
+    unless HOOKSTREAM_STACK_REUSE=0 (the fault suite's restarts), then it fails and
+    says why."""
+    import http.server
+    import threading
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = str(server.server_address[1])
+        base = {**os.environ, "HOOKSTREAM_STACK_DIR": str(tmp_path), "ALERTMANAGER_PORT": port}
+        allowed = subprocess.run([str(STACK), "up", "alertmanager"], env=base, text=True,
+                                 capture_output=True, timeout=60)
+        assert allowed.returncode == 0, allowed.stderr
+        assert "reusing" in allowed.stderr
+        refused = subprocess.run([str(STACK), "up", "alertmanager"], text=True,
+                                 env={**base, "HOOKSTREAM_STACK_REUSE": "0"},
+                                 capture_output=True, timeout=60)
+        assert refused.returncode != 0
+        assert "HOOKSTREAM_STACK_REUSE=0 forbids reusing it" in refused.stderr, refused.stderr
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -97,6 +97,7 @@ am_up() {
     rm -f "$AM_PID_FILE"
 
     if am_answers "$ALERTMANAGER_PORT"; then
+        may_reuse alertmanager "$where"
         say "alertmanager: reusing the one already on $where (not started by stack; down leaves it alone)"
         return 0
     fi

@@ -6,6 +6,13 @@
 
 say() { printf 'stack: %s\n' "$*" >&2; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
+# may_reuse COMPONENT WHERE: a server this stack did not start answers where ours
+# would; `up` reuses it unless HOOKSTREAM_STACK_REUSE=0 (the fault suite, which
+# must restart its own servers: a stranger standing in once cost a CI run).
+may_reuse() {
+    [[ ${HOOKSTREAM_STACK_REUSE:-1} != 0 ]] ||
+        die "$1: a server not started from $STACK_DIR answers on $2, and HOOKSTREAM_STACK_REUSE=0 forbids reusing it; stop it or choose another port"
+}
 
 # Microseconds since the epoch (bash 5 EPOCHREALTIME; any locale decimal mark).
 now_us() { local t=${EPOCHREALTIME/[.,]/}; printf '%s' "$t"; }

@@ -218,6 +218,7 @@ kafka_up() {
         # just to look at someone else's broker (ApiVersions already answered).
         kafka_probe "$bootstrap" 30000 >/dev/null ||
             die "kafka: a broker answers on $bootstrap but does not serve clients (not started by stack; left alone)"
+        may_reuse kafka "$bootstrap"
         say "kafka: reusing the broker already on $bootstrap (not started by stack; down leaves it alone)"
         return 0
     fi

@@ -227,6 +227,7 @@ pg_up() {
     rm -f "$PG_PID_FILE"
 
     if pg_answers; then
+        may_reuse postgres "127.0.0.1:$PG_PORT"
         pg_ensure_role_db
         say "postgres: reusing the server already on 127.0.0.1:$PG_PORT (not started by stack; down leaves it alone)"
         return 0
@@ -237,6 +238,7 @@ pg_up() {
     bindir=$(pg_server_bindir)
     # Installing the package may have started the distribution's own cluster.
     if pg_answers; then
+        may_reuse postgres "127.0.0.1:$PG_PORT"
         pg_ensure_role_db
         say "postgres: reusing the server on 127.0.0.1:$PG_PORT started by the package install (not started by stack)"
         return 0

@@ -145,6 +145,7 @@ prom_up() {
     rm -f "$PROM_PID_FILE"
 
     if prom_answers "$PROMETHEUS_PORT"; then
+        may_reuse prometheus "$where"
         say "prometheus: reusing the one already on $where (not started by stack: its own config; down leaves it alone)"
         return 0
     fi
