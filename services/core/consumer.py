@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter, Gauge
 
-from .errors import Retryable, describe
+from .errors import NotDue, Retryable, describe
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,11 @@ class ConsumeLoop:
                     inflight = None
                     try:
                         await task
+                    except NotDue:
+                        # A parked record waits for its time: read it again now, so
+                        # that polls keep the consumer in its group meanwhile.
+                        self._rewind(previous, batch)
+                        continue
                     except Retryable as exc:
                         self.healthy = False
                         CONSUMER_RETRYING.labels(self._group).set(1)

@@ -94,3 +94,10 @@ class Invalid(Exception):
 
 class Retryable(Exception):
     """A transient failure: retry the whole batch later; commit nothing."""
+
+
+class NotDue(Retryable):
+    """Not a failure: the batch holds a parked record that is not due yet. The loop
+    reads the batch again at once, without backoff and staying healthy; the handler
+    has already waited a slice of the time, so the loop polls at least once per
+    slice and the consumer keeps its group membership (``max.poll.interval.ms``)."""

@@ -17,7 +17,10 @@ the rest:
     ``max_attempts``;
   - held (``WriteOutcome.held``: the destination named the time it takes work
     again, e.g. the CRM's daily API limit resets at midnight): parked the same
-    way until that time, without spending one of the event's attempts;
+    way until that time, without spending one of the event's attempts; the
+    retry loop waits for a parked event in slices of ``PARKED_WAIT_SLICE_S``
+    (``NotDue`` between them), polling in between, so an hours-long wait keeps
+    its consumer in the group;
   - permanent failure (``WriteOutcome.failed``): the sink's dead-letter topic
     ``hookstream.sink.<name>.dlq.v1`` with the reason, the record's bytes and
     headers;
@@ -49,6 +52,7 @@ from ..core.errors import (
     MALFORMED_EVENT,
     RETRIES_EXHAUSTED,
     SINK_ERROR,
+    NotDue,
     Retryable,
     describe,
     sink_stage,
@@ -68,6 +72,10 @@ from ..core.times import iso_to_ms
 from .base import ParsedBatch, Sink, SinkEvent, WriteOutcome
 
 log = logging.getLogger(__name__)
+
+# The longest the retry handler waits for a parked event in one go; a tenth of
+# aiokafka's max.poll.interval.ms (300 s), so the consumer always polls in time.
+PARKED_WAIT_SLICE_S = 30.0
 
 
 EVENTS = PromCounter("hookstream_sink_events_total",
@@ -309,10 +317,16 @@ class SinkRunner:
             wait_s = (due_ms - time.time_ns() // 1_000_000) / 1000
             DEFERRED_DUE.labels(self.sink.name).set(max(0.0, -wait_s))
             if wait_s > 0:
+                # At most a slice at a time (a CRM's daily limit parks events for
+                # hours): the consume loop must poll well within max.poll.interval.ms,
+                # or the broker takes the retry topic away and the batch runs twice.
+                slice_s = min(wait_s, PARKED_WAIT_SLICE_S)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=wait_s)
+                    await asyncio.wait_for(self._stop.wait(), timeout=slice_s)
                 if self._stop.is_set():
                     raise Retryable("stopping before a parked event was due")
+                if wait_s > slice_s:
+                    raise NotDue(f"a parked event is due in {wait_s - slice_s:.0f} s")
         wanted, malformed, _ = self._parse(records, attempt)
         await self._offer(wanted, malformed)
         DEFERRED_DUE.labels(self.sink.name).set(0)

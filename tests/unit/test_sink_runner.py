@@ -28,6 +28,7 @@ from hookstream.core.config import KafkaSettings
 from hookstream.core.errors import Retryable
 from hookstream.core.headers import H_ATTEMPT, H_EVENT_TYPE, H_NOT_BEFORE
 from hookstream.core.kafka import ProducerKeeper
+from hookstream.sinks import runner as runner_module
 from hookstream.sinks.base import SinkEvent, WriteOutcome
 from hookstream.sinks.runner import SinkRunner, SinkSettings
 
@@ -72,6 +73,7 @@ class InMemoryConsumer:
         self.tp = TopicPartition("", 0)
         self.position_ = 0
         self.committed: list[int] = []
+        self.fetched = 0  # polls that returned records
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.topic = topics[0]
@@ -90,6 +92,7 @@ class InMemoryConsumer:
             await asyncio.sleep(timeout_ms / 1000)
             return {}
         self.position_ += len(take)
+        self.fetched += 1
         return {self.tp: take}
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -313,6 +316,24 @@ async def test_a_parked_event_waits_until_it_is_due() -> None:
     assert time.monotonic() - started >= 0.3
     not_before = int(dlq.header(h.broker.records(RETRY_TOPIC)[0].headers, H_NOT_BEFORE) or 0)
     assert not_before >= time.time_ns() // 1_000_000 - 5000
+
+
+async def test_a_long_wait_for_a_parked_event_is_sliced_and_keeps_polling(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parked event due later than one slice (a CRM's daily limit: hours) is waited
+    for a slice at a time: the retry consumer polls again after each (so the broker
+    keeps it in its group, max.poll.interval.ms), the wait counts as no failure, and
+    the event is offered once, when due."""
+    monkeypatch.setattr(runner_module, "PARKED_WAIT_SLICE_S", 0.05)
+    h = harness(delays=("0.4",))
+    h.publish(event("e1", do="defer"))
+    started = time.monotonic()
+    await run_until(h, lambda: bool(h.dead()))
+    assert time.monotonic() - started >= 0.4
+    assert h.consumers["hookstream-sink-test-retry"].fetched >= 5
+    assert h.sink.offers == [("e1", 0), ("e1", 1)]
+    assert h.dead() == [("e1", errors.RETRIES_EXHAUSTED)]
+    assert all(loop.healthy for loop in h.runner._loops)
 
 
 async def test_a_held_event_keeps_its_attempt_and_the_time_the_destination_named() -> None:
