@@ -21,7 +21,7 @@ from hookstream.core import sources as sources_module
 from hookstream.core.config import ConfigError
 from hookstream.core.sources import build_source, load_sources
 from hookstream.providers.saaya.auth import SaayaVerifier
-from tests.unit._support import ENV, H, source, std_headers
+from tests.support import ENV, H, source, std_headers
 
 REPO = Path(__file__).resolve().parents[3]
 BODY = b'{"id":"evt_1","type":"session.started","version":"1"}'

@@ -16,7 +16,7 @@ from hookstream.core.sources import (
 )
 from hookstream.providers.saaya.auth import SaayaVerifier
 from hookstream.providers.sawt.auth import SawtVerifier
-from tests.unit._support import ENV, source
+from tests.support import ENV, source
 
 REPO = Path(__file__).resolve().parents[3]
 LOCAL = REPO / "deploy" / "local"

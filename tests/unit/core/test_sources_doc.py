@@ -12,7 +12,7 @@ import pytest
 
 from hookstream.core.sources import COMMON_KEYS, known_keys
 from hookstream.providers import PROVIDERS
-from tests.unit._support import source
+from tests.support import source
 
 REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "sources.md"

@@ -18,7 +18,7 @@ from hookstream.core.config import KafkaSettings
 from hookstream.core.sources import Source, parse_sources
 from hookstream.ingest.app import MAX_HEADER_VALUE_CHARS, build_app
 from hookstream.ingest.settings import IngestSettings
-from tests.unit._support import (
+from tests.support import (
     BASIC_PASSWORD,
     BASIC_USER,
     ENV,

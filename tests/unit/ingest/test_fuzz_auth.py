@@ -26,7 +26,7 @@ from hookstream.core.sources import Source, parse_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.providers.base import Verifier
-from tests.unit._support import ENV, PATH_SECRET, RAW_KEY_A, FakePublisher, std_headers
+from tests.support import ENV, PATH_SECRET, RAW_KEY_A, FakePublisher, std_headers
 
 SOURCES_DOC: dict[str, Any] = {
     "defaults": {"max_body_bytes": 4096},

@@ -5,7 +5,7 @@ that the consume loop runs on every batch.
 The property: every record comes out as exactly one of an event (whose JSON is a
 valid canonical v1 envelope) or a dead letter with a reason from the closed set;
 nothing raises out of the stage. The bounded default profile runs in the README's
-test command; ``HYPOTHESIS_PROFILE=long python3 -m pytest tests/unit/test_fuzz_*.py``
+test command; ``HYPOTHESIS_PROFILE=long python3 -m pytest tests/unit/*/test_fuzz_*.py``
 runs thousands of examples (docs/security.md). Failures hypothesis found are kept
 below as named ``@example`` regressions.
 """

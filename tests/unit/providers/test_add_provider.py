@@ -38,7 +38,7 @@ from hookstream.providers.base import (
     secrets_from,
     top_level_string,
 )
-from tests.unit._support import FakePublisher
+from tests.support import FakePublisher
 
 # ---------------------------------------------------------------- the provider folder
 # What providers/tiny/auth.py would hold: a shared secret in a header.

@@ -6,7 +6,7 @@ retry topic and offered again when due, until their retries run out and they are
 dead-lettered; held events keep their attempt count; failures, malformed
 records, a raising sink and test deliveries end where docs/guarantees.md says.
 The in-memory consumer stands in for the loop's consumer interface only (as in
-test_consume_loop.py), the in-memory producer for the producer; the real broker
+core/test_consume_loop.py), the in-memory producer for the producer; the real broker
 stays in the integration tests (test_sink_isolation.py, test_sink_crm.py, ...).
 """
 

@@ -10,7 +10,7 @@ import pytest
 from hookstream.core.config import ConfigError
 from hookstream.providers.saaya import auth as saaya
 from hookstream.providers.saaya.auth import SaayaVerifier
-from tests.unit._support import (
+from tests.support import (
     ENV,
     HEX_SECRET,
     PLAIN_B,

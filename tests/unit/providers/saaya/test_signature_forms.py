@@ -1,7 +1,7 @@
 """Saaya's configurable signature forms (issue 13, item 5): presets, each option on its
 own, the combined ``t=,v1=`` header, and the start-up checks of the options.
 
-Every form is checked against the independent signer of ``_support.py`` (written from
+Every form is checked against the independent signer of ``tests/support.py`` (written from
 docs/sources.md), and the verifier's own ``sign`` must agree with it, so that
 ``hookstream send``, the load generator and the tests sign what ingest accepts.
 """
@@ -15,7 +15,7 @@ import pytest
 
 from hookstream.core.config import ConfigError
 from hookstream.providers.saaya.auth import PRESETS, SIGNATURE_KEYS, SaayaVerifier
-from tests.unit._support import HEX_SECRET, RAW_KEY_A, H, signature_headers, source, std_headers
+from tests.support import HEX_SECRET, RAW_KEY_A, H, signature_headers, source, std_headers
 
 BODY = b'{"id":"evt_1","type":"session.ended","data":{"x":1}}'
 NOW = 1_800_000_000

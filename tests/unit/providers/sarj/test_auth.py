@@ -7,7 +7,7 @@ import pytest
 from hookstream.core.config import ConfigError
 from hookstream.core.sources import MIN_PATH_SECRET_CHARS
 from hookstream.providers.sarj import auth as sarj
-from tests.unit._support import PATH_SECRET, PATH_SECRET_OLD, H, source
+from tests.support import PATH_SECRET, PATH_SECRET_OLD, H, source
 
 BODY = b'{"call_id":"sarj-call-9","event":"call.completed"}'
 

@@ -9,7 +9,7 @@ import pytest
 from hookstream.core.config import ConfigError
 from hookstream.providers.sawt import auth as sawt
 from hookstream.providers.sawt.auth import SawtVerifier
-from tests.unit._support import (
+from tests.support import (
     BASIC_PASSWORD,
     BASIC_USER,
     PATH_SECRET,

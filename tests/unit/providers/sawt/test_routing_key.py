@@ -21,7 +21,7 @@ from hookstream.devtools.samples import Sample
 from hookstream.ingest.app import MAX_HEADER_VALUE_CHARS, build_app
 from hookstream.ingest.settings import IngestSettings
 from hookstream.providers import base
-from tests.unit._support import (
+from tests.support import (
     ENV,
     PATH_SECRET,
     PATH_SECRET_OLD,
