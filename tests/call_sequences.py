@@ -15,7 +15,7 @@ delivery keeps its receive time, as it does on the raw topic. Two kinds of redel
   first is the one the pipeline keeps, so a retry overtaking its original would stand
   in for it, receive time included (docs/warehouse.md, "Monotonic call state").
 
-Used by ``tests/unit/test_warehouse_fold.py`` (the fold alone, every order) and
+Used by ``tests/unit/sinks/warehouse/test_fold.py`` (the fold alone, every order) and
 ``tests/integration/test_call_order.py`` (the real normalizer, dedupe table, Kafka and
 warehouse).
 """

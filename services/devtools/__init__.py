@@ -7,5 +7,5 @@
     faults      ``hookstream faults``: the fault suite, a pipeline of its own under load
 
 No deployable (the console scripts other than ``hookstream``) imports this package;
-tests/unit/test_devtools_apart.py checks that.
+tests/unit/devtools/test_apart.py checks that.
 """

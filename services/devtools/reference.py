@@ -2,7 +2,7 @@
 
     python -m hookstream.devtools.reference        # prints the Markdown the README embeds
 
-``tests/unit/test_reference.py`` fails when the README's copy differs, so the
+``tests/unit/devtools/test_reference.py`` fails when the README's copy differs, so the
 documented variables and defaults are always the ones the code reads.
 """
 

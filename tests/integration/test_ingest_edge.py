@@ -27,8 +27,7 @@ from hookstream.ingest.edge import LagShedder
 from hookstream.ingest.main import server_config
 from hookstream.ingest.settings import IngestSettings
 
-from ..support import free_port, serve
-from ..unit._support import ENV, SAWT_SECRET, FakePublisher
+from ..support import ENV, SAWT_SECRET, FakePublisher, free_port, serve
 
 MAX_HEADER_BYTES = 4096
 MAX_HEADERS = 20

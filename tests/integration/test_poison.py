@@ -36,7 +36,7 @@ from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 
 from ..support import SOURCES_FILE, free_port, own_topics, read_topic, serve
-from ..unit.test_decoder import poison_body
+from ..unit.normalizer.test_decoder import poison_body
 
 ORDINARY = 600
 CONCURRENCY = 16

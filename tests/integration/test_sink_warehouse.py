@@ -310,7 +310,7 @@ async def test_two_writers_racing_on_one_batch_store_it_once(warehouse: Warehous
 
 async def test_hostile_events_are_written_sanitised_or_dead_lettered(
         warehouse: Warehouse) -> None:
-    """Issue 11 (fuzzing the sinks, tests/unit/test_fuzz_sinks.py), against the real
+    """Issue 11 (fuzzing the sinks, tests/unit/sinks/test_fuzz_sinks.py), against the real
     database: one batch holds NUL in a call id and in ``data``, date-times whose UTC
     instant is past year 9999, a lifecycle event with no source or provider, and an
     event nested 300 deep (orjson reads it off the topic; orjson cannot write it). The

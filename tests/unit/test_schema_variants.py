@@ -52,8 +52,7 @@ from hookstream.sinks.transcripts.sink import TranscriptsSink
 from hookstream.sinks.warehouse.settings import WarehouseSettings
 from hookstream.sinks.warehouse.sink import WarehouseSink
 from hookstream.sinks.warehouse.store import call_key, fold_call
-
-from ..schema_variants import (
+from tests.schema_variants import (
     ITEM,
     Variant,
     dotted,
@@ -65,13 +64,14 @@ from ..schema_variants import (
     set_null,
     variants,
 )
-from ..support import REPO
-from .test_canonical_schema import VALIDATOR as CANONICAL
-from .test_canonical_schema import _format_checker
-from .test_decoder import record
-from .test_fuzz_sinks import CRM_SETTINGS, FakeStore, _crm_server, assert_storable_call_row
-from .test_recordings_sink import MemoryIndex
-from .test_transcripts_sink import MemoryIndex as TranscriptsIndex
+from tests.support import REPO
+
+from .core.test_canonical_schema import VALIDATOR as CANONICAL
+from .core.test_canonical_schema import _format_checker
+from .normalizer.test_decoder import record
+from .sinks.recordings.test_sink import MemoryIndex
+from .sinks.test_fuzz_sinks import CRM_SETTINGS, FakeStore, _crm_server, assert_storable_call_row
+from .sinks.transcripts.test_sink import MemoryIndex as TranscriptsIndex
 
 KINDS = kinds()
 VARIANTS = list(variants())
