@@ -548,7 +548,6 @@ class Spool:
                 continue
             backoff = 0.5
             await self._acknowledge(found[-1][0], len(found))
-            metrics.SPOOL_DRAINED.inc(len(found))
             pause = len(found) / rate - (time.monotonic() - started)
             if pause > 0:
                 await asyncio.sleep(pause)
@@ -562,6 +561,9 @@ class Spool:
         self._ack = position
         async with self._io:  # not while a batch is being written
             self.records -= count
+            # Counted with the records it takes away, so the two never disagree (not
+            # after the segment removal below, which a shutdown may cancel).
+            metrics.SPOOL_DRAINED.inc(count)
             if self.records == 0:
                 # Everything acknowledged: close the segment being written so that it is
                 # removed too (the next append starts a new one); bytes return to 0.
