@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
 
-from ...core.config import ConfigError, env
+from ...core.config import ConfigError, env, secret
 from ...providers import recording_hosts_note
 
 STORES = ("local", "s3")
 MIB = 1024 * 1024
 S3_MIN_PART = 5 * MIB  # S3's smallest part of a multipart upload (but the last)
 S3_MAX_PARTS = 10_000  # and its most parts per upload
-
-
-def _secret(name: str, doc: str) -> Any:
-    """Like ``env`` but kept out of the dataclass repr (and so out of logs)."""
-    return dataclasses.field(default="", repr=False, metadata={"env": name, "doc": doc})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +57,11 @@ class RecordingsSettings:
                              "s3 store: part size of a multipart upload (at least 5 MiB; "
                              "one part per upload is in memory at a time)")
     s3_access_key_id: str = env("HOOKSTREAM_S3_ACCESS_KEY_ID", "", "s3 store: access key id")
-    s3_secret_access_key: str = _secret("HOOKSTREAM_S3_SECRET_ACCESS_KEY",
-                                        "s3 store: secret access key")
-    s3_session_token: str = _secret("HOOKSTREAM_S3_SESSION_TOKEN",
-                                    "s3 store: session token of temporary credentials "
-                                    "(optional)")
+    s3_secret_access_key: str = secret("HOOKSTREAM_S3_SECRET_ACCESS_KEY",
+                                       "s3 store: secret access key")
+    s3_session_token: str = secret("HOOKSTREAM_S3_SESSION_TOKEN",
+                                   "s3 store: session token of temporary credentials "
+                                   "(optional)")
 
     def validate(self) -> None:
         if self.store not in STORES:

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
 
-from ...core.config import ConfigError, env
+from ...core.config import ConfigError, env, secret
 from ...providers import transcript_hosts
 
 MIB = 1024 * 1024
-
-
-def _secret(name: str, doc: str) -> Any:
-    """Like ``env`` but kept out of the dataclass repr (and so out of logs)."""
-    return dataclasses.field(default="", repr=False, metadata={"env": name, "doc": doc})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +37,7 @@ class TranscriptsSettings:
         "tests and development only: also fetch from loopback, private and link-local "
         "addresses (never cloud metadata, multicast or unspecified ones); false: only public "
         "addresses, checked after DNS resolution on every redirect hop")
-    authorization: str = _secret(
+    authorization: str = secret(
         "HOOKSTREAM_TRANSCRIPTS_AUTHORIZATION",
         "Authorization header sent with every transcript fetch, e.g. `Bearer <the "
         "provider's API key>` (empty: none); never sent on a redirect to another host")
