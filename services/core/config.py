@@ -31,6 +31,12 @@ def env(name: str, default: Any, doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"env": name, "doc": doc})
 
 
+def secret(name: str, doc: str) -> Any:
+    """Like :func:`env` (default empty) but kept out of the dataclass repr, and so out
+    of logs."""
+    return dataclasses.field(default="", repr=False, metadata={"env": name, "doc": doc})
+
+
 def _convert(name: str, raw: str, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):

@@ -49,6 +49,9 @@ class Reasons:
     unavailable: str
     too_large: str
     allowed_hosts_setting: str
+    # What a permanent 4xx most likely means for this sink's URLs, added to the
+    # dead-letter detail (e.g. "a signed URL that expired, or a recording that is gone").
+    unavailable_hint: str = ""
 
 
 class FetchFailed(Exception):
@@ -297,14 +300,17 @@ def make_client(allowed_hosts: Sequence[str], reasons: Reasons, *, timeout_s: fl
 
 
 def check_status(response: httpx.Response, reasons: Reasons) -> None:
-    """200 passes; 408/425/429/5xx are transient; any other status is permanent."""
+    """200 passes; 408/425/429/5xx are transient; any other status is permanent (the
+    status kept on the failure: a 4xx may be an expired signed URL, see
+    :attr:`FetchFailed.expired`)."""
     code = response.status_code
     where = describe(response.url)
     if code == 200:
         return
     if code in TRANSIENT_STATUS or code >= 500:
         raise FetchTransient(f"GET {where}: HTTP {code}")
-    raise FetchFailed(reasons.unavailable, f"GET {where}: HTTP {code}")
+    hint = f" ({reasons.unavailable_hint})" if reasons.unavailable_hint else ""
+    raise FetchFailed(reasons.unavailable, f"GET {where}: HTTP {code}{hint}", code)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,13 +319,14 @@ class Fetched:
     content_type: str | None
 
 
-async def read_capped(client: httpx.AsyncClient, url: str, reasons: Reasons, *,
-                      max_bytes: int, timeout_s: float) -> Fetched:
-    """GET ``url`` into memory, at most ``max_bytes``: refused from Content-Length
-    before reading, else as soon as the count passes the cap (the rest is never
-    read). ``timeout_s`` bounds the whole exchange, first byte to last. Raises
-    :class:`FetchFailed` (permanent) or :class:`FetchTransient`."""
-    chunks: list[bytes] = []
+async def stream_capped(client: httpx.AsyncClient, url: str, reasons: Reasons, *,
+                        max_bytes: int, timeout_s: float,
+                        take: Callable[[bytes], None]) -> str | None:
+    """GET ``url``, each chunk of the body handed to ``take``, at most ``max_bytes`` in
+    all: refused from Content-Length before reading, else as soon as the count passes
+    the cap (the rest is never read). ``timeout_s`` bounds the whole exchange, first
+    byte to last. Returns the response's content type. Raises :class:`FetchFailed`
+    (permanent) or :class:`FetchTransient`; what ``take`` raises passes through."""
     size = 0
     try:
         async with asyncio.timeout(timeout_s), client.stream("GET", url) as response:
@@ -333,8 +340,9 @@ async def read_capped(client: httpx.AsyncClient, url: str, reasons: Reasons, *,
                 if size > max_bytes:
                     raise FetchFailed(reasons.too_large, f"GET {describe(url)}: more than "
                                       f"{max_bytes} bytes; download abandoned")
-                chunks.append(chunk)
-            content_type = response.headers.get("content-type")
+                take(chunk)
+            content_type: str | None = response.headers.get("content-type")
+            return content_type
     except (FetchFailed, FetchTransient):
         raise
     except (TimeoutError, httpx.TimeoutException) as exc:
@@ -349,4 +357,12 @@ async def read_capped(client: httpx.AsyncClient, url: str, reasons: Reasons, *,
         # Connection refused or reset, a protocol error, an undecodable body: the
         # source may answer properly next time.
         raise FetchTransient(f"GET {describe(url)}: {type(exc).__name__}") from exc
+
+
+async def read_capped(client: httpx.AsyncClient, url: str, reasons: Reasons, *,
+                      max_bytes: int, timeout_s: float) -> Fetched:
+    """GET ``url`` into memory (:func:`stream_capped`)."""
+    chunks: list[bytes] = []
+    content_type = await stream_capped(client, url, reasons, max_bytes=max_bytes,
+                                       timeout_s=timeout_s, take=chunks.append)
     return Fetched(b"".join(chunks), content_type)

@@ -274,8 +274,10 @@ async def test_index_upserts_only_changes_and_fills_calls_either_way(env: Env) -
         await warehouse.write([before])
 
         def row(event: dict[str, Any], location: str, sha: str = "ab") -> RecordingRow:
-            return RecordingRow(f"sarj:{event['call_id']}", "sarj", event["call_id"],
-                                event["event_id"], location, 10, sha, "audio/wav", "h")
+            return RecordingRow(call_key=f"sarj:{event['call_id']}", provider="sarj",
+                                call_id=event["call_id"], event_id=event["event_id"],
+                                location=location, bytes=10, sha256=sha,
+                                content_type="audio/wav", source_url_host="h")
 
         await index.record([row(before, "file:///r/1.wav"), row(after, "file:///r/2.wav")])
         first = {r["call_key"]: r for r in await pool.fetch("SELECT * FROM recordings")}

@@ -294,9 +294,11 @@ async def test_index_and_trigger_agree_in_either_order(env: Env) -> None:
         def row(event: dict[str, Any], sha: str = "ab",
                 found: list[dict[str, str]] | None = None) -> TranscriptRow:
             sid = event["session_id"]
-            return TranscriptRow(f"saaya:{sid}", "saaya", sid, event["event_id"],
-                                 orjson.dumps(found or turns(sid)).decode(),
-                                 found or turns(sid), 10, sha, "application/json", "h")
+            return TranscriptRow(call_key=f"saaya:{sid}", provider="saaya", call_id=sid,
+                                 event_id=event["event_id"],
+                                 document=orjson.dumps(found or turns(sid)).decode(),
+                                 turns=found or turns(sid), bytes=10, sha256=sha,
+                                 content_type="application/json", source_url_host="h")
 
         await index.record([row(before), row(after)])
         first = await pool.fetchval("SELECT stored_at FROM transcripts WHERE call_key = $1",
@@ -315,8 +317,10 @@ async def test_index_and_trigger_agree_in_either_order(env: Env) -> None:
         await warehouse.write([{**sarj, "event_id": str(uuid.uuid4()),
                                 "transcript_url": "http://h/x"}])
         key = f"sarj:{sarj['call_id']}"
-        await index.record([TranscriptRow(key, "sarj", sarj["call_id"], sarj["event_id"],
-                                          "[]", [], 2, "cd", None, "h")])
+        await index.record([TranscriptRow(call_key=key, provider="sarj",
+                                          call_id=sarj["call_id"], event_id=sarj["event_id"],
+                                          document="[]", turns=[], bytes=2, sha256="cd",
+                                          content_type=None, source_url_host="h")])
         stored = await pool.fetchval(
             f"SELECT transcript FROM {env.schema}.calls WHERE call_key = $1", key)
         assert orjson.loads(stored) == inline

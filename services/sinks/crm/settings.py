@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import zoneinfo
-from typing import Any
 
-from ...core.config import ConfigError, env
+from ...core.config import ConfigError, env, secret
 
 ADAPTERS = ("hubspot", "webhook")
-
-
-def _secret(name: str, doc: str) -> Any:
-    """Like ``env`` but kept out of the dataclass repr (and so out of logs)."""
-    return dataclasses.field(default="", repr=False, metadata={"env": name, "doc": doc})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,12 +16,12 @@ class CRMSettings:
                        "CRM adapter: hubspot (HubSpot CRM v3 shapes) or webhook (generic JSON)")
     url: str = env("HOOKSTREAM_CRM_URL", "https://api.hubapi.com",
                    "base URL of the HubSpot-shaped CRM API")
-    token: str = _secret("HOOKSTREAM_CRM_TOKEN",
-                         "bearer token of the CRM API (HubSpot private app token)")
+    token: str = secret("HOOKSTREAM_CRM_TOKEN",
+                        "bearer token of the CRM API (HubSpot private app token)")
     webhook_url: str = env("HOOKSTREAM_CRM_WEBHOOK_URL", "",
                            "webhook adapter: URL that receives one JSON document per event")
-    webhook_token: str = _secret("HOOKSTREAM_CRM_WEBHOOK_TOKEN",
-                                 "webhook adapter: optional bearer token sent with each POST")
+    webhook_token: str = secret("HOOKSTREAM_CRM_WEBHOOK_TOKEN",
+                                "webhook adapter: optional bearer token sent with each POST")
     timeout_s: float = env("HOOKSTREAM_CRM_TIMEOUT_S", 10.0,
                            "timeout of one CRM request (connect, read, write each)")
     max_retries: int = env("HOOKSTREAM_CRM_MAX_RETRIES", 3,

@@ -38,19 +38,18 @@ address checked would be the proxy's, not the target's.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpcore
 import httpx
 
 from ...core.errors import sink_reasons
+from .. import egress
 
 # The guard and the failure classes live in ../egress.py, shared with the transcripts
 # sink; re-exported here under their old names (fetch.FetchFailed, ...).
@@ -61,7 +60,6 @@ from ..egress import GuardedBackend as GuardedBackend
 from ..egress import Resolver as Resolver
 from ..egress import address_refused as address_refused
 from ..egress import describe as describe
-from ..egress import guarded_transport as _guarded_transport
 from ..egress import host_allowed as host_allowed
 from ..egress import resolve_host as resolve_host
 from .store import Spooled, StoreError
@@ -70,19 +68,16 @@ from .store import Spooled, StoreError
 RECORDING_UNAVAILABLE, RECORDING_TOO_LARGE, RECORDING_URL_REJECTED = sink_reasons(
     "recordings", "recording_unavailable", "recording_too_large", "recording_url_rejected")
 
-TRANSIENT_STATUS = frozenset({408, 425, 429})
+REASONS = egress.Reasons(url_rejected=RECORDING_URL_REJECTED,
+                         unavailable=RECORDING_UNAVAILABLE, too_large=RECORDING_TOO_LARGE,
+                         allowed_hosts_setting="HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS",
+                         unavailable_hint="a signed URL that expired, or a recording that "
+                                          "is gone")
 
 
 def check_url(url: str, allowed: Sequence[str]) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchFailed(RECORDING_URL_REJECTED, f"not an http(s) URL: {describe(url)}")
-    if not allowed:
-        raise FetchFailed(RECORDING_URL_REJECTED,
-                          "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS is empty: no host is allowed")
-    if not host_allowed(parts.hostname, allowed):
-        raise FetchFailed(RECORDING_URL_REJECTED,
-                          f"host {parts.hostname} is not in HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS")
+    """egress.check_url, refusing with ``recording_url_rejected``."""
+    egress.check_url(url, allowed, REASONS)
 
 
 def guarded_transport(max_connections: int, *, allow_private: bool = False,
@@ -90,37 +85,19 @@ def guarded_transport(max_connections: int, *, allow_private: bool = False,
                       backend: httpcore.AsyncNetworkBackend | None = None,
                       ) -> httpx.AsyncHTTPTransport:
     """egress.guarded_transport, refusing with ``recording_url_rejected``."""
-    return _guarded_transport(max_connections, refused_reason=RECORDING_URL_REJECTED,
-                              allow_private=allow_private, resolve=resolve, backend=backend)
+    return egress.guarded_transport(max_connections, refused_reason=RECORDING_URL_REJECTED,
+                                    allow_private=allow_private, resolve=resolve,
+                                    backend=backend)
 
 
 def make_client(allowed_hosts: Sequence[str], timeout_s: float, max_connections: int,
                 transport: httpx.AsyncBaseTransport | None = None, *,
                 allow_private: bool = False) -> httpx.AsyncClient:
-    """The download client: follows at most 5 redirects; every hop is checked against
-    the allowed hosts (the request hook) and connected only to a public address
-    (:func:`guarded_transport`; ``transport`` replaces it in tests)."""
-    async def check(request: httpx.Request) -> None:
-        check_url(str(request.url), allowed_hosts)
-
-    return httpx.AsyncClient(
-        transport=transport or guarded_transport(max_connections,
-                                                 allow_private=allow_private),
-        follow_redirects=True, max_redirects=5, trust_env=False,
-        timeout=httpx.Timeout(timeout_s),
-        headers={"user-agent": "hookstream-sink-recordings/1"},
-        event_hooks={"request": [check]})
-
-
-def _status(response: httpx.Response) -> None:
-    code = response.status_code
-    where = describe(response.url)
-    if code == 200:
-        return
-    if code in TRANSIENT_STATUS or code >= 500:
-        raise FetchTransient(f"GET {where}: HTTP {code}")
-    raise FetchFailed(RECORDING_UNAVAILABLE, f"GET {where}: HTTP {code} (a signed URL that "
-                      "expired, or a recording that is gone)", code)
+    """egress.make_client with the recordings sink's reasons and user agent."""
+    return egress.make_client(allowed_hosts, REASONS, timeout_s=timeout_s,
+                              max_connections=max_connections,
+                              user_agent="hookstream-sink-recordings/1", transport=transport,
+                              allow_private=allow_private)
 
 
 async def download(client: httpx.AsyncClient, url: str, spool_dir: Path, *, max_bytes: int,
@@ -135,41 +112,25 @@ async def download(client: httpx.AsyncClient, url: str, spool_dir: Path, *, max_
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            async with asyncio.timeout(timeout_s), client.stream("GET", url) as response:
-                _status(response)
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise FetchFailed(RECORDING_TOO_LARGE, f"GET {describe(url)}: "
-                                      f"Content-Length {declared} > {max_bytes} bytes")
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise FetchFailed(RECORDING_TOO_LARGE, f"GET {describe(url)}: more "
-                                          f"than {max_bytes} bytes; download abandoned")
-                    digest.update(chunk)
-                    try:
-                        out.write(chunk)
-                    except OSError as exc:
-                        raise StoreError(f"spool file {path}: {exc!r}") from exc
-                content_type = response.headers.get("content-type")
+            def spool(chunk: bytes) -> None:
+                nonlocal size
+                size += len(chunk)
+                digest.update(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise StoreError(f"spool file {path}: {exc!r}") from exc
+
+            content_type = await egress.stream_capped(client, url, REASONS,
+                                                      max_bytes=max_bytes,
+                                                      timeout_s=timeout_s, take=spool)
     except BaseException as exc:
         # Also on cancellation, where awaiting a thread is not dependable; an unlink is a
         # metadata operation on a local file.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        if isinstance(exc, FetchFailed | FetchTransient | StoreError):
-            raise
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
-            raise FetchTransient(f"GET {describe(url)}: timed out after {size} bytes "
-                                 f"({timeout_s} s allowed)") from exc
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-            raise FetchFailed(RECORDING_URL_REJECTED, f"GET {describe(url)}: {exc}") from exc
-        if isinstance(exc, httpx.TooManyRedirects):
-            raise FetchFailed(RECORDING_UNAVAILABLE,
-                              f"GET {describe(url)}: too many redirects") from exc
-        if isinstance(exc, httpx.HTTPError):
-            raise FetchTransient(f"GET {describe(url)}: {type(exc).__name__}") from exc
         if isinstance(exc, OSError):
+            # Closing the spool file (its last write) failed: our disk, not the source.
             raise StoreError(f"spool file {path}: {exc!r}") from exc
         raise
     return Spooled(path, size, digest.hexdigest(), content_type)

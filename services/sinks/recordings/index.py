@@ -7,20 +7,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
-import asyncpg
+from ..fetching.index import FetchedRow, PgIndex, in_lock_order
 
 
-@dataclasses.dataclass(frozen=True)
-class RecordingRow:
-    call_key: str  # "<provider>:<call id>", as calls.call_key
-    provider: str
-    call_id: str
-    event_id: str
-    location: str
-    bytes: int
-    sha256: str
-    content_type: str | None
-    source_url_host: str | None
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecordingRow(FetchedRow):
+    location: str  # where the store put it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,20 +50,17 @@ WHERE call_key = $1 AND recording_location IS DISTINCT FROM $2
 """
 
 
-class PgRecordingsIndex:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+class PgRecordingsIndex(PgIndex):
+    table = "recordings"
 
     async def known(self, call_keys: Sequence[str]) -> dict[str, Known]:
-        rows = await self._pool.fetch(
-            "SELECT call_key, location, bytes FROM recordings WHERE call_key = ANY($1::text[])",
-            list(call_keys))
+        rows = await self._stored(call_keys, "location", "bytes")
         return {r["call_key"]: Known(r["location"], r["bytes"]) for r in rows}
 
     async def record(self, rows: Sequence[RecordingRow]) -> None:
         if not rows:
             return
-        ordered = sorted(rows, key=lambda r: r.call_key)  # one lock order across replicas
+        ordered = in_lock_order(rows)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.executemany(UPSERT, [
                 (r.call_key, r.provider, r.call_id, r.event_id, r.location, r.bytes, r.sha256,

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
 
-from ...core.config import ConfigError, env
+from ...core.config import ConfigError, env, secret
 from ...providers import recording_hosts_note
+from ..fetching import settings as fetching
+from ..fetching.settings import MIB
 
 STORES = ("local", "s3")
-MIB = 1024 * 1024
 S3_MIN_PART = 5 * MIB  # S3's smallest part of a multipart upload (but the last)
 S3_MAX_PARTS = 10_000  # and its most parts per upload
 
 
-def _secret(name: str, doc: str) -> Any:
-    """Like ``env`` but kept out of the dataclass repr (and so out of logs)."""
-    return dataclasses.field(default="", repr=False, metadata={"env": name, "doc": doc})
+WORDS = fetching.Words(thing="recording", things="recordings", act="download",
+                       acts="downloads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,28 +25,19 @@ class RecordingsSettings:
                      "where recordings go: local (a directory) or s3 (an S3-compatible bucket)")
     dir: str = env("HOOKSTREAM_RECORDINGS_DIR", ".stack/recordings",
                    "local store: root directory (relative: to the working directory)")
-    max_bytes: int = env("HOOKSTREAM_RECORDINGS_MAX_BYTES", 200 * MIB,
-                         "largest recording fetched; a larger one is dead-lettered "
-                         "(recording_too_large) without reading the rest")
-    download_timeout_s: float = env(
-        "HOOKSTREAM_RECORDINGS_DOWNLOAD_TIMEOUT_S", 120.0,
-        "longest time for one download, start to last byte (also the connect/read timeout)")
-    concurrency: int = env("HOOKSTREAM_RECORDINGS_CONCURRENCY", 4,
-                           "downloads in flight at once")
-    batch_deadline_s: float = env(
-        "HOOKSTREAM_RECORDINGS_BATCH_DEADLINE_S", 120.0,
-        "no new download starts after this long on one batch; the rest is parked on the "
-        "retry topic (keeps the consumer inside max.poll.interval)")
-    allowed_hosts: tuple[str, ...] = env(
-        "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS", (),
-        "hosts recordings may be fetched from, redirects included (exact name, or .suffix "
-        "for its subdomains); empty: none, every recording is dead-lettered "
-        f"(recording_url_rejected). {recording_hosts_note()}")
-    allow_private_addresses: bool = env(
-        "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES", False,
-        "tests and development only: also fetch from loopback, private and link-local "
-        "addresses (never cloud metadata, multicast or unspecified ones); false: only public "
-        "addresses, checked after DNS resolution on every redirect hop")
+    max_bytes: int = fetching.max_bytes_setting("HOOKSTREAM_RECORDINGS_MAX_BYTES", 200 * MIB,
+                                                 WORDS, "recording_too_large")
+    download_timeout_s: float = fetching.timeout_setting(
+        "HOOKSTREAM_RECORDINGS_DOWNLOAD_TIMEOUT_S", 120.0, WORDS)
+    concurrency: int = fetching.concurrency_setting("HOOKSTREAM_RECORDINGS_CONCURRENCY", 4,
+                                                    WORDS)
+    batch_deadline_s: float = fetching.batch_deadline_setting(
+        "HOOKSTREAM_RECORDINGS_BATCH_DEADLINE_S", 120.0, WORDS)
+    allowed_hosts: tuple[str, ...] = fetching.allowed_hosts_setting(
+        "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS", (), WORDS, "recording_url_rejected",
+        note=recording_hosts_note())
+    allow_private_addresses: bool = fetching.allow_private_setting(
+        "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES")
     s3_endpoint: str = env("HOOKSTREAM_S3_ENDPOINT", "",
                            "s3 store: endpoint URL, e.g. https://s3.eu-central-1.amazonaws.com "
                            "or http://127.0.0.1:9000 (path-style requests)")
@@ -63,28 +53,22 @@ class RecordingsSettings:
                              "s3 store: part size of a multipart upload (at least 5 MiB; "
                              "one part per upload is in memory at a time)")
     s3_access_key_id: str = env("HOOKSTREAM_S3_ACCESS_KEY_ID", "", "s3 store: access key id")
-    s3_secret_access_key: str = _secret("HOOKSTREAM_S3_SECRET_ACCESS_KEY",
-                                        "s3 store: secret access key")
-    s3_session_token: str = _secret("HOOKSTREAM_S3_SESSION_TOKEN",
-                                    "s3 store: session token of temporary credentials "
-                                    "(optional)")
+    s3_secret_access_key: str = secret("HOOKSTREAM_S3_SECRET_ACCESS_KEY",
+                                       "s3 store: secret access key")
+    s3_session_token: str = secret("HOOKSTREAM_S3_SESSION_TOKEN",
+                                   "s3 store: session token of temporary credentials "
+                                   "(optional)")
+
+    @property
+    def timeout_s(self) -> float:
+        """``download_timeout_s``, as the fetching sink reads it."""
+        return self.download_timeout_s
 
     def validate(self) -> None:
         if self.store not in STORES:
             raise ConfigError(f"HOOKSTREAM_RECORDINGS_STORE={self.store!r}: expected one of "
                               f"{', '.join(STORES)}")
-        if self.max_bytes <= 0:
-            raise ConfigError("HOOKSTREAM_RECORDINGS_MAX_BYTES must be positive")
-        if self.concurrency < 1:
-            raise ConfigError("HOOKSTREAM_RECORDINGS_CONCURRENCY must be >= 1")
-        for name in ("download_timeout_s", "batch_deadline_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"recordings setting {name} must be positive")
-        for host in self.allowed_hosts:
-            if not re.fullmatch(r"\.?[A-Za-z0-9_.:-]+", host) or host.strip(".") == "":
-                raise ConfigError(f"HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS: {host!r} is not a host "
-                                  "name (no scheme, port, path or wildcard; .suffix for "
-                                  "subdomains)")
+        fetching.validate(self, WORDS, timeout_field="download_timeout_s")
         if self.store == "local" and not self.dir:
             raise ConfigError("HOOKSTREAM_RECORDINGS_DIR must not be empty")
         if self.store == "s3":

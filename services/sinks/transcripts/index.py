@@ -7,22 +7,15 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
-import asyncpg
 import orjson
 
+from ..fetching.index import FetchedRow, PgIndex, in_lock_order
 
-@dataclasses.dataclass(frozen=True)
-class TranscriptRow:
-    call_key: str  # "<provider>:<call or session id>", as calls.call_key
-    provider: str
-    call_id: str
-    event_id: str
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TranscriptRow(FetchedRow):
     document: str  # JSON text
-    turns: list[dict[str, str]] | None
-    bytes: int
-    sha256: str
-    content_type: str | None
-    source_url_host: str | None
+    turns: list[dict[str, str]] | None  # canonical turns, None if the shape is unknown
 
 
 class TranscriptsIndex(Protocol):
@@ -57,21 +50,17 @@ WHERE call_key = $1 AND transcript IS NULL
 """
 
 
-class PgTranscriptsIndex:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+class PgTranscriptsIndex(PgIndex):
+    table = "transcripts"
 
     async def known(self, call_keys: Sequence[str]) -> set[str]:
-        rows = await self._pool.fetch(
-            "SELECT call_key FROM transcripts WHERE call_key = ANY($1::text[])",
-            list(call_keys))
-        return {r["call_key"] for r in rows}
+        return {r["call_key"] for r in await self._stored(call_keys)}
 
     async def record(self, rows: Sequence[TranscriptRow]) -> None:
         # One transaction per call: each holds one call's lock at a time, so it can
         # never be half of a lock-order deadlock with the warehouse's batch.
         async with self._pool.acquire() as conn:
-            for r in sorted(rows, key=lambda r: r.call_key):
+            for r in in_lock_order(rows):
                 turns = None if r.turns is None else orjson.dumps(r.turns).decode()
                 async with conn.transaction():
                     await conn.execute(LOCK, r.call_key)

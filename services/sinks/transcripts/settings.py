@@ -3,63 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Any
 
-from ...core.config import ConfigError, env
+from ...core.config import ConfigError, secret
 from ...providers import transcript_hosts
+from ..fetching import settings as fetching
+from ..fetching.settings import MIB
 
-MIB = 1024 * 1024
-
-
-def _secret(name: str, doc: str) -> Any:
-    """Like ``env`` but kept out of the dataclass repr (and so out of logs)."""
-    return dataclasses.field(default="", repr=False, metadata={"env": name, "doc": doc})
+WORDS = fetching.Words(thing="transcript", things="transcripts", act="fetch", acts="fetches")
 
 
 @dataclasses.dataclass(frozen=True)
 class TranscriptsSettings:
-    max_bytes: int = env("HOOKSTREAM_TRANSCRIPTS_MAX_BYTES", 5 * MIB,
-                         "largest transcript fetched; a larger one is dead-lettered "
-                         "(transcript_too_large) without reading the rest")
-    fetch_timeout_s: float = env(
-        "HOOKSTREAM_TRANSCRIPTS_FETCH_TIMEOUT_S", 30.0,
-        "longest time for one fetch, start to last byte (also the connect/read timeout)")
-    concurrency: int = env("HOOKSTREAM_TRANSCRIPTS_CONCURRENCY", 4, "fetches in flight at once")
-    batch_deadline_s: float = env(
-        "HOOKSTREAM_TRANSCRIPTS_BATCH_DEADLINE_S", 60.0,
-        "no new fetch starts after this long on one batch; the rest is parked on the "
-        "retry topic (keeps the consumer inside max.poll.interval)")
+    max_bytes: int = fetching.max_bytes_setting("HOOKSTREAM_TRANSCRIPTS_MAX_BYTES", 5 * MIB,
+                                                 WORDS, "transcript_too_large")
+    fetch_timeout_s: float = fetching.timeout_setting(
+        "HOOKSTREAM_TRANSCRIPTS_FETCH_TIMEOUT_S", 30.0, WORDS)
+    concurrency: int = fetching.concurrency_setting("HOOKSTREAM_TRANSCRIPTS_CONCURRENCY", 4,
+                                                    WORDS)
+    batch_deadline_s: float = fetching.batch_deadline_setting(
+        "HOOKSTREAM_TRANSCRIPTS_BATCH_DEADLINE_S", 60.0, WORDS)
     # The providers' documents show their transcript URLs on their API hosts
     # (ProviderSpec.transcript_hosts); unlike a bucket host, such a name serves nothing
     # else, so they are allowed by default.
-    allowed_hosts: tuple[str, ...] = env(
-        "HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS", transcript_hosts(),
-        "hosts transcripts may be fetched from, redirects included (exact name, or .suffix "
-        "for its subdomains); empty: none, every transcript is dead-lettered "
-        "(transcript_url_rejected)")
-    allow_private_addresses: bool = env(
-        "HOOKSTREAM_TRANSCRIPTS_ALLOW_PRIVATE_ADDRESSES", False,
-        "tests and development only: also fetch from loopback, private and link-local "
-        "addresses (never cloud metadata, multicast or unspecified ones); false: only public "
-        "addresses, checked after DNS resolution on every redirect hop")
-    authorization: str = _secret(
+    allowed_hosts: tuple[str, ...] = fetching.allowed_hosts_setting(
+        "HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS", transcript_hosts(), WORDS,
+        "transcript_url_rejected")
+    allow_private_addresses: bool = fetching.allow_private_setting(
+        "HOOKSTREAM_TRANSCRIPTS_ALLOW_PRIVATE_ADDRESSES")
+    authorization: str = secret(
         "HOOKSTREAM_TRANSCRIPTS_AUTHORIZATION",
         "Authorization header sent with every transcript fetch, e.g. `Bearer <the "
         "provider's API key>` (empty: none); never sent on a redirect to another host")
 
+    @property
+    def timeout_s(self) -> float:
+        """``fetch_timeout_s``, as the fetching sink reads it."""
+        return self.fetch_timeout_s
+
     def validate(self) -> None:
-        if self.max_bytes <= 0:
-            raise ConfigError("HOOKSTREAM_TRANSCRIPTS_MAX_BYTES must be positive")
-        if self.concurrency < 1:
-            raise ConfigError("HOOKSTREAM_TRANSCRIPTS_CONCURRENCY must be >= 1")
-        for name in ("fetch_timeout_s", "batch_deadline_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"transcripts setting {name} must be positive")
-        for host in self.allowed_hosts:
-            if not re.fullmatch(r"\.?[A-Za-z0-9_.:-]+", host) or host.strip(".") == "":
-                raise ConfigError(f"HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS: {host!r} is not a "
-                                  "host name (no scheme, port, path or wildcard; .suffix for "
-                                  "subdomains)")
+        fetching.validate(self, WORDS, timeout_field="fetch_timeout_s")
         if any(c in self.authorization for c in "\r\n"):
             raise ConfigError("HOOKSTREAM_TRANSCRIPTS_AUTHORIZATION must be one line")

@@ -156,8 +156,10 @@ def exposed_series() -> dict[str, tuple[str, frozenset[str]]]:
 
 @functools.cache
 def known_env_vars() -> frozenset[str]:
-    """Every variable a setting is read from (``env("NAME", ...)``, ``_secret``, os.environ)."""
-    pattern = re.compile(r"""(?:\benv|_secret|os\.environ\.get)\(\s*["']([A-Z][A-Z0-9_]+)["']""")
+    """Every variable a setting is read from (``env("NAME", ...)``, ``secret``, the
+    fetching sinks' ``*_setting`` (sinks/fetching/settings.py), os.environ)."""
+    pattern = re.compile(
+        r"""(?:\benv|\bsecret|_setting|os\.environ\.get)\(\s*["']([A-Z][A-Z0-9_]+)["']""")
     names: set[str] = set()
     for path in SERVICES.rglob("*.py"):
         names.update(pattern.findall(path.read_text()))
