@@ -31,7 +31,7 @@ import asyncpg
 import orjson
 import pytest
 
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.kafka import end_offsets, make_producer
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.normalizer.dedupe import DedupeStore
@@ -83,7 +83,7 @@ class Warehouse:
 @pytest.fixture
 async def warehouse(stack: KafkaSettings) -> AsyncIterator[Warehouse]:
     run_id = uuid.uuid4().hex[:10]
-    pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(load(PostgresSettings).dsn, min_size=1, max_size=2)
     found = Warehouse(f"test_order_{run_id}", pool, f"test_dedupe_order_{run_id}")
     try:
         yield found
@@ -125,7 +125,7 @@ async def test_every_order_one_delivery_per_batch(warehouse: Warehouse) -> None:
     run = Run.make("b")
     dedupe = DedupeStore(warehouse.pool, 3600, cache_size=0, table=warehouse.dedupe_table)
     await dedupe.migrate()
-    sink = WarehouseSink(PostgresSettings(), WarehouseSettings(schema=warehouse.schema))
+    sink = WarehouseSink(load(PostgresSettings), WarehouseSettings(schema=warehouse.schema))
     await sink.start()
     try:
         # The normalizer's protocol, one delivery at a time: decode, look the id up in
@@ -167,10 +167,10 @@ async def test_every_order_through_the_running_pipeline(
     settings = NormalizerSettings(group_id=f"test-normalizer-{run_id}", max_batch=4,
                                   dedupe_table=warehouse.dedupe_table, poll_timeout_ms=100)
     stop = asyncio.Event()
-    sink = WarehouseSink(PostgresSettings(), WarehouseSettings(schema=warehouse.schema))
+    sink = WarehouseSink(load(PostgresSettings), WarehouseSettings(schema=warehouse.schema))
     runner = SinkRunner(sink, kafka, SinkSettings(poll_timeout_ms=100, max_batch=4),
                         group_id=f"test-warehouse-{run_id}")
-    tasks = [asyncio.create_task(run_normalizer(settings, kafka, PostgresSettings(), stop,
+    tasks = [asyncio.create_task(run_normalizer(settings, kafka, load(PostgresSettings), stop,
                                                 serve_http=False)),
              asyncio.create_task(runner.run(stop, serve_http=False))]
     try:

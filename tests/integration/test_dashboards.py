@@ -35,7 +35,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
 from hookstream.core import topics
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.sinks.runner import topic_plan
 
 from ..support import REPO, SOURCES_FILE, free_port, local_secrets
@@ -219,7 +219,7 @@ async def until(what: str, check: Any, timeout_s: float) -> None:
 
 async def drop_everything(kafka: KafkaSettings, topic_names: list[str], schema: str,
                           dedupe_table: str) -> None:
-    conn = await asyncpg.connect(PostgresSettings().dsn)
+    conn = await asyncpg.connect(load(PostgresSettings).dsn)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.execute(f'DROP TABLE IF EXISTS "{dedupe_table}"')

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from hookstream.cli import signed_request
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.sources import load_sources
 from hookstream.devtools.samples import samples
 from hookstream.ingest.app import build_app
@@ -136,10 +136,10 @@ async def pipeline(stack: KafkaSettings) -> AsyncIterator[Pipeline]:
     schema = f"test_e2e_{run_id}"
     crm = FakeCRM()
     crm_port, ingest_port, admin_port = free_port(), free_port(), free_port()
-    pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(load(PostgresSettings).dsn, min_size=1, max_size=2)
     sink_settings = SinkSettings(poll_timeout_ms=100, retry_delays_s=("1", "2"),
                                  backoff_max_s=1)
-    pg = PostgresSettings()
+    pg = load(PostgresSettings)
 
     def sink(build: Callable[[], Any], name: str) -> Callable[[asyncio.Event], Awaitable[None]]:
         return lambda stop: SinkRunner(build(), kafka, sink_settings,

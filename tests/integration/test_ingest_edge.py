@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import REGISTRY
 
-from hookstream.core.config import KafkaSettings
+from hookstream.core.config import KafkaSettings, load
 from hookstream.core.sources import parse_sources
 from hookstream.ingest.app import build_app
 from hookstream.ingest.edge import LagShedder
@@ -56,7 +56,7 @@ async def edge() -> AsyncIterator[tuple[int, FakePublisher]]:
     settings = IngestSettings(host="127.0.0.1", port=free_port(), keepalive_timeout_s=10,
                               max_header_bytes=MAX_HEADER_BYTES, max_headers=MAX_HEADERS,
                               header_timeout_s=HEADER_TIMEOUT_S)
-    app = build_app(SOURCES, settings, KafkaSettings(), publisher=fake)  # type: ignore[arg-type]
+    app = build_app(SOURCES, settings, load(KafkaSettings), publisher=fake)  # type: ignore[arg-type]
     async with serve(app, settings.port, server_config(app, settings)):
         yield settings.port, fake
 
@@ -312,7 +312,7 @@ async def test_over_the_concurrency_limit_the_503_carries_retry_after() -> None:
     fake = FakePublisher()
     settings = IngestSettings(host="127.0.0.1", port=free_port(), limit_concurrency=2,
                               header_timeout_s=5, retry_after_s=7)
-    app = build_app(SOURCES, settings, KafkaSettings(), publisher=fake)  # type: ignore[arg-type]
+    app = build_app(SOURCES, settings, load(KafkaSettings), publisher=fake)  # type: ignore[arg-type]
     before = refusals("concurrency")
     async with serve(app, settings.port, server_config(app, settings)):
         with connect(settings.port) as idle, connect(settings.port) as busy:
@@ -346,7 +346,7 @@ async def shedding() -> AsyncIterator[tuple[int, FakePublisher, _Held]]:
     fake = FakePublisher()
     settings = IngestSettings(host="127.0.0.1", port=free_port(), keepalive_timeout_s=10,
                               header_timeout_s=5, retry_after_s=3)
-    app = build_app(SOURCES, settings, KafkaSettings(), publisher=fake)  # type: ignore[arg-type]
+    app = build_app(SOURCES, settings, load(KafkaSettings), publisher=fake)  # type: ignore[arg-type]
     config = server_config(app, settings)
     held = _Held(0.5)
     held.floor = 0.0

@@ -24,7 +24,7 @@ import pytest
 
 from hookstream.cli import _redrive, signed_request
 from hookstream.core import dlq
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.kafka import make_producer
 from hookstream.core.sources import Source, load_sources
 from hookstream.devtools.samples import Sample, samples
@@ -129,7 +129,7 @@ async def pipeline(stack: KafkaSettings) -> AsyncIterator[Pipeline]:
                 if (await client.get("/readyz")).status_code == 200:
                     break
                 await asyncio.sleep(0.1)
-        yield Pipeline(kafka, settings, PostgresSettings(), sources, url)
+        yield Pipeline(kafka, settings, load(PostgresSettings), sources, url)
 
 
 SOURCE_OF = {"saaya": "saaya-main", "sawt": "sawt-main", "sarj": "sarj-main"}

@@ -24,7 +24,7 @@ import pytest
 
 from hookstream.cli import signed_request
 from hookstream.core import dlq
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.sources import Source, load_sources
 from hookstream.devtools.samples import Sample, samples
 from hookstream.ingest.app import build_app
@@ -79,7 +79,7 @@ async def running_stack(stack: KafkaSettings) -> AsyncIterator[Stack]:
     run_id = uuid.uuid4().hex[:10]
     kafka = await own_topics(stack, run_id)
     schema = f"test_poison_{run_id}"
-    pg = PostgresSettings()
+    pg = load(PostgresSettings)
     pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=2)
     stop = asyncio.Event()
     normalizer = asyncio.create_task(run_normalizer(

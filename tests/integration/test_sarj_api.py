@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from hookstream import cli
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.kafka import make_producer
 from hookstream.core.record import H_ORIGIN, RawDelivery, new_request_id, now_ms
 from hookstream.normalizer.service import run as run_normalizer
@@ -96,7 +96,7 @@ async def pipeline(stack: KafkaSettings) -> Any:
     run_id = uuid.uuid4().hex[:10]
     kafka = await own_topics(stack, run_id)
     schema = f"test_bf_{run_id}"
-    pg = PostgresSettings()
+    pg = load(PostgresSettings)
     pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=2)
     services = [
         lambda stop: run_normalizer(

@@ -26,7 +26,7 @@ import asyncpg
 import orjson
 import pytest
 
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.kafka import end_offsets, make_producer
 from hookstream.core.record import LocalRecord, RawDelivery
 from hookstream.core.schemas import SchemaRegistry
@@ -99,7 +99,7 @@ class Warehouse:
 @pytest.fixture
 async def warehouse(stack: KafkaSettings) -> AsyncIterator[Warehouse]:
     schema = f"test_variants_{uuid.uuid4().hex[:10]}"
-    pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(load(PostgresSettings).dsn, min_size=1, max_size=2)
     try:
         yield Warehouse(schema, pool)
     finally:
@@ -117,7 +117,7 @@ async def test_every_variant_is_a_warehouse_row(warehouse: Warehouse) -> None:
         events[event.event_id] = (variant, orjson.loads(event.to_json()))
     assert len(events) == len(todo)  # no two variants are one event
 
-    sink = WarehouseSink(PostgresSettings(), WarehouseSettings(schema=warehouse.schema))
+    sink = WarehouseSink(load(PostgresSettings), WarehouseSettings(schema=warehouse.schema))
     await sink.start()
     try:
         # The sink's write path, in batches of the size it is offered off the topic.
@@ -172,10 +172,10 @@ async def test_every_variant_through_the_running_pipeline(
         await producer.stop()
 
     stop = asyncio.Event()
-    sink = WarehouseSink(PostgresSettings(), WarehouseSettings(schema=warehouse.schema))
+    sink = WarehouseSink(load(PostgresSettings), WarehouseSettings(schema=warehouse.schema))
     runner = SinkRunner(sink, kafka, SinkSettings(poll_timeout_ms=100),
                         group_id=f"test-warehouse-{run_id}")
-    tasks = [asyncio.create_task(run_normalizer(settings, kafka, PostgresSettings(), stop,
+    tasks = [asyncio.create_task(run_normalizer(settings, kafka, load(PostgresSettings), stop,
                                                 serve_http=False)),
              asyncio.create_task(runner.run(stop, serve_http=False))]
     try:

@@ -23,7 +23,7 @@ from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from hookstream.core import dlq, topics
-from hookstream.core.config import KafkaSettings
+from hookstream.core.config import KafkaSettings, load
 from hookstream.core.headers import H_ATTEMPT, H_NOT_BEFORE
 from hookstream.core.kafka import end_offsets, make_consumer, make_producer, topic_partitions
 from hookstream.sinks.crm.settings import CRMSettings
@@ -34,7 +34,7 @@ from hookstream.sinks.runner import topic_plan as sink_topic_plan
 from ..fakes.crm import MAX_STRING, TOKEN, FakeCRM, example, utf16_len
 from ..support import caught_up, free_port, serve
 
-RETRY_TOPIC, DLQ_TOPIC = sink_topics(KafkaSettings(), "crm")
+RETRY_TOPIC, DLQ_TOPIC = sink_topics(load(KafkaSettings), "crm")
 
 
 @dataclasses.dataclass

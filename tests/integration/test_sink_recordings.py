@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hookstream.core import dlq, topics
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.kafka import end_offsets, make_consumer, make_producer, scan
 from hookstream.providers.sarj.api import SarjApi
 from hookstream.sinks.recordings.index import PgRecordingsIndex, RecordingRow
@@ -96,8 +96,8 @@ class Env:
         # allowed (tests and development only; production allows public addresses only).
         settings = RecordingsSettings(dir=str(self.root), allowed_hosts=("127.0.0.1",),
                                       allow_private_addresses=allow_private)
-        sink = RecordingsSink(settings, PostgresSettings(), WarehouseSettings(schema=self.schema),
-                              api=api)
+        sink = RecordingsSink(settings, load(PostgresSettings),
+                              WarehouseSettings(schema=self.schema), api=api)
         runner = SinkRunner(sink, self.kafka, SinkSettings(poll_timeout_ms=100),
                             group_id=f"test-recordings-{self.run_id}")
         task = asyncio.create_task(runner.run(stop, serve_http=False))
@@ -142,7 +142,7 @@ async def env(stack: KafkaSettings, tmp_path: Path) -> AsyncIterator[Env]:
     kafka = dataclasses.replace(stack, events_topic=f"test.events.{run_id}")
     await topics.ensure(kafka, [topics.TopicSpec(kafka.events_topic, 3, topics.DAY_MS, "t")])
     schema = f"test_rec_{run_id}"
-    pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(load(PostgresSettings).dsn, min_size=1, max_size=2)
     try:
         yield Env(kafka, schema, pool, tmp_path / "recordings", run_id)
     finally:
@@ -168,7 +168,7 @@ async def test_recordings_are_stored_recorded_and_redelivery_changes_nothing(env
                    if orjson.loads(p.read_bytes())["type"] == "call.started")
     others = [{**sawt, "event_id": str(uuid.uuid4())}, {**started, "event_id": str(uuid.uuid4())}]
 
-    wh_pool = await WarehouseStore.create_pool(PostgresSettings(), env.schema)
+    wh_pool = await WarehouseStore.create_pool(load(PostgresSettings), env.schema)
     warehouse = WarehouseStore(wh_pool)
     try:
         async with serve(bucket.app(), bucket.port), env.running() as sink:
@@ -264,7 +264,7 @@ async def _caught_up(env: Env) -> bool:
 
 
 async def test_index_upserts_only_changes_and_fills_calls_either_way(env: Env) -> None:
-    pool = await WarehouseStore.create_pool(PostgresSettings(), env.schema)
+    pool = await WarehouseStore.create_pool(load(PostgresSettings), env.schema)
     try:
         warehouse = WarehouseStore(pool)
         await warehouse.migrate()

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hookstream.core import dlq, topics
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.kafka import end_offsets, make_consumer, make_producer, scan
 from hookstream.sinks.base import RETRIES_EXHAUSTED
 from hookstream.sinks.runner import SinkRunner, SinkSettings, sink_topics
@@ -97,7 +97,8 @@ class Env:
                                         "allow_private_addresses": True,
                                         "authorization": TOKEN, "fetch_timeout_s": 3.0,
                                         **settings})
-        sink = TranscriptsSink(config, PostgresSettings(), WarehouseSettings(schema=self.schema))
+        sink = TranscriptsSink(config, load(PostgresSettings),
+                               WarehouseSettings(schema=self.schema))
         # Short retry delays: an unreachable source is re-offered twice, then dead-lettered.
         runner = SinkRunner(sink, self.kafka, SinkSettings(poll_timeout_ms=100,
                                                            retry_delays_s=("0.5", "0.5")),
@@ -166,7 +167,7 @@ async def env(stack: KafkaSettings) -> AsyncIterator[Env]:
                                 sink_topic_prefix=f"test.tr.{run_id}.sink")
     await topics.ensure(kafka, [topics.TopicSpec(kafka.events_topic, 3, topics.DAY_MS, "t")])
     schema = f"test_tr_{run_id}"
-    pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(load(PostgresSettings).dsn, min_size=1, max_size=2)
     try:
         yield Env(kafka, schema, pool, run_id)
     finally:
@@ -187,7 +188,7 @@ async def test_transcripts_are_stored_with_the_session_either_order_and_once(env
     early, late = (f"ses_{env.run_id}_{n}" for n in ("early", "late"))
     events = [session("session.ended", early, api.add(early)),
               session("session.ended", late, api.add(late))]
-    wh_pool = await WarehouseStore.create_pool(PostgresSettings(), env.schema)
+    wh_pool = await WarehouseStore.create_pool(load(PostgresSettings), env.schema)
     warehouse = WarehouseStore(wh_pool)
     try:
         async with serve(api.app(), api.port), env.running() as sink:
@@ -282,7 +283,7 @@ async def test_index_and_trigger_agree_in_either_order(env: Env) -> None:
     """The index alone: an identical upsert leaves the row; calls.transcript is filled
     whichever of the call and its transcript is written first, never over an inline
     transcript, and survives every later fold of the call."""
-    pool = await WarehouseStore.create_pool(PostgresSettings(), env.schema)
+    pool = await WarehouseStore.create_pool(load(PostgresSettings), env.schema)
     try:
         warehouse = WarehouseStore(pool)
         await warehouse.migrate()

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from hookstream.core import topics
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.kafka import make_producer
 from hookstream.sinks.runner import SinkRunner, SinkSettings
 from hookstream.sinks.warehouse.settings import WarehouseSettings
@@ -54,7 +54,7 @@ class Warehouse:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[WarehouseSink]:
         stop = asyncio.Event()
-        sink = WarehouseSink(PostgresSettings(), WarehouseSettings(schema=self.schema))
+        sink = WarehouseSink(load(PostgresSettings), WarehouseSettings(schema=self.schema))
         runner = SinkRunner(sink, self.kafka, SinkSettings(poll_timeout_ms=100),
                             group_id=f"test-warehouse-{self.schema}")
         task = asyncio.create_task(runner.run(stop, serve_http=False))
@@ -86,7 +86,7 @@ async def warehouse(stack: KafkaSettings) -> AsyncIterator[Warehouse]:
                                 sink_topic_prefix=f"test.sink.{run_id}")
     await topics.ensure(kafka, [topics.TopicSpec(kafka.events_topic, 3, topics.DAY_MS, "t")])
     schema = f"test_wh_{run_id}"
-    pool = await asyncpg.create_pool(PostgresSettings().dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(load(PostgresSettings).dsn, min_size=1, max_size=2)
     try:
         yield Warehouse(kafka, schema, pool)
     finally:
@@ -146,7 +146,7 @@ CALL_STATE = ("status", "last_event_type", "state_rank", "direction", "duration_
 
 
 async def test_call_state_is_the_same_for_every_arrival_order(warehouse: Warehouse) -> None:
-    pool = await WarehouseStore.create_pool(PostgresSettings(), warehouse.schema)
+    pool = await WarehouseStore.create_pool(load(PostgresSettings), warehouse.schema)
     store = WarehouseStore(pool)
     await store.migrate()
     try:
@@ -252,7 +252,7 @@ async def test_sink_dead_letters_are_visible_and_redrivable(warehouse: Warehouse
 
 async def test_one_event_per_id_within_a_batch_and_across_spellings(
         warehouse: Warehouse) -> None:
-    pool = await WarehouseStore.create_pool(PostgresSettings(), warehouse.schema)
+    pool = await WarehouseStore.create_pool(load(PostgresSettings), warehouse.schema)
     try:
         store = WarehouseStore(pool)
         await store.migrate()
@@ -269,7 +269,7 @@ async def test_two_writers_racing_on_one_batch_store_it_once(warehouse: Warehous
     # A rebalance overlap: two sink replicas write the same events at once. One
     # commits; the other fails on event_ids' primary key (a retryable database
     # error for the sink) and its retry finds everything stored.
-    pools = [await WarehouseStore.create_pool(PostgresSettings(), warehouse.schema)
+    pools = [await WarehouseStore.create_pool(load(PostgresSettings), warehouse.schema)
              for _ in range(2)]
     try:
         stores = [WarehouseStore(p) for p in pools]
@@ -370,7 +370,7 @@ async def test_sinks_starting_together_create_their_schema_once(stack: KafkaSett
     (CREATE SCHEMA / TABLE IF NOT EXISTS alone race on the catalog's unique indexes)."""
     from hookstream.sinks.warehouse.schema import create_pool, migrate
 
-    pg = PostgresSettings()
+    pg = load(PostgresSettings)
     for attempt in range(5):  # the unguarded race needs a few tries to show
         schema = f"test_race_{uuid.uuid4().hex[:10]}"
         try:

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import orjson
 
-from hookstream.core.config import KafkaSettings, PostgresSettings
+from hookstream.core.config import KafkaSettings, PostgresSettings, load
 from hookstream.core.kafka import end_offsets
 from hookstream.core.sources import load_sources
 from hookstream.devtools.samples import samples
@@ -94,7 +94,7 @@ async def test_test_deliveries_stay_in_events_and_out_of_everything_else(
     smoke_call = f"call_smoke_{run_id}"
     sink_settings = SinkSettings(poll_timeout_ms=100, retry_delays_s=("1", "2"),
                                  backoff_max_s=1)
-    pg = PostgresSettings()
+    pg = load(PostgresSettings)
     crm_port, ingest_port, admin_port = free_port(), free_port(), free_port()
     pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=2)
     skipped_before = {name: TEST_SKIPPED.labels(name)._value.get()

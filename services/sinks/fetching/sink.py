@@ -46,7 +46,7 @@ import asyncpg
 import httpx
 from prometheus_client import Counter
 
-from ...core.config import PostgresSettings
+from ...core.config import PostgresSettings, load
 from ...core.errors import Retryable
 from ...core.postgres import DATABASE_ERRORS
 from .. import egress
@@ -123,7 +123,7 @@ class FetchingSink(abc.ABC, Generic[SettingsT, RowT, KnownT]):
         self._settings = settings
         for outcome in self.outcome_labels:
             self.outcomes.labels(outcome)  # series exist from the start, at 0
-        self._pg = pg or PostgresSettings()
+        self._pg = pg or load(PostgresSettings)
         self._warehouse = warehouse or WarehouseSettings()
         self._index = index
         self._transport = transport
