@@ -11,6 +11,7 @@ forged copy refused), and normalized by the real decoder into a canonical event.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -192,3 +193,18 @@ def test_the_registry_finds_every_provider_folder() -> None:
     assert set(PROVIDERS) == folders
     for name, spec in PROVIDERS.items():
         assert spec.name == name == spec.adapter.provider
+
+
+def test_nothing_outside_the_provider_folders_names_a_provider() -> None:
+    """Issue 15: a provider's knowledge lives in its folder; the rest of services/ reads
+    the registry and the canonical fields only."""
+    services = Path(__file__).parents[3] / "services"
+    names = sorted(PROVIDERS)
+    assert len(names) >= 3
+    pattern = re.compile("|".join(map(re.escape, names)), re.IGNORECASE)
+    offenders = [f"{path.relative_to(services)}:{n}: {line.strip()}"
+                 for path in sorted(services.rglob("*.py"))
+                 if "providers" not in path.relative_to(services).parts[:1]
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if pattern.search(line)]
+    assert not offenders, "\n".join(offenders)
