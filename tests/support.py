@@ -35,6 +35,19 @@ SOURCES_FILE = REPO / "deploy" / "local" / "sources.toml"
 SOURCES_ENV = REPO / "deploy" / "local" / "sources.env"
 
 
+def format_checker() -> Any:
+    """The JSON Schema format checker the schemas are held to: the one of
+    schemas/providers/check_examples.py (a script, so loaded by path)."""
+    import importlib.util
+
+    path = REPO / "schemas" / "providers" / "check_examples.py"
+    spec = importlib.util.spec_from_file_location("check_examples", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.format_checker()
+
+
 def local_secrets() -> dict[str, str]:
     """The throwaway secrets of deploy/local/sources.env (``export K="V"`` lines)."""
     pattern = re.compile(r'^export\s+(\w+)="(.*)"\s*$')

@@ -64,10 +64,9 @@ from tests.schema_variants import (
     set_null,
     variants,
 )
-from tests.support import REPO
+from tests.support import REPO, format_checker
 
 from .core.test_canonical_schema import VALIDATOR as CANONICAL
-from .core.test_canonical_schema import _format_checker
 from .normalizer.test_decoder import record
 from .sinks.recordings.test_sink import MemoryIndex
 from .sinks.test_fuzz_sinks import CRM_SETTINGS, FakeStore, _crm_server, assert_storable_call_row
@@ -77,7 +76,7 @@ KINDS = kinds()
 VARIANTS = list(variants())
 REGISTRY = SchemaRegistry()
 DECODER = Decoder(REGISTRY)
-FORMATS = _format_checker()
+FORMATS = format_checker()
 LOCAL_RULES = load_rules(REPO / "deploy" / "local" / "alerts.toml")
 
 # What stays non-null: the envelope, and the subject id(s) of the event.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from hookstream.core.events import ENVELOPE, CanonicalEvent, TranscriptTurn, is_
 from hookstream.devtools import catalog
 from hookstream.devtools.samples import SCHEMAS_DIR
 from hookstream.providers import PROVIDERS as _PROVIDERS
+from tests.support import format_checker
 
 ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}
 
@@ -29,16 +29,7 @@ TOPICS_DIR = SCHEMAS_DIR / "topics"
 CANONICAL_TYPES = sorted({t for a in ADAPTERS.values() for t in a.canonical_types.values()})
 
 
-def _format_checker() -> Any:
-    path = SCHEMAS_DIR / "providers" / "check_examples.py"
-    spec = importlib.util.spec_from_file_location("check_examples", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.format_checker()
-
-
-VALIDATOR = Draft202012Validator(SCHEMA, format_checker=_format_checker())
+VALIDATOR = Draft202012Validator(SCHEMA, format_checker=format_checker())
 
 
 def test_schema_is_valid_2020_12() -> None:

@@ -8,7 +8,6 @@ and distinct, and adapters raise nothing but ``Invalid`` on odd shapes.
 from __future__ import annotations
 
 import copy
-import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,24 +21,16 @@ from hookstream.core.record import RawDelivery
 from hookstream.core.schemas import SchemaRegistry
 from hookstream.devtools.samples import SCHEMAS_DIR, Sample, samples
 from hookstream.providers import PROVIDERS as _PROVIDERS
+from tests.support import format_checker
 
 REGISTRY = SchemaRegistry()
 SAMPLES = list(samples())
 RECEIVED_AT_MS = 1_777_284_871_123  # 2026-04-27T10:14:31.123Z
 
 
-def _format_checker() -> Any:
-    path = SCHEMAS_DIR / "providers" / "check_examples.py"
-    spec = importlib.util.spec_from_file_location("check_examples", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.format_checker()
-
-
 CANONICAL = Draft202012Validator(
     orjson.loads((SCHEMAS_DIR / "canonical" / "v1" / "event.schema.json").read_bytes()),
-    format_checker=_format_checker(),
+    format_checker=format_checker(),
 )
 
 ADAPTERS = {name: spec.adapter for name, spec in _PROVIDERS.items()}

@@ -81,6 +81,7 @@ from hookstream.sinks.warehouse.store import (
     event_row,
     fold_call,
 )
+from tests.support import format_checker
 
 REPO = Path(__file__).resolve().parents[3]
 SCHEMA = orjson.loads((REPO / "schemas" / "canonical" / "v1" / "event.schema.json")
@@ -95,12 +96,7 @@ NULLABLE_TIMES = [name for name, p in PROPS.items()
 MAX_DEPTH = 64  # the normalizer's cap (HOOKSTREAM_NORMALIZER_MAX_DEPTH)
 
 
-def _format_checker() -> Any:
-    from ..core.test_canonical_schema import _format_checker as checker
-    return checker()
-
-
-VALIDATOR = Draft202012Validator(SCHEMA, format_checker=_format_checker())
+VALIDATOR = Draft202012Validator(SCHEMA, format_checker=format_checker())
 
 # ------------------------------------------------------------------ strategies
 
