@@ -14,11 +14,13 @@ Every fetch is counted per path (``fetches``), every 200 with the size it served
 (``served``). Faults: ``go_down(statuses, for_s)`` answers every fetch a status
 from ``statuses``, in turns, until ``come_back()`` (or for ``for_s`` seconds);
 ``faulted`` counts the answers forced, per kind (``recordings``, ``transcripts``)
-and status.
+and status. ``slow(delay_s)`` answers every fetch that late (a fetch in flight for
+a while) until ``come_back()``.
 
 Run as a process (``python -m tests.fakes.media --port N``, as the fault suite
 does), it is driven over HTTP: ``POST /_admin/faults`` (``{"mode": "down",
-"statuses": [500, 502, 503], "for_s": 30}``, ``{"mode": "up"}``) and ``GET
+"statuses": [500, 502, 503], "for_s": 30}``, ``{"mode": "slow", "delay_s": 1}``,
+``{"mode": "up"}``) and ``GET
 /_admin/state`` (``{"mode", "fetches": {path: n}, "served": {path: bytes},
 "faulted": {kind: {status: n}}}``). The admin routes and ``/healthz`` are never faulted
 nor counted.
@@ -26,6 +28,7 @@ nor counted.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import time
@@ -72,6 +75,7 @@ class FakeMedia:
         self._down: list[int] = []  # the statuses answered in turns while down
         self._turns = itertools.count()
         self._down_until: float | None = None  # None: until come_back()
+        self.delay_s = 0.0  # every answer this late
         self.app = Starlette(routes=[
             Route("/recordings/{subject}", self._recording),
             Route("/transcripts/{subject}", self._transcript),
@@ -86,22 +90,30 @@ class FakeMedia:
         self._down = list(statuses)
         self._down_until = None if for_s is None else time.monotonic() + for_s
 
+    def slow(self, delay_s: float) -> None:
+        if delay_s < 0:
+            raise ValueError(f"delay_s {delay_s!r}")
+        self.delay_s = delay_s
+
     def come_back(self) -> None:
         self._down = []
         self._down_until = None
+        self.delay_s = 0.0
 
     def mode(self) -> str:
         if self._down and self._down_until is not None and time.monotonic() >= self._down_until:
             self.come_back()
-        return "down" if self._down else "up"
+        return "down" if self._down else "slow" if self.delay_s else "up"
 
     def state(self) -> dict[str, Any]:
         return {"mode": self.mode(), "fetches": dict(self.fetches), "served": self.served,
                 "faulted": {kind: {str(k): n for k, n in sorted(counts.items())}
                             for kind, counts in sorted(self.faulted.items())}}
 
-    def _forced(self, path: str) -> Response | None:
+    async def _forced(self, path: str) -> Response | None:
         self.fetches[path] += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.mode() == "down":
             status = self._down[next(self._turns) % len(self._down)]
             kind = path.strip("/").split("/")[0]
@@ -116,14 +128,14 @@ class FakeMedia:
 
     async def _recording(self, request: Request) -> Response:
         path = request.url.path
-        forced = self._forced(path)
+        forced = await self._forced(path)
         if forced is not None:
             return forced
         return self._serve(path, recording(request.path_params["subject"]), "audio/wav")
 
     async def _transcript(self, request: Request) -> Response:
         path = request.url.path
-        forced = self._forced(path)
+        forced = await self._forced(path)
         if forced is not None:
             return forced
         return self._serve(path, transcript(request.path_params["subject"]),
@@ -139,8 +151,10 @@ class FakeMedia:
                 for_s = body.get("for_s")
                 self.go_down([int(s) for s in body.get("statuses") or [503]],
                              None if for_s is None else float(for_s))
+            elif mode == "slow":
+                self.slow(float(body.get("delay_s", 1.0)))
             else:
-                return _json(400, {"error": f"unknown mode {mode!r}: up or down"})
+                return _json(400, {"error": f"unknown mode {mode!r}: up, down or slow"})
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
             return _json(400, {"error": f"bad request: {exc}"})
         return _json(200, {"mode": self.mode()})
