@@ -17,7 +17,9 @@ are imported by the unit tests; nothing of it is imported by the services.
 Scenarios that need more of the pipeline say so (``Scenario.normalizers``,
 ``Scenario.sinks``): a second normalizer in the same consumer group, the CRM sink with
 the CRM stand-in (tests/fakes/crm.py, in a process of its own), the alerts sink with
-the stack's Alertmanager. Their destinations are accounted for exactly too
+the stack's Alertmanager, the recordings and transcripts sinks with the media stand-in
+(tests/fakes/media.py, which the load's recording and transcript URLs then point at:
+``ProviderSpec.point_media``). Their destinations are accounted for exactly too
 (``Destination``): what each should hold is computed from the run's warehouse rows
 (every event exactly once), and compared with what it holds; the figures are printed
 under the table, one line per destination.
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from ..core.sources import Source
     from ..sinks.alerts.rules import Rules
     from .loadgen import Accounting, Delivery
+    from .samples import MediaUrl
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
@@ -390,8 +393,10 @@ def alertmanager_url() -> str:
 
 class Pipeline:
     """ingest, normalizer(s) and warehouse sink of one scenario, with names of its own;
-    ``sinks``: "crm" (the CRM sink and the CRM stand-in) and/or "alerts" (the alerts
-    sink, posting to the stack's Alertmanager)."""
+    ``sinks``: "crm" (the CRM sink and the CRM stand-in), "alerts" (the alerts sink,
+    posting to the stack's Alertmanager), "recordings" (the recordings sink, storing in
+    ``recordings_dir``) and/or "transcripts" (the transcripts sink), the last two
+    fetching from the media stand-in."""
 
     def __init__(self, tag: str, logdir: Path, sources_file: str,
                  spool_dir: Path | None = None, ingest_env: dict[str, str] | None = None,
@@ -474,10 +479,44 @@ class Pipeline:
                 "HOOKSTREAM_ALERT_WEBHOOK_URL": "",
                 "HOOKSTREAM_ALERT_LABELS": "=".join(self.alert_label)},
                 logdir / "sink-alerts.log")
+        # The fetching sinks download from the media stand-in (tests/fakes/media.py, in a
+        # process of its own), which the load's recording and transcript URLs point at.
+        self.media_url = ""
+        self.recordings_dir = logdir / "recordings"  # the recordings sink's local store
+        if {"recordings", "transcripts"} & set(self.sinks):
+            standin = free_port()
+            self.media_url = f"http://127.0.0.1:{standin}"
+            self.services["media-standin"] = Supervised(
+                "media-standin",
+                [sys.executable, "-m", "tests.fakes.media", "--port", str(standin)],
+                env, logdir / "media-standin.log", cwd=REPO)
+        if "recordings" in self.sinks:
+            self.http_ports["recordings"] = port = free_port()
+            self.services["recordings"] = Supervised(
+                "recordings", [_exe("hookstream-sink-recordings")], {
+                    **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
+                    "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-recordings",
+                    "HOOKSTREAM_RECORDINGS_STORE": "local",
+                    "HOOKSTREAM_RECORDINGS_DIR": str(self.recordings_dir),
+                    "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS": "127.0.0.1",
+                    "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES": "true"},
+                logdir / "sink-recordings.log")
+        if "transcripts" in self.sinks:
+            self.http_ports["transcripts"] = port = free_port()
+            self.services["transcripts"] = Supervised(
+                "transcripts", [_exe("hookstream-sink-transcripts")], {
+                    **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
+                    "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-transcripts",
+                    "HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS": "127.0.0.1",
+                    "HOOKSTREAM_TRANSCRIPTS_ALLOW_PRIVATE_ADDRESSES": "true",
+                    "HOOKSTREAM_TRANSCRIPTS_AUTHORIZATION": ""},
+                logdir / "sink-transcripts.log")
         self.ready_urls = {name: f"http://127.0.0.1:{port}/readyz"
                            for name, port in self.http_ports.items()}
         if self.crm_url:
             self.ready_urls["crm-standin"] = f"{self.crm_url}/healthz"
+        if self.media_url:
+            self.ready_urls["media-standin"] = f"{self.media_url}/healthz"
         self.edge_port = 0  # with ``edge``: deliveries go to the edge proxy in front of ingest
         if edge:
             haproxy = shutil.which("haproxy")
@@ -630,9 +669,11 @@ class Offer:
     rate under 300/s (aiohttp parses in C, and its pool does not grow quadratically)."""
 
     def __init__(self, url: str, sources: dict[str, Source],
-                 policies: dict[str, RetryPolicy], rate: float, accounting: Accounting) -> None:
+                 policies: dict[str, RetryPolicy], rate: float, accounting: Accounting,
+                 media: MediaUrl | None = None) -> None:
         self.url, self.sources, self.policies, self.rate = url, sources, policies, rate
         self.accounting = accounting
+        self.media = media  # where the deliveries' recordings and transcripts are served
         self.offered: list[Offered] = []
         self.acked_at: dict[str, float] = {}  # receipt -> when the 2xx came back
         self.latencies: list[float] = []  # seconds from each try's send to its answer
@@ -652,7 +693,7 @@ class Offer:
 
         from .loadgen import deliveries
 
-        stream = deliveries(redeliver=0.0, malformed=0.0)
+        stream = deliveries(redeliver=0.0, malformed=0.0, media=self.media)
         # No connection limit: deliveries of independent senders do not queue behind
         # each other in one pool (a pool of 1,024 measured the same under overload).
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
@@ -729,7 +770,7 @@ class Offer:
         The probes acknowledged are accounted for like any other delivery."""
         from .loadgen import deliveries
 
-        stream = deliveries(redeliver=0.0, malformed=0.0)
+        stream = deliveries(redeliver=0.0, malformed=0.0, media=self.media)
         acked = 0
         deadline = time.monotonic() + seconds
 
@@ -921,6 +962,253 @@ class AlertsDestination(Destination):
                 f"({errors:.0f} alerts refused by a down Alertmanager), dead-lettered "
                 f"{dead:.0f}; {self._caught_up(fault_end)}")
         return line, missing, 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaRow:
+    """One row of a fetching sink's table in the run's schema: the call it is for, the
+    bytes it says were fetched, and (recordings) the stored file it points at."""
+
+    call_key: str
+    bytes: int
+    path: str | None = None  # the local store's file (from ``location``), if any
+    on_call: bool = True  # the call's row in ``calls`` carries it too
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaFigures:
+    """How a fetching sink's table (and store) compares with what the events owe."""
+
+    owed: int  # calls owed a row: an event in the warehouse links their media
+    held: int  # of those, with a row of the size the stand-in served (and its file)
+    missing: int  # owed and not held (no row, or a wrong one)
+    wrong: int  # of the missing: a row whose size, or file, is not what was served
+    extra_rows: int  # rows beyond one per call
+    orphans: int  # stored files no row points at
+    unexpected: int  # rows of calls nothing owed
+    fetches: int  # the stand-in's fetches of the owed calls' media
+    refetched: int  # owed calls fetched more than once
+    extra_fetches: int  # fetches beyond one per owed call
+
+    @property
+    def duplicates(self) -> int:
+        return self.extra_rows + self.orphans
+
+
+def media_figures(owed: Mapping[str, str], rows: Iterable[MediaRow],
+                  served: Mapping[str, int], fetches: Mapping[str, int],
+                  files: Mapping[str, int] | None = None
+                  ) -> tuple[MediaFigures, Counter[str]]:
+    """Figures of a fetching sink, and the calls it holds (call key -> good rows).
+
+    ``owed``: call key -> the stand-in path of its media (every event in the warehouse
+    that links some); ``rows``: the sink's table; ``served``: path -> bytes the stand-in
+    served it (each fetch of a path gets the same bytes); ``fetches``: path -> fetches;
+    ``files``: the store's files (path -> size), None for a sink without one. A row
+    holds its call when its size is what was served and, with a store, its file is
+    there with that size; a refetch is no duplicate, a second row or a file without a
+    row is."""
+    rows = list(rows)
+    per_key = Counter(r.call_key for r in rows)
+    held: Counter[str] = Counter()
+    wrong = set()
+    for row in rows:
+        path = owed.get(row.call_key)
+        if path is None:
+            continue
+        good = (served.get(path) == row.bytes
+                and (files is None or (row.path is not None
+                                       and files.get(row.path) == row.bytes)))
+        if good:
+            held[row.call_key] += 1
+        else:
+            wrong.add(row.call_key)
+    pointed = {r.path for r in rows if r.path is not None}
+    orphans = 0 if files is None else sum(1 for f in files if f not in pointed)
+    missing = sum(1 for key in owed if not held[key])
+    counts = [fetches.get(path, 0) for path in owed.values()]
+    return MediaFigures(
+        owed=len(owed), held=sum(1 for key in owed if held[key]), missing=missing,
+        wrong=len(wrong - set(held)), extra_rows=sum(n - 1 for n in per_key.values() if n > 1),
+        orphans=orphans, unexpected=sum(1 for key in per_key if key not in owed),
+        fetches=sum(counts), refetched=sum(1 for n in counts if n > 1),
+        extra_fetches=sum(n - 1 for n in counts if n > 1)), held
+
+
+class MediaDestination(Destination):
+    """A fetching sink (recordings, transcripts) and the media stand-in it fetches from
+    (tests/fakes/media.py): every event in the warehouse that links media (``url_field``;
+    test events aside: the sinks skip them) owes its call one row in the sink's table of
+    the run's schema, of the size the stand-in served (``media_figures``)."""
+
+    table = ""  # the sink's table
+    url_field = ""  # the canonical field of the link
+    what = ""  # how the report names the events that owe, e.g. "call.ended events"
+    call_column = ""  # the column of ``calls`` the sink fills too
+    sink = ""  # the sink's name (its metrics)
+
+    def __init__(self, types: Iterable[str], standin_url: str) -> None:
+        super().__init__(types)
+        self.standin_url = standin_url.rstrip("/")
+        self.paths: dict[str, str] = {}  # call key -> the stand-in path of its media
+        self.rows: list[MediaRow] = []  # at the last look
+        self.files: dict[str, int] | None = None  # the store's, at the last look
+        self.state: dict[str, Any] = {}  # the stand-in's, at the last look
+        self.figures: MediaFigures | None = None
+
+    def expect(self, event: dict[str, Any]) -> frozenset[str]:
+        from urllib.parse import unquote, urlsplit
+
+        from ..sinks.warehouse.schema import subject_key
+
+        url = event.get(self.url_field)
+        subject = event.get("call_id") or event.get("session_id")
+        provider = event.get("provider")
+        if (event.get("test") or not isinstance(url, str) or not url
+                or not isinstance(subject, str) or not isinstance(provider, str)):
+            return frozenset()
+        key = subject_key(provider, subject)
+        self.paths[key] = unquote(urlsplit(url).path)
+        return frozenset({key})
+
+    async def read_rows(self, pool: asyncpg.Pool, schema: str) -> list[MediaRow]:
+        raise NotImplementedError
+
+    def read_files(self) -> dict[str, int] | None:
+        return None
+
+    async def look(self, pool: asyncpg.Pool, schema: str, client: httpx.AsyncClient) -> None:
+        import asyncpg
+
+        try:
+            self.rows = await self.read_rows(pool, schema)
+        except asyncpg.UndefinedTableError:  # the sink has not migrated yet
+            self.rows = []
+        self.files = await asyncio.to_thread(self.read_files)
+        await super().look(pool, schema, client)
+
+    async def observe(self, client: httpx.AsyncClient) -> Counter[str]:
+        response = await client.get(f"{self.standin_url}/_admin/state")
+        response.raise_for_status()
+        self.state = response.json()
+        self.figures, held = media_figures(
+            {key: self.paths[key] for key in self.owed()}, self.rows,
+            {str(k): int(v) for k, v in self.state["served"].items()},
+            {str(k): int(v) for k, v in self.state["fetches"].items()}, self.files)
+        return held
+
+    def report(self, fault_end: float, metrics: str | None) -> tuple[str, int, int]:
+        f = self.figures
+        if f is None:
+            return f"{self.name}: never read", len(self.owed()), 0
+        owed = self.owed()
+        not_on_call = sum(1 for r in self.rows if r.call_key in owed and not r.on_call)
+        faulted = ", ".join(f"{k}: {n}" for k, n in (
+            (self.state.get("faulted") or {}).get(self.table) or {}).items())
+        parked = metric_total(metrics, "hookstream_sink_events_total", sink=self.sink,
+                              outcome="deferred")
+        dead = metric_total(metrics, "hookstream_sink_events_total", sink=self.sink,
+                            outcome="dead_letter")
+        line = (f"{self.name}: {f.owed} owed ({self.what} in the warehouse with a "
+                f"{self.url_field}, a row each), {f.held} held{self.held_means()}: missing "
+                f"{f.missing} (a wrong row: {f.wrong}), duplicates {f.duplicates} (rows beyond "
+                f"one per call {f.extra_rows}{self.orphans_note(f)}), not owed {f.unexpected}; "
+                f"calls.{self.call_column} empty for {not_on_call} of the rows; the media "
+                f"stand-in served {f.fetches} fetches of them, {f.refetched} fetched again "
+                f"({f.extra_fetches} fetches beyond one a call; not duplicates), forced "
+                f"answers: {faulted or 'none'}; the sink parked {parked:.0f} events on its "
+                f"retry topic, dead-lettered {dead:.0f} (since its last start); "
+                f"{self._caught_up(fault_end)}")
+        return line, f.missing, f.duplicates
+
+    def held_means(self) -> str:
+        return " (a row of the size the stand-in served)"
+
+    def orphans_note(self, figures: MediaFigures) -> str:
+        return ""
+
+
+class RecordingsDestination(MediaDestination):
+    """The recordings sink: a ``recordings`` row per call and its file in the local
+    store (``store_dir``), both of the size the stand-in served; a stored file no row
+    points at is a duplicate (the spool's ``.partial`` leftovers are not stored files)."""
+
+    name = "recordings"
+    sink = "recordings"
+    table = "recordings"
+    url_field = "recording_url"
+    what = "call.ended events"
+    call_column = "recording_location"
+
+    def __init__(self, standin_url: str, store_dir: Path) -> None:
+        from ..sinks.recordings.sink import RecordingsSink
+
+        super().__init__(RecordingsSink.wanted, standin_url)
+        self.store_dir = store_dir
+        self.partial = 0  # spool files left in .partial at the last look
+
+    async def read_rows(self, pool: asyncpg.Pool, schema: str) -> list[MediaRow]:
+        from urllib.parse import unquote, urlsplit
+
+        rows = await pool.fetch(
+            f'SELECT r.call_key, r.bytes, r.location, c.recording_location IS NOT NULL'
+            f' AS on_call FROM "{schema}".recordings r'
+            f' LEFT JOIN "{schema}".calls c USING (call_key)')
+        return [MediaRow(r["call_key"], int(r["bytes"]),
+                         unquote(urlsplit(r["location"]).path)
+                         if str(r["location"]).startswith("file://") else None,
+                         bool(r["on_call"])) for r in rows]
+
+    def read_files(self) -> dict[str, int] | None:
+        files: dict[str, int] = {}
+        self.partial = 0
+        root = self.store_dir.resolve()
+        for directory, subdirs, names in os.walk(root):
+            if Path(directory) == root and ".partial" in subdirs:
+                subdirs.remove(".partial")
+                with contextlib.suppress(OSError):
+                    self.partial = len(os.listdir(root / ".partial"))
+            for name in names:
+                path = Path(directory) / name
+                with contextlib.suppress(FileNotFoundError):
+                    files[str(path)] = path.stat().st_size
+        return files
+
+    def held_means(self) -> str:
+        return " (a row and a stored file, of the size the stand-in served)"
+
+    def orphans_note(self, figures: MediaFigures) -> str:
+        return (f", stored files without a row {figures.orphans}; spool leftovers in "
+                f".partial {self.partial}")
+
+
+class TranscriptsDestination(MediaDestination):
+    """The transcripts sink: a ``transcripts`` row per call or session, of the size the
+    stand-in served."""
+
+    name = "transcripts"
+    sink = "transcripts"
+    table = "transcripts"
+    url_field = "transcript_url"
+    what = "session.ended/.errored events"
+    call_column = "transcript"
+
+    def __init__(self, standin_url: str) -> None:
+        from ..sinks.transcripts.sink import TranscriptsSink
+
+        super().__init__(TranscriptsSink.wanted, standin_url)
+
+    async def read_rows(self, pool: asyncpg.Pool, schema: str) -> list[MediaRow]:
+        rows = await pool.fetch(
+            f'SELECT t.call_key, t.bytes, c.transcript IS NOT NULL AS on_call'
+            f' FROM "{schema}".transcripts t LEFT JOIN "{schema}".calls c USING (call_key)')
+        return [MediaRow(r["call_key"], int(r["bytes"]), None, bool(r["on_call"]))
+                for r in rows]
+
+
+async def set_media_mode(client: httpx.AsyncClient, standin_url: str, **mode: Any) -> None:
+    """Switch the media stand-in's failure mode (its /_admin/faults)."""
+    (await client.post(f"{standin_url}/_admin/faults", json=mode)).raise_for_status()
 
 
 # ---------------------------------------------------------------- scenarios
@@ -1264,6 +1552,31 @@ async def _alertmanager_down(ctx: Context) -> None:
     await ctx.stack("up", "alertmanager")
 
 
+def _kill_fetching(service: str) -> Callable[[Context], Awaitable[None]]:
+    """SIGKILL of a fetching sink with fetches in flight: the media stand-in answers
+    every fetch 1 s late from 2 s before the kill until it (then on time again)."""
+    async def inject(ctx: Context) -> None:
+        assert ctx.client is not None
+        url = ctx.pipeline.media_url
+        await set_media_mode(ctx.client, url, mode="slow", delay_s=1.0)
+        try:
+            await asyncio.sleep(2)
+            ctx.pipeline.services[service].kill(signal.SIGKILL)
+        finally:
+            await set_media_mode(ctx.client, url, mode="up")
+    return inject
+
+
+async def _media_5xx(ctx: Context) -> None:
+    """The media stand-in answers every fetch 500, 502, 503 or 504, in turns, for 30 s
+    (--short) or a minute, then recovers."""
+    assert ctx.client is not None
+    url = ctx.pipeline.media_url
+    await set_media_mode(ctx.client, url, mode="down", statuses=[500, 502, 503, 504])
+    await asyncio.sleep(30 if ctx.short else 60)
+    await set_media_mode(ctx.client, url, mode="up")
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
@@ -1273,7 +1586,9 @@ class Scenario:
     spool_fs_bytes: int = 0  # > 0: the spool on a tmpfs of this size (needs root)
     ingest_env: dict[str, str] = dataclasses.field(default_factory=dict)
     normalizers: int = 1  # instances in the normalizer's consumer group
-    sinks: tuple[str, ...] = ()  # beside the warehouse: "crm" (with the CRM stand-in), "alerts"
+    # Beside the warehouse: "crm" (with the CRM stand-in), "alerts", "recordings" and
+    # "transcripts" (with the media stand-in).
+    sinks: tuple[str, ...] = ()
     edge: bool = False  # deliveries through the edge proxy (deploy/edge: HAProxy) to ingest
     # After the run has drained: notes on how the fault played out.
     afterwards: Callable[[Context], Awaitable[None]] | None = None
@@ -1319,6 +1634,17 @@ SCENARIOS = {s.name: s for s in [
              _kill("crm"), sinks=("crm",)),
     Scenario("kill-alerts", "with the alerts sink: SIGKILL of hookstream-sink-alerts; "
              "restarted", _kill("alerts"), sinks=("alerts",)),
+    Scenario("kill-recordings", "with the recordings sink: SIGKILL of "
+             "hookstream-sink-recordings with downloads in flight (the media stand-in "
+             "answering 1 s late for the 2 s before); restarted",
+             _kill_fetching("recordings"), sinks=("recordings",)),
+    Scenario("kill-transcripts", "with the transcripts sink: SIGKILL of "
+             "hookstream-sink-transcripts with fetches in flight (the media stand-in "
+             "answering 1 s late for the 2 s before); restarted",
+             _kill_fetching("transcripts"), sinks=("transcripts",)),
+    Scenario("media-5xx", "with the recordings and transcripts sinks: the media stand-in "
+             "answers every fetch 5xx for 30 s (--short) or a minute, then recovers",
+             _media_5xx, sinks=("recordings", "transcripts")),
     Scenario("overload", "ingest held to 5 % of a CPU (cgroup, needs root) behind the edge "
              "proxy (deploy/edge: HAProxy); its capacity measured, then twice that offered for "
              "30 s (--short) or 60 s: every try answered inside 10 s, 202 or 503 + "
@@ -1347,6 +1673,7 @@ class Settings:
 async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> Result:
     from ..core.sources import load_sources
     from .loadgen import Accounting
+    from .samples import media_urls
 
     result = Result(scenario.name)
     tag = f"{run_id}_{scenario.name.replace('-', '_')}"
@@ -1377,7 +1704,8 @@ async def run_scenario(scenario: Scenario, settings: Settings, run_id: str) -> R
         await accounting.start()
         watching_destinations = await _start_destinations(ctx)
         offer = ctx.offer = Offer(pipeline.url, sources, settings.policies, settings.rate,
-                                  accounting)
+                                  accounting, media_urls(pipeline.media_url)
+                                  if pipeline.media_url else None)
         fault_end: float | None = None
         checks: list[tuple[float, bool]] = []  # (time, behind) of each look
 
@@ -1526,6 +1854,11 @@ async def _start_destinations(ctx: Context) -> asyncio.Task[None] | None:
         ctx.destinations["alerts"] = AlertsDestination(
             pipeline.alertmanager_url, pipeline.alert_label,
             load_rules(pipeline.alert_rules_file))
+    if "recordings" in pipeline.sinks:
+        ctx.destinations["recordings"] = RecordingsDestination(
+            pipeline.media_url, pipeline.recordings_dir)
+    if "transcripts" in pipeline.sinks:
+        ctx.destinations["transcripts"] = TranscriptsDestination(pipeline.media_url)
     if not ctx.destinations:
         return None
     pool = await asyncpg.create_pool(pipeline.dsn, min_size=1, max_size=1)
@@ -1605,10 +1938,17 @@ group; crm-429-5xx the CRM sink (hookstream-sink-crm) and the CRM stand-in
 the alerts sink (hookstream-sink-alerts: deploy/local/alerts.toml's rules grouped
 by event_id too, so that every hit is an alert of its own, labelled
 faults_run=<run>) posting to the stack's Alertmanager (HOOKSTREAM_ALERTMANAGER_URL,
-else http://127.0.0.1:$ALERTMANAGER_PORT, default port 9095). Their destinations
-are accounted for exactly too, a line under the table each: what the CRM or
-Alertmanager should hold is computed from the run's warehouse rows and compared
-with what it holds (missing; applied twice, where the destination can tell).
+else http://127.0.0.1:$ALERTMANAGER_PORT, default port 9095); kill-recordings,
+kill-transcripts and media-5xx the recordings sink (hookstream-sink-recordings, a
+local store in the scenario's log directory) and/or the transcripts sink
+(hookstream-sink-transcripts), fetching from the media stand-in (python -m
+tests.fakes.media, 127.0.0.1 allowed) that the load's recording and transcript URLs
+point at. Their destinations are accounted for exactly too, a line under the table
+each: what the CRM, Alertmanager or a fetching sink's table should hold is computed
+from the run's warehouse rows and compared with what it holds (missing; applied
+twice, where the destination can tell; for the fetching sinks a second row for a
+call or a stored file without a row, and the stand-in's fetches: refetches are
+counted, not duplicates).
 
 scenarios:
 {scenarios}
@@ -1635,8 +1975,9 @@ retry policies (--policy PROVIDER=RETRIES:DELAY_S:TIMEOUT_S), unless set:
 {policies}
 
 exit status: 1 when any scenario has acknowledged-but-missing deliveries or
-duplicate rows, events missing from or applied twice at the CRM stand-in or
-Alertmanager, or could not run (or given-up deliveries, with --strict-given-up).
+duplicate rows, events missing from or applied twice at the CRM stand-in,
+Alertmanager or a fetching sink's table, or could not run (or given-up
+deliveries, with --strict-given-up).
 Logs: <--logs>/<run>/<scenario>/ (ingest's spool in spool/ there). Leaves the stack
 up. spool-disk-full mounts a tmpfs, so it needs root.
 """

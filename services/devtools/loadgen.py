@@ -35,7 +35,7 @@ from ..core.sources import Source
 from ..normalizer.pipeline import Decoder
 from ..providers import PROVIDERS
 from ..sinks.warehouse import schema as warehouse
-from .samples import Sample, fresh_copy, samples
+from .samples import MediaUrl, Sample, fresh_copy, samples, with_media
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,12 @@ def _tweak(sample: Sample, rng: random.Random) -> Sample:
     return dataclasses.replace(sample, body=orjson.dumps(body))
 
 
-def conversations(seed: int | None = None) -> Iterator[list[Sample]]:
+def conversations(seed: int | None = None, media: MediaUrl | None = None
+                  ) -> Iterator[list[Sample]]:
     """An endless stream of conversations, each the deliveries one call or session makes.
     A seed repeats a stream exactly; without one every run has ids of its own (a second
-    run on the same stack must be new events, not redeliveries of the first)."""
+    run on the same stack must be new events, not redeliveries of the first). ``media``:
+    the recordings and transcripts linked are served there (``samples.with_media``)."""
     rng = random.Random(seed)
     # Each provider's share of the conversations, in the registry's (name) order.
     mixes = [(spec.load_mix, _by_event(name)) for name, spec in sorted(PROVIDERS.items())
@@ -92,18 +94,21 @@ def conversations(seed: int | None = None) -> Iterator[list[Sample]]:
             index += 1
         mix, by_event = mixes[index]
         picked = mix.conversation(rng, by_event)
-        yield [_tweak(fresh_copy(s, tag), rng) for s in picked]
+        fresh = [_tweak(fresh_copy(s, tag), rng) for s in picked]
+        yield fresh if media is None else [with_media(s, media) for s in fresh]
 
 
-def deliveries(redeliver: float, malformed: float, seed: int | None = None
-               ) -> Iterator[Delivery]:
+def deliveries(redeliver: float, malformed: float, seed: int | None = None,
+               media: MediaUrl | None = None) -> Iterator[Delivery]:
     """Every sample once (fresh ids: each documented event kind is exercised), then
-    generated conversations with some redeliveries and a few malformed bodies."""
+    generated conversations with some redeliveries and a few malformed bodies.
+    ``media``: the recordings and transcripts linked are served there."""
     rng = random.Random(seed)
     first = f"s{rng.getrandbits(32):08x}"
     for sample in samples():
-        yield Delivery(fresh_copy(sample, first), "new")
-    for conversation in conversations(seed):
+        fresh = fresh_copy(sample, first)
+        yield Delivery(fresh if media is None else with_media(fresh, media), "new")
+    for conversation in conversations(seed, media):
         for sample in conversation:
             if rng.random() < malformed:
                 broken = sample.body[: len(sample.body) // 2]  # cut short: not JSON

@@ -11,13 +11,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 
 from ..core.schemas import SCHEMAS_DIR
 from ..providers import PROVIDERS
+from ..providers.base import MediaUrl
 
-__all__ = ["SCHEMAS_DIR", "Sample", "fresh_copy", "samples"]
+__all__ = ["SCHEMAS_DIR", "MediaUrl", "Sample", "fresh_copy", "media_urls", "samples",
+           "with_media"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,4 +58,27 @@ def fresh_copy(sample: Sample, tag: str) -> Sample:
     than a redelivery of the sample."""
     body = orjson.loads(sample.body)
     PROVIDERS[sample.provider].renew_ids(body, tag)
+    return dataclasses.replace(sample, body=orjson.dumps(body))
+
+
+def media_urls(base: str) -> MediaUrl:
+    """Media served by a stand-in at ``base`` (tests/fakes/media.py):
+    ``<base>/recordings/<id>`` and ``<base>/transcripts/<id>``."""
+    base = base.rstrip("/")
+
+    def media_url(kind: str, subject: str) -> str:
+        return f"{base}/{kind}s/{quote(subject, safe='')}"
+    return media_url
+
+
+def with_media(sample: Sample, media_url: MediaUrl) -> Sample:
+    """The sample with the recording or transcript URL it carries pointed at
+    ``media_url`` (the provider's ``point_media``; unchanged when it links none)."""
+    point = PROVIDERS[sample.provider].point_media
+    if point is None:
+        return sample
+    body = orjson.loads(sample.body)
+    if not isinstance(body, dict):
+        return sample
+    point(body, media_url)
     return dataclasses.replace(sample, body=orjson.dumps(body))

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 # names (verifiers look up lower-cased names).
 HeaderMap = Mapping[str, str]
 SecretLookup = Callable[[str], str]
+# Where a copy of an example's linked media is served instead: (kind, id) -> URL, kind
+# "recording" or "transcript", id the call's or session's (``ProviderSpec.point_media``).
+MediaUrl = Callable[[str, str], str]
 # An HTTP header name (RFC 9110 token): a configured name outside it could never match.
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -171,6 +174,10 @@ class ProviderSpec:
     # and help texts).
     transcript_hosts: tuple[str, ...] = ()
     recording_hosts: tuple[str, ...] = ()
+    # Points the recording or transcript URL a body carries (if any) at
+    # ``media_url(kind, id)``, in place (``hookstream faults``: its media stand-in serves
+    # what the fetching sinks download). None: the provider's bodies link no media.
+    point_media: Callable[[dict[str, Any], MediaUrl], None] | None = None
     # Where its schemas and examples are; None: <schemas>/providers/<name>/.
     schemas_dir: Path | None = None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...core.config import load
-from ..base import ProviderSettings, ProviderSpec, SenderRetries
+from ..base import MediaUrl, ProviderSettings, ProviderSpec, SenderRetries
 from . import adapter, auth, load_mix
 from .settings import SaayaSettings
 
@@ -17,6 +17,17 @@ def renew_ids(body: dict[str, Any], tag: str) -> None:
     data = body.get("data")
     if isinstance(data, dict) and isinstance(data.get("sessionId"), str):
         data["sessionId"] = f"{data['sessionId']}_{tag}"
+
+
+def point_media(body: dict[str, Any], media_url: MediaUrl) -> None:
+    """A ``data.transcriptUrl`` (when set) becomes the session's transcript at
+    ``media_url``."""
+    data = body.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("transcriptUrl"), str):
+        return
+    session_id = data.get("sessionId")
+    if isinstance(session_id, str) and session_id:
+        data["transcriptUrl"] = media_url("transcript", session_id)
 
 
 def figures(body: dict[str, Any]) -> Any:
@@ -45,4 +56,5 @@ SPEC = ProviderSpec(
     accepted_versions=accepted_versions,
     # Its document shows transcript URLs on its API host (transcriptUrl).
     transcript_hosts=("api.saaya.ai",),
+    point_media=point_media,
 )

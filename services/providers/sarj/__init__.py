@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
-from ..base import ProviderSettings, ProviderSpec, RecordingUrls, SenderRetries
+from ..base import MediaUrl, ProviderSettings, ProviderSpec, RecordingUrls, SenderRetries
 from . import adapter, auth, load_mix
 from .settings import SarjApiSettings
 
@@ -16,6 +17,18 @@ def recording_urls() -> RecordingUrls | None:
     from .api import from_environment
 
     return from_environment()
+
+
+def point_media(body: dict[str, Any], media_url: MediaUrl) -> None:
+    """A ``payload.call_data.recording_url`` (when set) becomes the call's recording at
+    ``media_url``; a call without a recording keeps none."""
+    payload = body.get("payload")
+    call_data = payload.get("call_data") if isinstance(payload, dict) else None
+    if not isinstance(call_data, dict) or not isinstance(call_data.get("recording_url"), str):
+        return
+    call_id = call_data.get("call_id") or body.get("call_id")
+    if isinstance(call_id, str) and call_id:
+        call_data["recording_url"] = media_url("recording", call_id)
 
 
 def add_backfill_command(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -42,4 +55,5 @@ SPEC = ProviderSpec(
     add_backfill_command=add_backfill_command,
     # Its recordings: signed, expiring Google Cloud Storage URLs.
     recording_hosts=("storage.googleapis.com",),
+    point_media=point_media,
 )
