@@ -300,3 +300,36 @@ async def test_index_upserts_only_changes_and_fills_calls_either_way(env: Env) -
                                    " AND recording_location IS NULL") == 1
     finally:
         await pool.close()
+
+
+async def test_a_call_and_its_recording_committing_together_keep_the_location(
+        env: Env) -> None:
+    """The call's row is being inserted (its transaction open) when the recording is
+    recorded: the sink waits for the call's lock, then finds the row and sets the
+    location (before migration 0005, each missed the other and it stayed empty)."""
+    pool = await WarehouseStore.create_pool(load(PostgresSettings), env.schema)
+    try:
+        await WarehouseStore(pool).migrate()
+        index = PgRecordingsIndex(pool)
+        event = call_ended("c-racing", "http://h/r.wav")
+        key = f"sarj:{event['call_id']}"
+        async with pool.acquire() as conn:
+            insert = conn.transaction()
+            await insert.start()
+            await conn.execute(
+                "INSERT INTO calls (call_key, provider, source, state_rank, state_at,"
+                " state_event_id, first_event_at, last_event_at, recording_url)"
+                " VALUES ($1, 'sarj', 's', 1, now(), $2, now(), now(), 'http://h/r.wav')",
+                key, uuid.UUID(event["event_id"]))
+            recording = asyncio.create_task(index.record([RecordingRow(
+                call_key=key, provider="sarj", call_id=event["call_id"],
+                event_id=event["event_id"], location="file:///r/racing.wav", bytes=10,
+                sha256="ab", content_type="audio/wav", source_url_host="h")]))
+            await asyncio.sleep(0.5)
+            assert not recording.done(), "the sink waits for the call's lock"
+            await insert.commit()
+        await asyncio.wait_for(recording, 10)
+        assert await pool.fetchval("SELECT recording_location FROM calls WHERE call_key = $1",
+                                   key) == "file:///r/racing.wav"
+    finally:
+        await pool.close()

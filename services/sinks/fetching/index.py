@@ -61,3 +61,12 @@ def in_lock_order(rows: Sequence[RowT]) -> list[RowT]:
     """``rows`` by call key: replicas writing the same calls lock them in one order,
     never in a cycle."""
     return sorted(rows, key=lambda r: r.call_key)
+
+
+def call_lock(kind: str) -> str:
+    """The statement that takes a call's transaction-scoped advisory lock for ``kind``
+    ($1: the call key). The warehouse's insert trigger of the same kind (0004 for
+    transcripts, 0005 for recordings) takes the same expression on the same key, so a
+    sink's write and the call's arrival committing together cannot each miss the
+    other's: the second to take the lock reads what the first wrote."""
+    return f"SELECT pg_advisory_xact_lock(hashtextextended('hookstream-{kind}:' || $1, 0))"

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..fetching.index import FetchedRow, PgIndex, in_lock_order
+from ..fetching.index import FetchedRow, PgIndex, call_lock, in_lock_order
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,8 +42,12 @@ ON CONFLICT (call_key) DO UPDATE SET
 WHERE (r.location, r.sha256) IS DISTINCT FROM (EXCLUDED.location, EXCLUDED.sha256)
 """
 
+# The lock 0005_recording_location_lock.sql's trigger takes: the same expression, the
+# same key.
+LOCK = call_lock("recording")
+
 # The call's row, when the warehouse has it already; when it does not, the insert
-# trigger of 0002_recordings.sql copies the location over once it arrives.
+# trigger (0002, locked since 0005) copies the location over once it arrives.
 SET_CALL = """
 UPDATE calls SET recording_location = $2, updated_at = now()
 WHERE call_key = $1 AND recording_location IS DISTINCT FROM $2
@@ -60,9 +64,14 @@ class PgRecordingsIndex(PgIndex):
     async def record(self, rows: Sequence[RecordingRow]) -> None:
         if not rows:
             return
-        ordered = in_lock_order(rows)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(UPSERT, [
-                (r.call_key, r.provider, r.call_id, r.event_id, r.location, r.bytes, r.sha256,
-                 r.content_type, r.source_url_host) for r in ordered])
-            await conn.executemany(SET_CALL, [(r.call_key, r.location) for r in ordered])
+        # One transaction per call, as the transcripts sink: each holds one call's lock
+        # at a time, so it can never be half of a lock-order deadlock with the
+        # warehouse's batch, which takes the same locks in its insert trigger.
+        async with self._pool.acquire() as conn:
+            for r in in_lock_order(rows):
+                async with conn.transaction():
+                    await conn.execute(LOCK, r.call_key)
+                    await conn.execute(UPSERT, r.call_key, r.provider, r.call_id, r.event_id,
+                                       r.location, r.bytes, r.sha256, r.content_type,
+                                       r.source_url_host)
+                    await conn.execute(SET_CALL, r.call_key, r.location)

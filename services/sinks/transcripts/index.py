@@ -9,7 +9,7 @@ from typing import Protocol
 
 import orjson
 
-from ..fetching.index import FetchedRow, PgIndex, in_lock_order
+from ..fetching.index import FetchedRow, PgIndex, call_lock, in_lock_order
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,7 +29,7 @@ class TranscriptsIndex(Protocol):
 
 
 # The lock 0004_transcripts.sql's trigger takes: the same expression, the same key.
-LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('hookstream-transcript:' || $1, 0))"
+LOCK = call_lock("transcript")
 
 UPSERT = """
 INSERT INTO transcripts AS t (call_key, provider, call_id, event_id, document, turns, bytes,
