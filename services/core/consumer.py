@@ -141,10 +141,17 @@ class ConsumeLoop:
                     inflight = None
                     try:
                         await task
-                    except NotDue:
+                    except NotDue as exc:
                         # A parked record waits for its time: read it again now, so
-                        # that polls keep the consumer in its group meanwhile.
+                        # that polls keep the consumer in its group meanwhile; what
+                        # the handler finished before it is committed, not redone.
                         self._rewind(previous, batch)
+                        if exc.resume_at:
+                            await self._commit(exc.resume_at)
+                            assigned = self._consumer.assignment()
+                            for tp, offset in exc.resume_at.items():
+                                if tp in assigned:
+                                    self._consumer.seek(tp, offset)
                         continue
                     except Retryable as exc:
                         self.healthy = False

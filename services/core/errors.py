@@ -8,6 +8,9 @@ with a reason from a closed set, the partition moves on).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 # Dead-letter reasons: a closed set, used as a metric label and a DLQ header.
 INVALID_UTF8 = "invalid_utf8"
 MALFORMED_JSON = "malformed_json"
@@ -100,4 +103,12 @@ class NotDue(Retryable):
     """Not a failure: the batch holds a parked record that is not due yet. The loop
     reads the batch again at once, without backoff and staying healthy; the handler
     has already waited a slice of the time, so the loop polls at least once per
-    slice and the consumer keeps its group membership (``max.poll.interval.ms``)."""
+    slice and the consumer keeps its group membership (``max.poll.interval.ms``).
+
+    ``resume_at`` (partition -> offset): the handler has finished the batch's records
+    before these offsets (the ones that were due), so the loop commits them and reads
+    on from there; a partition not named is read again from the batch's start."""
+
+    def __init__(self, message: str, resume_at: Mapping[Any, int] | None = None) -> None:
+        super().__init__(message)
+        self.resume_at: dict[Any, int] = dict(resume_at or {})

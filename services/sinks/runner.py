@@ -18,7 +18,8 @@ the rest:
   - held (``WriteOutcome.held``: the destination named the time it takes work
     again, e.g. the CRM's daily API limit resets at midnight): parked the same
     way until that time, without spending one of the event's attempts; the
-    retry loop waits for a parked event in slices of ``PARKED_WAIT_SLICE_S``
+    retry loop offers (and commits) the parked events that are due before it
+    waits for one that is not, and waits in slices of ``PARKED_WAIT_SLICE_S``
     (``NotDue`` between them), polling in between, so an hours-long wait keeps
     its consumer in the group;
   - permanent failure (``WriteOutcome.failed``): the sink's dead-letter topic
@@ -41,6 +42,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
@@ -308,28 +310,42 @@ class SinkRunner:
         await self._offer(wanted, malformed)
 
     async def handle_retry(self, records: Sequence[Any]) -> None:
-        """Parked events, oldest first: wait until each is due, then offer it again."""
+        """Parked events, oldest first: offer again each one that is due; wait for the
+        first one that is not.
+
+        Those due before it are offered first and committed (``NotDue.resume_at``):
+        otherwise an event parked for 30 s or hours, read in one batch with events
+        due now, would hold them back until it is due itself."""
         def attempt(r: Any) -> int:
             return int(dlq.header(r.headers, H_ATTEMPT) or 1)
 
-        for record in records:
+        for index, record in enumerate(records):
             due_ms = int(dlq.header(record.headers, H_NOT_BEFORE) or 0)
             wait_s = (due_ms - time.time_ns() // 1_000_000) / 1000
             DEFERRED_DUE.labels(self.sink.name).set(max(0.0, -wait_s))
-            if wait_s > 0:
-                # At most a slice at a time (a CRM's daily limit parks events for
-                # hours): the consume loop must poll well within max.poll.interval.ms,
-                # or the broker takes the retry topic away and the batch runs twice.
-                slice_s = min(wait_s, PARKED_WAIT_SLICE_S)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=slice_s)
-                if self._stop.is_set():
-                    raise Retryable("stopping before a parked event was due")
-                if wait_s > slice_s:
-                    raise NotDue(f"a parked event is due in {wait_s - slice_s:.0f} s")
+            if wait_s <= 0:
+                continue
+            if index:
+                await self._offer_parked(records[:index], attempt)
+                raise NotDue(f"a parked event is due in {wait_s:.0f} s",
+                             resume_at=_resume_at(records, index))
+            # At most a slice at a time (a CRM's daily limit parks events for hours):
+            # the consume loop must poll well within max.poll.interval.ms, or the
+            # broker takes the retry topic away and the batch runs twice.
+            slice_s = min(wait_s, PARKED_WAIT_SLICE_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=slice_s)
+            if self._stop.is_set():
+                raise Retryable("stopping before a parked event was due")
+            if wait_s > slice_s:
+                raise NotDue(f"a parked event is due in {wait_s - slice_s:.0f} s")
+        await self._offer_parked(records, attempt)
+        DEFERRED_DUE.labels(self.sink.name).set(0)
+
+    async def _offer_parked(self, records: Sequence[Any],
+                            attempt: Callable[[Any], int]) -> None:
         wanted, malformed, _ = self._parse(records, attempt)
         await self._offer(wanted, malformed)
-        DEFERRED_DUE.labels(self.sink.name).set(0)
 
     # ------------------------------------------------------------ lifecycle
     def ready(self) -> bool:
@@ -399,3 +415,17 @@ def sink_main(
         print(f"hookstream-sink-{name}: configuration error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _resume_at(records: Sequence[Any], done: int) -> dict[TopicPartition, int]:
+    """Per partition of ``records``, the offset to read on from once the first ``done``
+    of them are handled: the first one not handled, or past the last."""
+    resume: dict[TopicPartition, int] = {}
+    for position, record in enumerate(records):
+        tp = TopicPartition(record.topic, record.partition)
+        if position < done:
+            resume[tp] = max(resume.get(tp, 0), record.offset + 1)
+        else:
+            resume[tp] = min(resume.get(tp, record.offset), record.offset)
+    return resume
+

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from hookstream.core.consumer import ConsumeLoop
-from hookstream.core.errors import Retryable
+from hookstream.core.errors import NotDue, Retryable
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -286,3 +286,27 @@ async def test_a_failing_dead_letter_hook_is_fatal_and_says_so(
         await asyncio.wait_for(loop.run(asyncio.Event()), 5)
     assert consumer.committed == []
     assert any(r.levelname == "CRITICAL" and "fatal" in r.getMessage() for r in caplog.records)
+
+
+async def test_not_due_commits_what_the_handler_finished_and_reads_on_from_there() -> None:
+    """A parked record not due yet (``NotDue``): what the handler finished before it is
+    committed and not handled again; the rest is read again at once, no backoff, and
+    the loop stays healthy."""
+    consumer = FakeConsumer({TP0: 5})
+    handled: list[list[tuple[int, int]]] = []
+    waits = {"left": 1}
+
+    async def handler(records: Sequence[Rec]) -> None:
+        handled.append(offsets(records))
+        if waits["left"]:
+            waits["left"] -= 1
+            raise NotDue("offset 2 is not due", resume_at={TP0: 2})
+
+    stop = asyncio.Event()
+    loop = ConsumeLoop(consumer, "t", "g", handler, max_batch=5, poll_timeout_ms=1,
+                       backoff_max_s=30)  # a backoff would outlast the test
+    await run_until(loop, stop, lambda: bool(consumer.committed)
+                    and consumer.committed[-1] == {TP0: 5})
+    assert handled == [[(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)], [(0, 2), (0, 3), (0, 4)]]
+    assert consumer.committed == [{TP0: 2}, {TP0: 5}]
+    assert loop.healthy

@@ -336,6 +336,34 @@ async def test_a_long_wait_for_a_parked_event_is_sliced_and_keeps_polling(
     assert all(loop.healthy for loop in h.runner._loops)
 
 
+async def test_parked_events_due_now_are_not_held_back_by_one_due_later() -> None:
+    """The retry topic is read in order, so one event parked for longer (a later
+    attempt's delay, a daily limit) sits among events due now: those before it are
+    offered and committed at once, not when it is due."""
+    h = harness()
+    now_ms = time.time_ns() // 1_000_000
+    for event_id, due_ms in [("due-1", now_ms - 10), ("due-2", now_ms),
+                             ("later", now_ms + 1500), ("due-3", now_ms)]:
+        h.broker.append(RETRY_TOPIC, b"k", event(event_id), [
+            (H_EVENT_TYPE, b"call.ended"), ("hs-source", b"s1"), (H_ATTEMPT, b"1"),
+            (H_NOT_BEFORE, str(due_ms).encode())])
+    started = time.monotonic()
+    offered_at: dict[str, float] = {}
+    write = h.sink.write
+
+    async def timed(events: list[SinkEvent]) -> WriteOutcome:
+        for item in events:
+            offered_at.setdefault(item.event["event_id"], time.monotonic() - started)
+        return await write(events)
+
+    h.sink.write = timed  # type: ignore[method-assign]
+    await run_until(h, lambda: len(h.sink.written) == 4)
+    assert [e for e, _ in h.sink.written] == ["due-1", "due-2", "later", "due-3"]
+    assert offered_at["due-1"] < 0.5 and offered_at["due-2"] < 0.5
+    assert offered_at["later"] >= 1.4  # waited for, in order: due-3 behind it waits too
+    assert h.committed("-retry") == 4
+
+
 async def test_a_held_event_keeps_its_attempt_and_the_time_the_destination_named() -> None:
     h = harness(delays=("0",))
     h.sink.hold_until_ms = time.time_ns() // 1_000_000 + 100
