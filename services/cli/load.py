@@ -42,14 +42,22 @@ class PipelineCounts:
 
     alerts: float
     crm: float
+    recordings: float
+    transcripts: float
 
     @classmethod
     def read(cls, args: argparse.Namespace) -> PipelineCounts:
+        transcripts = _scrape(args.transcripts_metrics)
         return cls(
             alerts=_total(_scrape(args.alerts_metrics), "hookstream_alerts_sent_total",
                           destination="alertmanager", outcome="sent"),
             crm=_total(_scrape(args.crm_metrics), "hookstream_sink_events_total", sink="crm",
                        outcome="written"),
+            recordings=_total(_scrape(args.recordings_metrics), "hookstream_recordings_total",
+                              outcome="stored"),
+            transcripts=_total(transcripts, "hookstream_transcripts_total", outcome="stored")
+            + _total(transcripts, "hookstream_transcripts_total",
+                     outcome="stored_without_turns"),
         )
 
     def minus(self, other: PipelineCounts) -> PipelineCounts:
@@ -88,6 +96,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 async def _load(args: argparse.Namespace) -> int:
     from ..core.config import PostgresSettings
     from ..devtools.loadgen import Accounting, LoadStats, run_load
+    from ..devtools.samples import media_urls
 
     sources = pick_sources(load_sources(args.sources), None)
     kafka = load(KafkaSettings)
@@ -112,7 +121,8 @@ async def _load(args: argparse.Namespace) -> int:
     try:
         stats = await run_load(args.url, sources, args.rate, args.seconds,
                                redeliver=args.redeliver, malformed=args.malformed,
-                               progress=line, sign=sign, on_accepted=accounting.expect)
+                               progress=line, sign=sign, on_accepted=accounting.expect,
+                               media=media_urls(args.media_url) if args.media_url else None)
         # Drain: wait until every acknowledged delivery is accounted for.
         deadline = time.monotonic() + args.drain_timeout_s
         while accounting.counts()[2] and time.monotonic() < deadline:
@@ -138,6 +148,8 @@ async def _load(args: argparse.Namespace) -> int:
         ("missing (acknowledged, in neither)", missing),
         ("alerts sent to Alertmanager (all traffic in the window)", now.alerts),
         ("calls logged in the CRM (all traffic in the window)", now.crm),
+        ("recordings stored (all traffic in the window)", now.recordings),
+        ("transcripts stored (all traffic in the window)", now.transcripts),
     ]
     print("\nsummary")
     for label, value in rows:
@@ -179,7 +191,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     load_parser.add_argument("--drain-timeout-s", type=float, default=60)
     load_parser.add_argument("--schema", default=os.environ.get(
         "HOOKSTREAM_WAREHOUSE_SCHEMA", "warehouse"), help="the warehouse's schema")
-    for name, port in (("ingest", 8079), ("alerts", 8093), ("crm", 8094)):
+    load_parser.add_argument(
+        "--media-url", default="",
+        help="point the recording and transcript URLs the deliveries link at a media "
+             "stand-in there (python -m tests.fakes.media; the demo runs one) instead of "
+             "the providers' hosts on the internet (default: keep them)")
+    for name, port in (("ingest", 8079), ("alerts", 8093), ("crm", 8094),
+                       ("recordings", 8095), ("transcripts", 8096)):
         load_parser.add_argument(f"--{name}-metrics",
                                  default=f"http://127.0.0.1:{port}/metrics",
                                  help=f"{name} metrics endpoint")

@@ -17,7 +17,7 @@ from ..core.config import ConfigError, KafkaSettings, load
 from ..core.kafka import end_offsets, make_consumer
 from ..core.record import H_REQUEST_ID, RawDelivery
 from ..core.sources import Source, load_sources
-from ..devtools.samples import Sample, fresh_copy, samples
+from ..devtools.samples import Sample, fresh_copy, media_urls, samples, with_media
 from .common import DEFAULT_SOURCES
 
 
@@ -86,6 +86,8 @@ def cmd_send(args: argparse.Namespace) -> int:
                     continue
                 if args.unique:
                     sample = fresh_copy(sample, tag)
+                if args.media_url:
+                    sample = with_media(sample, media_urls(args.media_url))
                 path, headers = signed_request(
                     source, sample, time.time(), f"msg_{os.urandom(8).hex()}")
                 response = client.post(path, content=sample.body, headers=headers)
@@ -138,4 +140,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       help="read the raw topic back and match every receipt")
     send.add_argument("--verify-timeout-s", type=float, default=30.0)
     send.add_argument("--quiet", action="store_true", help="no line per failed delivery")
+    send.add_argument("--media-url", default="",
+                      help="point the recording and transcript URLs the samples link at a "
+                           "media stand-in there (python -m tests.fakes.media) instead of the "
+                           "providers' hosts on the internet (default: keep them)")
     send.set_defaults(func=cmd_send)

@@ -140,11 +140,13 @@ async def run_load(
     progress: Callable[[LoadStats], Awaitable[None]] | None = None,
     sign: Callable[[Source, Sample], tuple[str, dict[str, str]]],
     on_accepted: Callable[[Delivery, Source, dict[str, str], str], None] | None = None,
+    media: MediaUrl | None = None,
 ) -> LoadStats:
-    """Post deliveries at ``rate`` per second for ``seconds``; returns what was sent."""
+    """Post deliveries at ``rate`` per second for ``seconds``; returns what was sent.
+    ``media``: the recordings and transcripts they link are served there."""
     stats = LoadStats()
     limit = asyncio.Semaphore(concurrency)
-    stream = deliveries(redeliver, malformed)
+    stream = deliveries(redeliver, malformed, media=media)
     started = time.monotonic()
     tasks: set[asyncio.Task[None]] = set()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,6 +260,25 @@ def test_admin_ports_only_from_monitoring_and_only_the_webhook_port_is_open(wher
             assert all(isinstance(port, int) for _, port in _ports(rule, named)), name
 
 
+DEMO = REPO / "deploy" / "local" / "demo"
+
+
+def shipped_files() -> list[Path]:
+    """Every deployment file but the local demo's script: the demo fetches recordings
+    and transcripts from its loopback stand-in (tests/fakes/media.py), so it allows
+    private addresses, as development may; checked below that it does only that."""
+    return [p for p in (REPO / "deploy").rglob("*")
+            if p.is_file() and p.suffix in (".yaml", ".yml", ".env", "") and p != DEMO]
+
+
+def test_only_the_demo_allows_private_addresses_and_only_for_its_stand_in() -> None:
+    text = DEMO.read_text()
+    for kind in ("RECORDINGS", "TRANSCRIPTS"):
+        assert f"HOOKSTREAM_{kind}_ALLOW_PRIVATE_ADDRESSES=true" in text
+        assert f"HOOKSTREAM_{kind}_ALLOWED_HOSTS=127.0.0.1 " in text
+    assert 'media="http://127.0.0.1:8098"' in text and "tests.fakes.media" in text
+
+
 def test_the_shipped_configurations_allow_sarj_recording_host() -> None:
     """Empty means "refuse": every shipped configuration of the recordings sink names
     Sarj.ai's recording host, and none allows private addresses."""
@@ -274,10 +294,9 @@ def test_the_shipped_configurations_allow_sarj_recording_host() -> None:
     compose = yaml.safe_load((REPO / "deploy/compose/compose.yaml").read_text())
     service = compose["services"]["sink-recordings"]["environment"]
     assert service["HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS"] == "storage.googleapis.com"
-    for text in (REPO / "deploy").rglob("*"):
-        if text.is_file() and text.suffix in (".yaml", ".yml", ".env", ""):
-            assert "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES" not in text.read_text(
-                errors="replace"), text
+    for text in shipped_files():
+        assert "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES" not in text.read_text(
+            errors="replace"), text
 
 
 def test_the_shipped_configurations_allow_saaya_api_host_only() -> None:
@@ -291,7 +310,6 @@ def test_the_shipped_configurations_allow_saaya_api_host_only() -> None:
     compose = yaml.safe_load((REPO / "deploy/compose/compose.yaml").read_text())
     service = compose["services"]["sink-transcripts"]["environment"]
     assert service["HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS"] == "api.saaya.ai"
-    for text in (REPO / "deploy").rglob("*"):
-        if text.is_file() and text.suffix in (".yaml", ".yml", ".env", ""):
-            assert "HOOKSTREAM_TRANSCRIPTS_ALLOW_PRIVATE_ADDRESSES" not in text.read_text(
-                errors="replace"), text
+    for text in shipped_files():
+        assert "HOOKSTREAM_TRANSCRIPTS_ALLOW_PRIVATE_ADDRESSES" not in text.read_text(
+            errors="replace"), text
