@@ -18,10 +18,11 @@ the rest:
   - held (``WriteOutcome.held``: the destination named the time it takes work
     again, e.g. the CRM's daily API limit resets at midnight): parked the same
     way until that time, without spending one of the event's attempts; the
-    retry loop offers (and commits) the parked events that are due before it
-    waits for one that is not, and waits in slices of ``PARKED_WAIT_SLICE_S``
-    (``NotDue`` between them), polling in between, so an hours-long wait keeps
-    its consumer in the group;
+    retry loop offers the parked events that are due, sending one not due yet
+    back to the topic's tail when an event due now is behind it, and waits only
+    when none is due, in slices of ``PARKED_WAIT_SLICE_S`` (``NotDue`` between
+    them), polling in between, so an hours-long wait keeps its consumer in the
+    group;
   - permanent failure (``WriteOutcome.failed``): the sink's dead-letter topic
     ``hookstream.sink.<name>.dlq.v1`` with the reason, the record's bytes and
     headers;
@@ -310,37 +311,45 @@ class SinkRunner:
         await self._offer(wanted, malformed)
 
     async def handle_retry(self, records: Sequence[Any]) -> None:
-        """Parked events, oldest first: offer again each one that is due; wait for the
-        first one that is not.
+        """Parked events: offer again each one that is due.
 
-        Those due before it are offered first and committed (``NotDue.resume_at``):
-        otherwise an event parked for 30 s or hours, read in one batch with events
-        due now, would hold them back until it is due itself."""
+        The retry topic is read in order, but its events come due out of order (a
+        later attempt waits longer, a daily limit hours). So an event not due yet with
+        one due now behind it in the batch goes back to the topic's tail (the same
+        record: its attempt and not-before unchanged) rather than hold that one back.
+        When nothing in the batch is due, the handler waits for the earliest, a slice
+        at a time (``NotDue``), so that the consumer keeps polling."""
         def attempt(r: Any) -> int:
             return int(dlq.header(r.headers, H_ATTEMPT) or 1)
 
-        for index, record in enumerate(records):
-            due_ms = int(dlq.header(record.headers, H_NOT_BEFORE) or 0)
-            wait_s = (due_ms - time.time_ns() // 1_000_000) / 1000
-            DEFERRED_DUE.labels(self.sink.name).set(max(0.0, -wait_s))
-            if wait_s <= 0:
-                continue
-            if index:
-                await self._offer_parked(records[:index], attempt)
-                raise NotDue(f"a parked event is due in {wait_s:.0f} s",
-                             resume_at=_resume_at(records, index))
+        now_ms = time.time_ns() // 1_000_000
+        due_at = [int(dlq.header(r.headers, H_NOT_BEFORE) or 0) for r in records]
+        # Handled now: up to the last record that is due; the ones behind it are not.
+        handled = max((i + 1 for i, at in enumerate(due_at) if at <= now_ms), default=0)
+        if not handled:
+            DEFERRED_DUE.labels(self.sink.name).set(0)
+            wait_s = (min(due_at) - now_ms) / 1000
             # At most a slice at a time (a CRM's daily limit parks events for hours):
             # the consume loop must poll well within max.poll.interval.ms, or the
             # broker takes the retry topic away and the batch runs twice.
-            slice_s = min(wait_s, PARKED_WAIT_SLICE_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=slice_s)
+                await asyncio.wait_for(self._stop.wait(),
+                                       timeout=min(wait_s, PARKED_WAIT_SLICE_S))
             if self._stop.is_set():
                 raise Retryable("stopping before a parked event was due")
-            if wait_s > slice_s:
-                raise NotDue(f"a parked event is due in {wait_s - slice_s:.0f} s")
-        await self._offer_parked(records, attempt)
+            raise NotDue(f"the first parked event is due in {wait_s:.0f} s")
+        due = [r for r, at in zip(records[:handled], due_at, strict=False) if at <= now_ms]
+        later = [r for r, at in zip(records[:handled], due_at, strict=False) if at > now_ms]
+        if later:  # to the tail, before the batch's offsets are committed past them
+            await self._send_all([Outgoing(self.retry_topic, r.value, r.key, list(r.headers))
+                                  for r in later])
+        oldest_ms = min(at for at in due_at[:handled] if at <= now_ms)
+        DEFERRED_DUE.labels(self.sink.name).set((now_ms - oldest_ms) / 1000)
+        await self._offer_parked(due, attempt)
         DEFERRED_DUE.labels(self.sink.name).set(0)
+        if handled < len(records):
+            raise NotDue("the parked events behind are not due yet",
+                         resume_at=_resume_at(records, handled))
 
     async def _offer_parked(self, records: Sequence[Any],
                             attempt: Callable[[Any], int]) -> None:

@@ -338,8 +338,9 @@ async def test_a_long_wait_for_a_parked_event_is_sliced_and_keeps_polling(
 
 async def test_parked_events_due_now_are_not_held_back_by_one_due_later() -> None:
     """The retry topic is read in order, so one event parked for longer (a later
-    attempt's delay, a daily limit) sits among events due now: those before it are
-    offered and committed at once, not when it is due."""
+    attempt's delay, a daily limit) sits among events due now: those before and
+    behind it are offered at once, and it goes back to the topic's tail, unchanged,
+    to be offered when it is due."""
     h = harness()
     now_ms = time.time_ns() // 1_000_000
     for event_id, due_ms in [("due-1", now_ms - 10), ("due-2", now_ms),
@@ -358,10 +359,15 @@ async def test_parked_events_due_now_are_not_held_back_by_one_due_later() -> Non
 
     h.sink.write = timed  # type: ignore[method-assign]
     await run_until(h, lambda: len(h.sink.written) == 4)
-    assert [e for e, _ in h.sink.written] == ["due-1", "due-2", "later", "due-3"]
-    assert offered_at["due-1"] < 0.5 and offered_at["due-2"] < 0.5
-    assert offered_at["later"] >= 1.4  # waited for, in order: due-3 behind it waits too
-    assert h.committed("-retry") == 4
+    assert [e for e, _ in h.sink.written] == ["due-1", "due-2", "due-3", "later"]
+    assert max(offered_at["due-1"], offered_at["due-2"], offered_at["due-3"]) < 0.5
+    assert offered_at["later"] >= 1.4
+    parked = h.broker.records(RETRY_TOPIC)
+    assert len(parked) == 5  # the four, and "later" once more at the tail
+    assert parked[4].value == parked[2].value
+    assert sorted(parked[4].headers) == sorted(parked[2].headers)  # attempt, due time kept
+    assert h.sink.offers == [("due-1", 1), ("due-2", 1), ("due-3", 1), ("later", 1)]
+    assert h.committed("-retry") == 5
 
 
 async def test_a_held_event_keeps_its_attempt_and_the_time_the_destination_named() -> None:
