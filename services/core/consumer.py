@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import random
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -145,13 +145,9 @@ class ConsumeLoop:
                         # A parked record waits for its time: read it again now, so
                         # that polls keep the consumer in its group meanwhile; what
                         # the handler finished before it is committed, not redone.
-                        self._rewind(previous, batch)
                         if exc.resume_at:
                             await self._commit(exc.resume_at)
-                            assigned = self._consumer.assignment()
-                            for tp, offset in exc.resume_at.items():
-                                if tp in assigned:
-                                    self._consumer.seek(tp, offset)
+                        self._rewind(previous, batch, resume_at=exc.resume_at)
                         continue
                     except Retryable as exc:
                         self.healthy = False
@@ -225,12 +221,15 @@ class ConsumeLoop:
                 CONSUMER_ISOLATED.labels(self._group).inc()
                 await dead_letter(record, exc)
 
-    def _rewind(self, *batches: Batch) -> None:
-        """Seek every partition of these batches back to its earliest fetched record."""
+    def _rewind(self, *batches: Batch, resume_at: Mapping[TopicPartition, int] | None = None
+                ) -> None:
+        """Seek every partition of these batches back to its earliest fetched record, or
+        to ``resume_at``'s offset where it names one (what was handled is done)."""
         first: dict[TopicPartition, int] = {}
         for batch in batches:
             for tp, records in batch.items():
                 first[tp] = min(first.get(tp, records[0].offset), records[0].offset)
+        first.update(resume_at or {})
         assigned = self._consumer.assignment()
         for tp, offset in first.items():
             if tp in assigned:

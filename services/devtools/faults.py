@@ -457,28 +457,21 @@ class Pipeline:
             self.services["crm-standin"] = Supervised(
                 "crm-standin", [sys.executable, "-m", "tests.fakes.crm", "--port", str(standin)],
                 env, logdir / "crm-standin.log", cwd=REPO)
-            self.http_ports["crm"] = port = free_port()
-            self.services["crm"] = Supervised("crm", [_exe("hookstream-sink-crm")], {
-                **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
-                "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-crm",
+            self._add_sink("crm", env, {
                 "HOOKSTREAM_SINK_MAX_BATCH": "50",  # as docs/sinks-crm.md advises
                 "HOOKSTREAM_CRM_ADAPTER": "hubspot", "HOOKSTREAM_CRM_URL": self.crm_url,
-                "HOOKSTREAM_CRM_TOKEN": CRM_TOKEN}, logdir / "sink-crm.log")
+                "HOOKSTREAM_CRM_TOKEN": CRM_TOKEN})
         self.alertmanager_url = ""
         self.alert_label = ("faults_run", tag)  # on every alert of the run
         self.alert_rules_file = logdir / "alerts.toml"
         if "alerts" in self.sinks:
             self.alertmanager_url = alertmanager_url()
             self.alert_rules_file.write_text(per_event_alert_rules(ALERT_RULES.read_text()))
-            self.http_ports["alerts"] = port = free_port()
-            self.services["alerts"] = Supervised("alerts", [_exe("hookstream-sink-alerts")], {
-                **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
-                "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-alerts",
+            self._add_sink("alerts", env, {
                 "HOOKSTREAM_ALERT_RULES_FILE": str(self.alert_rules_file),
                 "HOOKSTREAM_ALERTMANAGER_URL": self.alertmanager_url,
                 "HOOKSTREAM_ALERT_WEBHOOK_URL": "",
-                "HOOKSTREAM_ALERT_LABELS": "=".join(self.alert_label)},
-                logdir / "sink-alerts.log")
+                "HOOKSTREAM_ALERT_LABELS": "=".join(self.alert_label)})
         # The fetching sinks download from the media stand-in (tests/fakes/media.py, in a
         # process of its own), which the load's recording and transcript URLs point at.
         self.media_url = ""
@@ -491,26 +484,16 @@ class Pipeline:
                 [sys.executable, "-m", "tests.fakes.media", "--port", str(standin)],
                 env, logdir / "media-standin.log", cwd=REPO)
         if "recordings" in self.sinks:
-            self.http_ports["recordings"] = port = free_port()
-            self.services["recordings"] = Supervised(
-                "recordings", [_exe("hookstream-sink-recordings")], {
-                    **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
-                    "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-recordings",
-                    "HOOKSTREAM_RECORDINGS_STORE": "local",
-                    "HOOKSTREAM_RECORDINGS_DIR": str(self.recordings_dir),
-                    "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS": "127.0.0.1",
-                    "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES": "true"},
-                logdir / "sink-recordings.log")
+            self._add_sink("recordings", env, {
+                "HOOKSTREAM_RECORDINGS_STORE": "local",
+                "HOOKSTREAM_RECORDINGS_DIR": str(self.recordings_dir),
+                "HOOKSTREAM_RECORDINGS_ALLOWED_HOSTS": "127.0.0.1",
+                "HOOKSTREAM_RECORDINGS_ALLOW_PRIVATE_ADDRESSES": "true"})
         if "transcripts" in self.sinks:
-            self.http_ports["transcripts"] = port = free_port()
-            self.services["transcripts"] = Supervised(
-                "transcripts", [_exe("hookstream-sink-transcripts")], {
-                    **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
-                    "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{tag}-sink-transcripts",
-                    "HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS": "127.0.0.1",
-                    "HOOKSTREAM_TRANSCRIPTS_ALLOW_PRIVATE_ADDRESSES": "true",
-                    "HOOKSTREAM_TRANSCRIPTS_AUTHORIZATION": ""},
-                logdir / "sink-transcripts.log")
+            self._add_sink("transcripts", env, {
+                "HOOKSTREAM_TRANSCRIPTS_ALLOWED_HOSTS": "127.0.0.1",
+                "HOOKSTREAM_TRANSCRIPTS_ALLOW_PRIVATE_ADDRESSES": "true",
+                "HOOKSTREAM_TRANSCRIPTS_AUTHORIZATION": ""})
         self.ready_urls = {name: f"http://127.0.0.1:{port}/readyz"
                            for name, port in self.http_ports.items()}
         if self.crm_url:
@@ -532,6 +515,16 @@ class Pipeline:
                 "HOOKSTREAM_EDGE_ERRORS": str(EDGE_CONFIG.parent / "errors")},
                 logdir / "edge.log")
             self.ready_urls["edge"] = f"http://127.0.0.1:{stats}/healthz"
+
+    def _add_sink(self, name: str, env: Mapping[str, str], settings: Mapping[str, str]
+                  ) -> None:
+        """``hookstream-sink-<name>`` in a consumer group of the run's own, with its
+        /readyz and /metrics on a free port and ``settings`` beside the run's env."""
+        self.http_ports[name] = port = free_port()
+        self.services[name] = Supervised(name, [_exe(f"hookstream-sink-{name}")], {
+            **env, "HOOKSTREAM_SINK_HTTP_PORT": str(port),
+            "HOOKSTREAM_SINK_GROUP": f"hookstream-faults-{self.tag}-sink-{name}",
+            **settings}, self.logdir / f"sink-{name}.log")
 
     @property
     def url(self) -> str:
